@@ -1,0 +1,173 @@
+"""The ingest adapter: one Kafka record in, one routing action out.
+
+For each record of ``ui-events`` it asks the pure core (:func:`worker.ingest.inspect_record`)
+what the bytes are, then does exactly one of:
+
+1. **invalid** -> the invalid topic, with the original bytes, source and typed reason;
+2. **duplicate** ``event_id`` (recently seen here) -> counted and skipped;
+3. **valid, on the partition that owns its request** -> handed to the next stage in place;
+4. **valid, elsewhere** (the producer keyed or partitioned it differently) -> forwarded to the
+   internal rekeyed topic on the owning partition, whose agent hands it on.
+
+Step 3 is the fast path: producers that key by request id with Kafka's default partitioner
+(aiokafka, the Java client, kafkajs) never pay for a second hop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from worker.events import UI_EVENT_ADAPTER
+from worker.ingest import (
+    Accepted,
+    IngestLimits,
+    Invalid,
+    RecentIds,
+    inspect_record,
+    invalid_record,
+)
+from worker.kafka import partition_for
+
+if TYPE_CHECKING:
+    from worker.clock import Clock
+    from worker.metrics import Metrics
+
+__all__ = ["EVENT_TIME_HEADER", "Ingest", "NextStage", "RecordSink"]
+
+log = logging.getLogger(__name__)
+
+#: Header carrying the skew-corrected event time across the rekey hop, so the second hop
+#: does not recompute it from a record timestamp that is now the forwarder's.
+EVENT_TIME_HEADER = "fw-event-time-ms"
+
+_MAX_KEY_BYTES = 1024
+
+#: What the next stage (the window engine) is: called with the owning partition.
+NextStage = Callable[[int, Accepted], Awaitable[None]]
+#: Sends one record: (topic, key, value, partition or None, headers or None).
+RecordSink = Callable[
+    [str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None], Awaitable[Any]
+]
+
+
+@dataclass
+class Ingest:
+    """Routes records of the input topic and of the rekeyed topic; see the module docstring."""
+
+    limits: IngestLimits
+    partitions: int
+    input_topic: str
+    invalid_topic: str
+    rekey_topic: str
+    send: RecordSink
+    next_stage: NextStage
+    metrics: Metrics
+    clock: Clock
+    recent: RecentIds
+
+    async def on_input(
+        self,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+    ) -> None:
+        """Handle one record of the input topic."""
+        result = inspect_record(
+            value, record_ts_ms=timestamp_ms, now_ms=self.clock.now_ms(), limits=self.limits
+        )
+        if isinstance(result, Invalid):
+            await self._reject(
+                result, key=key, value=value, partition=partition, offset=offset,
+                timestamp_ms=timestamp_ms, topic=self.input_topic,
+            )
+            return
+        if self.recent.seen(result.event.event_id):
+            self.metrics.events_duplicate.inc()
+            return
+        self.metrics.events.labels(type=result.event.type).inc()
+        self.metrics.last_event_timestamp.set(result.event_time_ms / 1000)
+        routing_key = result.key.encode()
+        owner = partition_for(routing_key, self.partitions)
+        if owner == partition:
+            await self.next_stage(partition, result)
+            return
+        self.metrics.events_rekeyed.inc()
+        assert value is not None
+        await self.send(
+            self.rekey_topic,
+            routing_key,
+            value,
+            owner,
+            [(EVENT_TIME_HEADER, str(result.event_time_ms).encode())],
+        )
+
+    async def on_rekeyed(
+        self,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> None:
+        """Handle one forwarded event (already validated and counted on its first hop)."""
+        event_time_ms = _header_int(headers, EVENT_TIME_HEADER)
+        try:
+            event = UI_EVENT_ADAPTER.validate_json(value or b"", strict=True)
+        except ValidationError as exc:
+            # Only possible if a newer worker version forwarded a shape this one rejects.
+            invalid = Invalid("schema_violation", f"rekeyed record no longer valid: {exc}")
+            await self._reject(
+                invalid, key=key, value=value, partition=partition, offset=offset,
+                timestamp_ms=timestamp_ms, topic=self.rekey_topic,
+            )
+            return
+        await self.next_stage(partition, Accepted(event, event_time_ms or timestamp_ms))
+
+    async def _reject(
+        self,
+        invalid: Invalid,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+        topic: str,
+    ) -> None:
+        self.metrics.events_invalid.labels(reason=invalid.reason).inc()
+        key = key[:_MAX_KEY_BYTES] if key else key  # a hostile key must not bloat the record
+        log.debug(
+            "invalid record %s[%d]@%d: %s (%s)",
+            topic, partition, offset, invalid.reason, invalid.message,
+        )
+        payload = invalid_record(
+            invalid,
+            value=value,
+            key=key,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            record_ts_ms=timestamp_ms,
+            max_value_bytes=self.limits.max_event_bytes,
+        )
+        await self.send(self.invalid_topic, key, payload, None, None)
+
+
+def _header_int(headers: list[tuple[str, bytes]] | None, name: str) -> int | None:
+    for header, raw in headers or ():
+        if header == name:
+            try:
+                return int(raw)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,208 @@
+"""Settings (DESIGN 7, contract): read once from the environment (or ``.env``), validated, frozen.
+
+:func:`load_settings` is called in exactly one place, the command line, and the typed object is
+passed down; nothing else in the package reads ``os.environ``.  A bad value stops start-up with
+one line per problem naming the variable, what is wrong and what is expected
+(:class:`~worker.errors.ConfigError`).  Secrets are :class:`~pydantic.SecretStr`, so neither a
+repr, a log line nor an error message can show them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+TopicName = Annotated[str, Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+class Settings(BaseSettings):
+    """Every knob of the worker; the field name upper-cased is the environment variable."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        case_sensitive=False,
+        hide_input_in_errors=True,
+    )
+
+    # ---- Kafka
+    kafka_bootstrap_servers: str = Field(
+        default="localhost:9092", description="Comma-separated host:port list."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_producer_batch_bytes: int = Field(
+        default=16_384,
+        ge=1,
+        description="Producer batch size; 1 sends one record per batch (see DESIGN 2 on Tansu).",
+    )
+    kafka_rebalance_timeout_s: PositiveSeconds = 60.0
+    kafka_session_timeout_s: PositiveSeconds = 60.0
+    worker_group_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(
+        default="feedback-worker",
+        description="Consumer group (and Faust app id); every replica of one deployment shares it.",
+    )
+    topic_partitions: int = Field(default=8, ge=1, le=10_000)
+    topic_replication_factor: int = Field(default=1, ge=1, le=10)
+
+    # ---- topics
+    topic_ui_events: TopicName = "ui-events"
+    topic_invalid: TopicName = "ui-events-invalid"
+    topic_late: TopicName = "ui-events-late"
+    topic_outbox: TopicName = "feedback-outbox"
+    topic_dlq: TopicName = "feedback-dlq"
+
+    # ---- ingest
+    max_event_bytes: int = Field(default=65_536, ge=256, le=16 * 1024 * 1024)
+    clock_skew_tolerance_s: float = Field(default=2.0, ge=0)
+    event_max_future_s: float = Field(default=300.0, gt=0)
+    event_max_age_s: float = Field(default=7 * 86_400.0, gt=0)
+    dedupe_cache_size: int = Field(default=100_000, ge=0)
+
+    # ---- windows and rules
+    engagement_window_s: PositiveSeconds = 60.0
+    code_window_s: PositiveSeconds = 30.0
+    clicks_window_s: PositiveSeconds = 300.0
+    ticket_window_s: PositiveSeconds = 86_400.0
+    window_grace_s: float = Field(default=5.0, ge=0)
+    idle_close_s: PositiveSeconds = 30.0
+    max_signals_per_window: int = Field(default=200, ge=1, le=100_000)
+    engagement_long_read_s: float = Field(default=30.0, ge=0)
+    engagement_short_read_s: float = Field(default=5.0, ge=0)
+    engagement_quick_exit_s: float = Field(default=10.0, ge=0)
+    correction_phrases: list[str] = Field(
+        default_factory=lambda: ["actually", "that's wrong", "that is wrong", "not what I asked"]
+    )
+
+    # ---- Helicone and delivery
+    helicone_api_key: SecretStr | None = None
+    helicone_base_url: AnyHttpUrl = AnyHttpUrl("https://api.helicone.ai")
+    feedback_dry_run: bool = False
+    delivery_concurrency: int = Field(default=32, ge=1, le=1_024)
+    delivery_rate_per_s: float = Field(default=10.0, gt=0)
+    delivery_max_attempts: int = Field(default=12, ge=1, le=1_000)
+    delivery_max_age_s: PositiveSeconds = 86_400.0
+    delivery_timeout_s: PositiveSeconds = 10.0
+
+    # ---- runtime
+    worker_web_port: int = Field(default=6066, ge=0, le=65_535)
+    worker_web_host: str = "0.0.0.0"
+    state_dir: str = "./state"
+    rocksdb_block_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",") if s.strip()]
+        if not servers:
+            raise ValueError("expected host:port[,host:port...]")
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65_536:
+                raise ValueError(f"{server!r} is not host:port")
+        return ",".join(servers)
+
+    @field_validator("log_level", "kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("correction_phrases")
+    @classmethod
+    def _phrases(cls, value: list[str]) -> list[str]:
+        phrases = [p.strip().lower() for p in value if p.strip()]
+        if not phrases:
+            raise ValueError("expected at least one non-empty phrase")
+        return phrases
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with "
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+            )
+        if self.engagement_short_read_s > self.engagement_long_read_s:
+            raise ValueError("ENGAGEMENT_SHORT_READ_S must not exceed ENGAGEMENT_LONG_READ_S")
+        return self
+
+    # ---- derived views
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return self.kafka_bootstrap_servers.split(",")
+
+    @property
+    def helicone_base(self) -> str:
+        return str(self.helicone_base_url).rstrip("/")
+
+    def require_api_key(self) -> SecretStr:
+        """The Helicone key, or a :class:`ConfigError` saying how to provide it."""
+        if self.helicone_api_key is None or not self.helicone_api_key.get_secret_value():
+            raise ConfigError(
+                ["HELICONE_API_KEY: missing (expected a key with write access, sk-helicone-...; "
+                 "or set FEEDBACK_DRY_RUN=true)"]
+            )
+        return self.helicone_api_key
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build :class:`Settings` from the environment (and ``overrides``), or raise ConfigError.
+
+    The error carries one line per problem: ``VARIABLE: what is wrong (expected ...)``.  The
+    offending *value* is never echoed, since it may be a secret.
+    """
+    try:
+        return Settings(**dict(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = [str(part) for part in error["loc"] if not isinstance(part, int)]
+        name = loc[0].upper() if loc else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        expected = _expected(name)
+        lines.append(f"{name}: {message}" + (f" (expected {expected})" if expected else ""))
+    return lines
+
+
+def _expected(name: str) -> str | None:
+    field = Settings.model_fields.get(name.lower())
+    if field is None:
+        return None
+    if field.description:
+        return field.description.rstrip(".")
+    if field.default is not None and not callable(field.default):
+        return f"like the default {field.default!r}"
+    return None

@@ -1,0 +1,148 @@
+"""Kafka plumbing shared by the worker and the command line: client settings, topics, partitions.
+
+* :func:`client_kwargs` turns the settings into aiokafka keyword arguments (TLS, SASL), so the
+  worker, ``publish`` and ``dlq`` connect the same way.
+* :func:`ensure_topics` creates the topics the worker needs with ``TOPIC_PARTITIONS`` partitions
+  before Faust starts, and refuses to start when an existing input topic has another count:
+  the window state is partitioned like the input, so the two must match (DESIGN 2).
+* :func:`partition_for` is Kafka's default partitioner (murmur2, as the Java client, aiokafka
+  and kafkajs use), so the worker can tell whether a record already sits on the partition that
+  owns its request's state.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import murmur2
+
+from worker.errors import TopicMismatchError
+
+if TYPE_CHECKING:
+    from worker.config import Settings
+
+__all__ = [
+    "TopicPlan",
+    "client_kwargs",
+    "ensure_topics",
+    "partition_for",
+    "rekey_topic_name",
+    "topic_plan",
+]
+
+log = logging.getLogger(__name__)
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """aiokafka connection arguments (bootstrap, TLS, SASL) from the settings."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        kwargs["ssl_context"] = ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        assert settings.kafka_sasl_password is not None  # checked by Settings
+        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
+        kwargs["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return kwargs
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_ssl_certfile:
+        context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+    return context
+
+
+@lru_cache(maxsize=65_536)
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner gives ``key``.
+
+    Cached: a request's events repeat its key, and murmur2 is pure Python in aiokafka.
+    """
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def rekey_topic_name(settings: Settings) -> str:
+    """Internal topic for events that arrived on the wrong partition (and for idle ticks)."""
+    return f"{settings.worker_group_id}-rekeyed"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPlan:
+    name: str
+    partitions: int
+    #: Must exist with exactly ``partitions`` partitions (state is co-partitioned with it).
+    copartitioned: bool
+    config: dict[str, str]
+
+
+def topic_plan(settings: Settings) -> list[TopicPlan]:
+    """Every topic the worker reads or writes, with the shape it needs."""
+    n = settings.topic_partitions
+    return [
+        TopicPlan(settings.topic_ui_events, n, True, {}),
+        TopicPlan(rekey_topic_name(settings), n, True, {}),
+        TopicPlan(settings.topic_invalid, n, False, {}),
+        TopicPlan(settings.topic_late, n, False, {}),
+        TopicPlan(settings.topic_outbox, n, False, {}),
+        TopicPlan(settings.topic_dlq, n, False, {}),
+    ]
+
+
+async def ensure_topics(settings: Settings, *, request_timeout_ms: int = 30_000) -> list[str]:
+    """Create the missing topics of :func:`topic_plan`; return the names created.
+
+    Raises :class:`TopicMismatchError` when a co-partitioned topic exists with another
+    partition count, naming the topic, both counts and what to do.
+    """
+    admin = AIOKafkaAdminClient(request_timeout_ms=request_timeout_ms, **client_kwargs(settings))
+    await admin.start()
+    try:
+        plan = topic_plan(settings)
+        existing = await _partition_counts(admin, [t.name for t in plan])
+        for topic in plan:
+            have = existing.get(topic.name)
+            if topic.copartitioned and have is not None and have != topic.partitions:
+                raise TopicMismatchError(
+                    f"topic {topic.name!r} has {have} partitions but TOPIC_PARTITIONS is "
+                    f"{topic.partitions}: the worker's state is partitioned like its input, so "
+                    f"set TOPIC_PARTITIONS={have} (before the first start of this group) or "
+                    f"recreate the topic with {topic.partitions} partitions"
+                )
+        missing = [t for t in plan if t.name not in existing]
+        if missing:
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        name=t.name,
+                        num_partitions=t.partitions,
+                        replication_factor=settings.topic_replication_factor,
+                        topic_configs=t.config,
+                    )
+                    for t in missing
+                ]
+            )
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    listed = set(await admin.list_topics())
+    wanted = [n for n in names if n in listed]
+    if not wanted:
+        return {}
+    counts: dict[str, int] = {}
+    for description in await admin.describe_topics(wanted):
+        if description.get("error_code", 0) == 0:
+            counts[description["topic"]] = len(description["partitions"])
+    return counts
