@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker tests bench
+	$(BIN)/ruff check worker tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy worker
