@@ -1,0 +1,290 @@
+"""HeliconeClient and the devtools receiver over real HTTP on loopback.
+
+No broker is needed.  Tests wait on the receiver's record count (``wait_for``), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from worker.delivery import DeliveryOutcome
+from worker.devtools.receiver import Receiver, serve
+from worker.errors import AuthRejected, PermanentDelivery, RetryableDelivery
+from worker.helicone import HeliconeClient
+
+KEY = "sk-helicone-test-7b1e"
+READ_ONLY_KEY = "sk-helicone-readonly-1"
+
+
+def rid() -> str:
+    return str(uuid.uuid4())
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with Receiver(read_only_keys={READ_ONLY_KEY}, unknown_sessions={"ghost"}) as r:
+        yield r
+
+
+@pytest.fixture
+async def client(receiver: Receiver) -> AsyncIterator[HeliconeClient]:
+    async with HeliconeClient(SecretStr(KEY), base_url=receiver.url) as c:
+        yield c
+
+
+async def raw_post(
+    receiver: Receiver, path: str, body: Any, key: str | None = KEY
+) -> httpx.Response:
+    """A call the client would refuse to make, to see how the receiver answers it."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(base_url=receiver.url) as http:
+        return await http.post(path, json=body, headers=headers)
+
+
+# --------------------------------------------------------------------------- success
+
+
+async def test_each_endpoint_succeeds_and_is_recorded(
+    receiver: Receiver, client: HeliconeClient
+) -> None:
+    request_id, session_id = rid(), "session-1"
+    feedback = await client.post_request_feedback(request_id, True)
+    scores = await client.post_request_scores(request_id, {"time_spent_s": 31, "flag": False})
+    session = await client.post_session_feedback(session_id, False)
+
+    assert (feedback.status, scores.status, session.status) == (201, 201, 200)
+    assert {feedback.outcome, scores.outcome, session.outcome} == {DeliveryOutcome.SUCCESS}
+    records = await receiver.wait_for(3)
+    assert [(r.method, r.path, r.body) for r in records] == [
+        ("POST", f"/v1/request/{request_id}/feedback", {"rating": True}),
+        (
+            "POST",
+            f"/v1/request/{request_id}/score",
+            {"scores": {"time_spent_s": 31, "flag": False}},
+        ),
+        ("POST", f"/v1/session/{session_id}/feedback", {"rating": False}),
+    ]
+    assert receiver.count("/v1/request/") == 2
+    assert receiver.count("/v1/session/") == 1
+
+
+async def test_concurrent_posts_are_all_recorded(
+    receiver: Receiver, client: HeliconeClient
+) -> None:
+    ids = [rid() for _ in range(20)]
+    await asyncio.gather(*(client.post_request_feedback(i, True) for i in ids))
+    records = await receiver.wait_for(20, path_prefix="/v1/request/")
+    assert {r.path.split("/")[3] for r in records} == set(ids)
+
+
+async def test_wait_for_times_out_with_what_it_saw(receiver: Receiver) -> None:
+    with pytest.raises(TimeoutError, match="got 0"):
+        await receiver.wait_for(1, timeout_s=0.05)
+
+
+# --------------------------------------------------------------------------- Helicone's errors
+
+
+async def test_wrong_key_is_401_and_auth_rejected(receiver: Receiver) -> None:
+    async with HeliconeClient(SecretStr("not-a-helicone-key"), base_url=receiver.url) as c:
+        with pytest.raises(AuthRejected) as caught:
+            await c.post_request_feedback(rid(), True)
+    assert caught.value.status == 401
+    assert "not-a-helicone-key" not in str(caught.value)
+
+    missing = await raw_post(receiver, f"/v1/request/{rid()}/feedback", {"rating": True}, key=None)
+    assert missing.status_code == 401
+    assert set(missing.json()) == {"error", "trace"}
+    assert receiver.count() == 0
+
+
+async def test_read_only_key_is_403_and_auth_rejected(receiver: Receiver) -> None:
+    async with HeliconeClient(SecretStr(READ_ONLY_KEY), base_url=receiver.url) as c:
+        with pytest.raises(AuthRejected) as caught:
+            await c.post_request_scores(rid(), {"a": 1})
+    assert caught.value.status == 403
+
+
+async def test_configured_key_list_replaces_the_prefix_rule() -> None:
+    async with Receiver(api_keys={"sk-helicone-only-this"}) as r:
+        async with HeliconeClient(SecretStr(KEY), base_url=r.url) as c:
+            with pytest.raises(AuthRejected):
+                await c.post_request_feedback(rid(), True)
+        async with HeliconeClient(SecretStr("sk-helicone-only-this"), base_url=r.url) as c:
+            await c.post_request_feedback(rid(), True)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("feedback", {"rating": "yes"}),
+        ("feedback", {}),
+        ("feedback", {"rating": True, "extra": 1}),
+        ("score", {"scores": {"a": "high"}}),
+        ("score", {"scores": {"a": 1}, "rating": True}),  # no other fields
+        ("score", {"scores": [1]}),
+    ],
+)
+async def test_body_validation_failure_is_422_and_permanent(
+    receiver: Receiver, path: str, body: Any
+) -> None:
+    response = await raw_post(receiver, f"/v1/request/{rid()}/{path}", body)
+    assert response.status_code == 422
+    assert response.json()["message"] == "Validation Failed"
+    assert response.json()["details"]
+
+
+async def test_422_through_the_client_is_permanent_with_the_body(receiver: Receiver) -> None:
+    # The client never builds a bad body, so make the receiver answer as if it had.
+    receiver.fail_next(1, status=422, body={"message": "Validation Failed", "details": {"x": {}}})
+    async with HeliconeClient(SecretStr(KEY), base_url=receiver.url) as c:
+        with pytest.raises(PermanentDelivery) as caught:
+            await c.post_request_feedback(rid(), True)
+    assert caught.value.status == 422
+    assert "Validation Failed" in caught.value.body_excerpt
+
+
+async def test_invalid_request_id_is_500_at_helicone_and_never_sent_by_the_client(
+    receiver: Receiver, client: HeliconeClient
+) -> None:
+    response = await raw_post(receiver, "/v1/request/not-a-uuid/feedback", {"rating": True})
+    assert response.status_code == 500
+    assert response.json() == {"data": None, "error": "Invalid requestId: must be a valid UUID"}
+    v7 = "0190b7a8-9c4e-7d2a-8f3b-1c2d3e4f5a6b"
+    assert (await raw_post(receiver, f"/v1/request/{v7}/score", {"scores": {}})).status_code == 500
+
+    before = receiver.attempts()
+    with pytest.raises(PermanentDelivery):
+        await client.post_request_feedback("not-a-uuid", True)
+    assert receiver.attempts() == before  # validated locally: no call
+
+
+async def test_non_integer_score_is_500(receiver: Receiver) -> None:
+    response = await raw_post(receiver, f"/v1/request/{rid()}/score", {"scores": {"a": 0.5}})
+    assert response.status_code == 500
+    ok = await raw_post(receiver, f"/v1/request/{rid()}/score", {"scores": {"a": 2, "b": True}})
+    assert ok.status_code == 201 and ok.json() == {"data": None, "error": None}
+
+
+async def test_unknown_session_is_500_no_request_found(
+    receiver: Receiver, client: HeliconeClient
+) -> None:
+    with pytest.raises(RetryableDelivery) as caught:
+        await client.post_session_feedback("ghost", True)
+    assert caught.value.status == 500
+    assert "No request found" in caught.value.body_excerpt
+
+
+async def test_rate_limit_is_429_with_retry_after_parsed() -> None:
+    async with (
+        Receiver(rate_limit=2, rate_window_s=30) as r,
+        HeliconeClient(SecretStr(KEY), base_url=r.url) as c,
+    ):
+        await c.post_request_feedback(rid(), True)
+        await c.post_request_feedback(rid(), True)
+        with pytest.raises(RetryableDelivery) as caught:
+            await c.post_request_feedback(rid(), True)
+    assert caught.value.status == 429
+    assert "Too many requests" in caught.value.body_excerpt
+    assert caught.value.retry_after_s is not None and 29 <= caught.value.retry_after_s <= 30
+    assert r.count() == 2 and r.attempts() == 3
+
+
+# --------------------------------------------------------------------------- injected faults
+
+
+async def test_injected_statuses_then_recovery(receiver: Receiver, client: HeliconeClient) -> None:
+    receiver.fail_next(2, status=503, retry_after=3)
+    for _ in range(2):
+        with pytest.raises(RetryableDelivery) as caught:
+            await client.post_request_feedback(rid(), True)
+        assert (caught.value.status, caught.value.retry_after_s) == (503, 3)
+    await client.post_request_feedback(rid(), True)
+    assert receiver.count() == 1 and receiver.attempts() == 3
+
+
+async def test_fault_for_a_time_span(receiver: Receiver, client: HeliconeClient) -> None:
+    receiver.fail_for(60, status=502, path_prefix="/v1/session/")
+    with pytest.raises(RetryableDelivery):
+        await client.post_session_feedback("s", True)
+    await client.post_request_feedback(rid(), True)  # other paths are unaffected
+    receiver.clear_faults()
+    await client.post_session_feedback("s", True)
+
+
+async def test_injected_reset_is_retryable_and_the_pool_recovers(
+    receiver: Receiver, client: HeliconeClient
+) -> None:
+    await client.post_request_feedback(rid(), True)  # a kept-alive connection now exists
+    receiver.reset_next()
+    with pytest.raises(RetryableDelivery) as caught:
+        await client.post_request_feedback(rid(), True)
+    assert caught.value.status is None
+    assert isinstance(caught.value.__cause__, httpx.RemoteProtocolError)
+    await client.post_request_feedback(rid(), True)
+    assert receiver.count() == 2
+    assert [r.status for r in receiver.history] == [201, None, 201]
+
+
+async def test_latency_is_added_and_a_short_timeout_turns_it_retryable(
+    receiver: Receiver,
+) -> None:
+    receiver.set_latency(0.3)
+    async with HeliconeClient(SecretStr(KEY), base_url=receiver.url) as c:
+        started = time.perf_counter()
+        record = await c.post_request_feedback(rid(), True)
+    assert time.perf_counter() - started >= 0.3
+    assert record.duration_s >= 0.3
+
+    async with HeliconeClient(
+        SecretStr(KEY), base_url=receiver.url, timeout=httpx.Timeout(0.05)
+    ) as c:
+        with pytest.raises(RetryableDelivery) as caught:
+            await c.post_request_feedback(rid(), True)
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+    # Like Helicone, the receiver may still apply a write the client gave up on.
+    await receiver.wait_for(2)
+
+
+async def test_faults_can_be_driven_over_http(receiver: Receiver, client: HeliconeClient) -> None:
+    async with httpx.AsyncClient(base_url=receiver.url) as admin:
+        added = await admin.post(
+            "/_admin/faults", json={"status": 429, "count": 1, "retry_after": "5"}
+        )
+        assert added.status_code == 201
+        with pytest.raises(RetryableDelivery) as caught:
+            await client.post_request_feedback(rid(), True)
+        assert caught.value.retry_after_s == 5
+
+        assert (await admin.post("/_admin/faults", json={"reset": True})).status_code == 201
+        with pytest.raises(RetryableDelivery):
+            await client.post_request_feedback(rid(), True)
+
+        assert (await admin.post("/_admin/faults", json={"bogus": 1})).status_code == 400
+        await admin.post("/_admin/faults", json={"status": 500, "for_s": 60})
+        assert (await admin.delete("/_admin/faults")).status_code == 200
+        await client.post_request_feedback(rid(), True)
+
+        records = (await admin.get("/_admin/records")).json()["records"]
+        assert [r["status"] for r in records] == [429, None, 201]
+        await admin.delete("/_admin/records")
+        assert receiver.history == []
+
+
+async def test_serve_runs_until_cancelled() -> None:
+    ready: asyncio.Future[Receiver] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve("127.0.0.1", 0, rate_limit=5, on_ready=ready.set_result))
+    running = await asyncio.wait_for(ready, 5)
+    async with HeliconeClient(SecretStr(KEY), base_url=running.url) as c:
+        await c.post_request_feedback(rid(), True)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
