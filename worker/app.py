@@ -9,6 +9,7 @@ the pure core.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -26,7 +27,7 @@ from worker.metrics import CONTENT_TYPE_LATEST, Metrics
 if TYPE_CHECKING:
     from worker.config import Settings
 
-__all__ = ["FeedbackApp", "build_app"]
+__all__ = ["FeedbackApp", "Readiness", "build_app"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class FeedbackApp:
     settings: Settings
     metrics: Metrics
     ingest: Ingest
+    readiness: Readiness
     topics: dict[str, faust.TopicT] = field(default_factory=dict)
 
 
@@ -68,6 +70,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         autodiscover=False,
     )
     metrics = Metrics()
+    readiness = Readiness()
     topics = {
         name: app.topic(
             name,
@@ -143,23 +146,25 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
 
     app.agent(topics[settings.topic_ui_events], name="ingest")(ingest_agent)
     app.agent(topics[rekey_topic_name(settings)], name="rekeyed")(rekeyed_agent)
-    readiness = _Readiness()
 
     @app.on_rebalance_complete.connect
     def _joined(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         readiness.joined = True
 
     _add_routes(app, metrics, readiness)
-    return FeedbackApp(app, settings, metrics, ingest, topics)
+    return FeedbackApp(app, settings, metrics, ingest, readiness, topics)
 
 
 @dataclass
-class _Readiness:
+class Readiness:
+    """What ``/readyz`` checks; components add their own named checks (e.g. delivery)."""
+
     #: Set once the first rebalance completed: before that the worker owns no partitions.
     joined: bool = False
+    checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
 
 
-def _add_routes(app: faust.App, metrics: Metrics, readiness: _Readiness) -> None:
+def _add_routes(app: faust.App, metrics: Metrics, readiness: Readiness) -> None:
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
@@ -180,6 +185,7 @@ def _add_routes(app: faust.App, metrics: Metrics, readiness: _Readiness) -> None
             checks = {
                 "joined_group": readiness.joined and not app.rebalancing,
                 "recovery_done": cast(TableManager, app.tables).recovery.completed.is_set(),
+                **{name: check() for name, check in readiness.checks.items()},
             }
             ready = all(checks.values())
             return self.json(
