@@ -1,0 +1,44 @@
+"""The core (rules, window engine) imports no I/O library (STYLE 4.1).
+
+Checked in a fresh interpreter, because pytest itself may already have imported them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+IO_LIBRARIES = {"faust", "aiokafka", "httpx", "prometheus_client"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_probe(code: str) -> str:
+    """Run ``code`` in a fresh interpreter that imports this checkout's ``worker``."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    return out.stdout.strip()
+
+
+def test_core_imports_no_io_libraries() -> None:
+    probe = (
+        "import sys, worker.rules, worker.windows; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        f"set({sorted(IO_LIBRARIES)!r})))"
+    )
+    assert run_probe(probe) == "[]"
+
+
+def test_the_probe_would_notice_an_io_import() -> None:
+    """Guard against a probe that can never fail: an I/O module does show up."""
+    probe = "import sys, json; print(sorted({m.split('.')[0] for m in sys.modules} & {'json'}))"
+    assert run_probe(probe) == "['json']"
