@@ -8,7 +8,7 @@ import pytest
 
 from worker.config import Settings
 
-pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.worker"]
+pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.worker", "tests.fixtures.delivery"]
 
 
 @pytest.fixture(autouse=True)

@@ -11,25 +11,47 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import faust
 from aiohttp import web
+from faust.tables.base import Collection
 from faust.tables.manager import TableManager
 from faust.web import Request, Response, View
 
+from worker.agents.deliver import install_delivery
 from worker.agents.ingest import Ingest
+from worker.agents.windows import TICK_HEADER, Windows
 from worker.clock import Clock, SystemClock
-from worker.ingest import Accepted, IngestLimits, RecentIds
+from worker.ingest import IngestLimits, RecentIds
 from worker.kafka import rekey_topic_name, ssl_context
 from worker.metrics import CONTENT_TYPE_LATEST, Metrics
+from worker.rules import RuleConfig
 
 if TYPE_CHECKING:
     from worker.config import Settings
 
-__all__ = ["FeedbackApp", "Readiness", "build_app"]
+__all__ = ["FeedbackApp", "Readiness", "build_app", "rule_config"]
 
 log = logging.getLogger(__name__)
+
+#: How often each owned partition gets a tick (the resolution of idle close).
+TICK_INTERVAL_S = 1.0
+
+
+def rule_config(settings: Settings) -> RuleConfig:
+    """The rules' thresholds from the settings (seconds -> the core's milliseconds)."""
+    return RuleConfig(
+        engagement_window_ms=int(settings.engagement_window_s * 1000),
+        code_window_ms=int(settings.code_window_s * 1000),
+        clicks_window_ms=int(settings.clicks_window_s * 1000),
+        ticket_window_ms=int(settings.ticket_window_s * 1000),
+        long_read_ms=int(settings.engagement_long_read_s * 1000),
+        short_read_ms=int(settings.engagement_short_read_s * 1000),
+        quick_exit_ms=int(settings.engagement_quick_exit_s * 1000),
+        correction_phrases=tuple(settings.correction_phrases),
+    )
 
 
 @dataclass
@@ -40,6 +62,7 @@ class FeedbackApp:
     settings: Settings
     metrics: Metrics
     ingest: Ingest
+    windows: Windows
     readiness: Readiness
     topics: dict[str, faust.TopicT] = field(default_factory=dict)
 
@@ -60,6 +83,9 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_s / 3),
         consumer_auto_offset_reset="earliest",
+        # Records whose window state is still buffered are not acked yet; on a rebalance they
+        # are simply processed again by the new owner, so do not wait for them.
+        stream_wait_empty=False,
         producer_max_batch_size=settings.kafka_producer_batch_bytes,
         key_serializer="raw",
         value_serializer="raw",
@@ -100,8 +126,34 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
             key=key, value=value, partition=partition, headers=headers
         )
 
-    async def next_stage(partition: int, accepted: Accepted) -> None:
-        """Until the window engine consumes them, valid events end here (counted at ingest)."""
+    async def send_record(topic: str, key: bytes, value: bytes) -> Any:
+        return await topics[topic].send(key=key, value=value)
+
+    table = app.Table(
+        "windows",
+        default=None,
+        partitions=settings.topic_partitions,
+        key_type=str,
+        value_type=bytes,
+        options={"block_cache_size": settings.rocksdb_block_cache_bytes},
+    )
+    # Faust picks a table's serializers from its key/value types and falls back to JSON; the
+    # engine stores bytes it encoded itself, so the values must pass through untouched (in the
+    # changelog, in RocksDB and when restored).
+    collection = cast(Collection, table)
+    collection.key_serializer, collection.value_serializer = "json", "raw"
+    windows = Windows(
+        table=table,
+        config=rule_config(settings),
+        grace_ms=int(settings.window_grace_s * 1000),
+        idle_close_ms=int(settings.idle_close_s * 1000),
+        max_signals=settings.max_signals_per_window,
+        clock=clock,
+        metrics=metrics,
+        send=send_record,
+        outbox_topic=settings.topic_outbox,
+        late_topic=settings.topic_late,
+    )
 
     ingest = Ingest(
         limits=IngestLimits(
@@ -115,14 +167,18 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         invalid_topic=settings.topic_invalid,
         rekey_topic=rekey_topic_name(settings),
         send=send,
-        next_stage=next_stage,
+        next_stage=windows.on_event,
+        defer_ack=windows.hold,
         metrics=metrics,
         clock=clock,
         recent=RecentIds(settings.dedupe_cache_size),
     )
 
-    async def ingest_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
+    # Both agents acknowledge by hand: an event's ack waits until its window state is
+    # written (see worker.agents.windows), so a commit never covers state still in memory.
+    async def ingest_agent(agent_stream: faust.StreamT[bytes]) -> None:
+        manual = cast(faust.Stream[bytes], agent_stream).noack()
+        async for event in manual.events():
             message = event.message
             await ingest.on_input(
                 key=message.key,
@@ -130,11 +186,17 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
                 partition=message.partition,
                 offset=message.offset,
                 timestamp_ms=round(message.timestamp * 1000),
+                ack=partial(manual.ack, event),
             )
 
-    async def rekeyed_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
+    async def rekeyed_agent(agent_stream: faust.StreamT[bytes]) -> None:
+        manual = cast(faust.Stream[bytes], agent_stream).noack()
+        async for event in manual.events():
             message = event.message
+            ack = partial(manual.ack, event)
+            if message.headers and any(name == TICK_HEADER for name, _ in message.headers):
+                await windows.on_tick(message.partition, ack)
+                continue
             await ingest.on_rekeyed(
                 key=message.key,
                 value=message.value,
@@ -142,17 +204,46 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
                 offset=message.offset,
                 timestamp_ms=round(message.timestamp * 1000),
                 headers=list(message.headers or ()),
+                ack=ack,
             )
 
     app.agent(topics[settings.topic_ui_events], name="ingest")(ingest_agent)
     app.agent(topics[rekey_topic_name(settings)], name="rekeyed")(rekeyed_agent)
 
+    rekey_topic = rekey_topic_name(settings)
+
+    async def _tick() -> None:
+        """Idle close needs the wall clock *inside* each partition's stream: send it a tick."""
+        now = str(clock.now_ms()).encode()
+        for tp in app.consumer.assignment():
+            if tp.topic == rekey_topic:
+                await topics[rekey_topic].send(
+                    key=b"tick", value=b"", partition=tp.partition, headers=[(TICK_HEADER, now)]
+                )
+        windows.refresh_gauges()
+
+    app.timer(interval=TICK_INTERVAL_S)(_tick)
+
+    @app.on_partitions_revoked.connect
+    def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked = args[0] if args else kwargs.get("revoked", ())
+        windows.on_revoked({tp.partition for tp in revoked if tp.topic == rekey_topic})
+        ingest.recent.clear()
+
+    @app.on_partitions_assigned.connect
+    def _assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        assigned = args[0] if args else kwargs.get("assigned", ())
+        windows.on_assigned({tp.partition for tp in assigned if tp.topic == rekey_topic})
+
     @app.on_rebalance_complete.connect
     def _joined(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         readiness.joined = True
 
+    install_delivery(
+        app, settings=settings, metrics=metrics, topics=topics, readiness=readiness, clock=clock
+    )
     _add_routes(app, metrics, readiness)
-    return FeedbackApp(app, settings, metrics, ingest, readiness, topics)
+    return FeedbackApp(app, settings, metrics, ingest, windows, readiness, topics)
 
 
 @dataclass

@@ -18,6 +18,7 @@ import click
 import orjson
 from pydantic import ValidationError
 
+from worker.commands.dlq import dlq
 from worker.config import Settings, load_settings
 from worker.errors import ConfigError, TopicMismatchError
 from worker.logs import logging_config
@@ -63,6 +64,14 @@ def run() -> None:
     from worker.kafka import ensure_topics
 
     settings = _settings()
+    if not settings.feedback_dry_run:
+        try:
+            settings.require_api_key()
+        except ConfigError as exc:
+            click.echo("feedback-worker: invalid configuration", err=True)
+            for problem in exc.problems:
+                click.echo(f"  {problem}", err=True)
+            sys.exit(2)
     _setup_logging(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -208,6 +217,9 @@ def schemas(out: Path, check: bool) -> None:
         return
     written = schema_files.write(out)
     click.echo(f"wrote {len(written)} files to {out}")
+
+
+main.add_command(dlq)
 
 
 if __name__ == "__main__":  # pragma: no cover

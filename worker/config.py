@@ -107,6 +107,22 @@ class Settings(BaseSettings):
     delivery_max_attempts: int = Field(default=12, ge=1, le=1_000)
     delivery_max_age_s: PositiveSeconds = 86_400.0
     delivery_timeout_s: PositiveSeconds = 10.0
+    delivery_backoff_base_s: PositiveSeconds = Field(
+        default=1.0, description="First retry delay in seconds; doubles per attempt (+-20 %)."
+    )
+    delivery_backoff_cap_s: PositiveSeconds = Field(
+        default=600.0, description="Longest retry delay in seconds; at least the base."
+    )
+    delivery_breaker_cool_down_s: PositiveSeconds = Field(
+        default=30.0, description="Seconds the circuit breaker stays open before one probe."
+    )
+    delivery_auth_probe_interval_s: PositiveSeconds = Field(
+        default=30.0, description="Seconds between probes while a 401/403 pauses delivery."
+    )
+    delivery_dedupe_ttl_s: PositiveSeconds = Field(
+        default=7 * 86_400.0,
+        description="Seconds a settled decision_id is remembered to skip duplicates.",
+    )
 
     # ---- runtime
     worker_web_port: int = Field(default=6066, ge=0, le=65_535)
@@ -152,6 +168,12 @@ class Settings(BaseSettings):
             )
         if self.engagement_short_read_s > self.engagement_long_read_s:
             raise ValueError("ENGAGEMENT_SHORT_READ_S must not exceed ENGAGEMENT_LONG_READ_S")
+        return self
+
+    @model_validator(mode="after")
+    def _delivery_coherent(self) -> Settings:
+        if self.delivery_backoff_cap_s < self.delivery_backoff_base_s:
+            raise ValueError("DELIVERY_BACKOFF_CAP_S must not be below DELIVERY_BACKOFF_BASE_S")
         return self
 
     # ---- derived views

@@ -16,13 +16,19 @@ Map of the module::
     CircuitBreaker              closed / open / half-open over a rolling window of outcomes
     TokenBucket                 requests per second with a burst
     AuthPause                   401/403 pause every delivery until a probe is accepted
+    DeadLetterReason            why a decision went to the dead-letter topic (closed set)
+    plan_calls(...)             which calls one decision needs, in order
+    RetryState                  one decision's durable progress: attempts, calls done, when next
 
-How the deliver agent is expected to combine them, per decision::
+How the deliver agent (:mod:`worker.agents.deliver`) combines them, per decision::
 
-    wait = max(auth.retry_in_ms(), breaker.retry_in_ms(), bucket.try_acquire())
-    if wait: schedule again in `wait` ms (durably) and move on; nothing is dropped
-    else: post; record the outcome in breaker and auth pause;
-          on RetryableDelivery ask policy.next_attempt_at(...): None -> dead-letter
+    if auth or breaker refuses (retry_in_ms() > 0, or allow() is False):
+        keep it durably until then (RetryState.waiting) and move on; nothing is dropped
+    for each call in plan_calls(...) not in state.done:
+        take a token (a short sleep of this one actor if the bucket is empty); post;
+        the outcome goes to breaker and auth pause (their ``record``);
+        success -> state.succeeded(call); 401/403 -> wait for the auth probe;
+        permanent -> dead-letter; retryable -> state.failed(policy, ...) -> wait or dead-letter
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from worker.errors import AuthRejected, PermanentDelivery, RetryableDelivery
@@ -41,22 +47,29 @@ if TYPE_CHECKING:
     from worker.clock import Clock
 
 __all__ = [
+    "DEAD_LETTER_REASONS",
+    "ENDPOINTS",
     "AuthPause",
     "AuthPauseChanged",
     "BreakerState",
     "BreakerStateChanged",
     "CircuitBreaker",
+    "DeadLetterReason",
     "DeliveryAttempted",
     "DeliveryOutcome",
     "Endpoint",
     "RetryPolicy",
+    "RetryState",
     "TokenBucket",
+    "WaitingFor",
     "outcome_of",
+    "plan_calls",
 ]
 
 #: The three Helicone calls, by name.  Used as the ``endpoint`` metric label, so it never
 #: contains the request or session id that the real path does.
 Endpoint = Literal["request_feedback", "request_score", "session_feedback"]
+ENDPOINTS: tuple[Endpoint, ...] = ("request_feedback", "request_score", "session_feedback")
 
 
 class DeliveryOutcome(enum.Enum):
@@ -347,6 +360,9 @@ class CircuitBreaker:
 # --------------------------------------------------------------------------- rate limit
 
 
+_TOKEN_EPSILON = 1e-9
+
+
 class TokenBucket:
     """A token bucket: ``rate_per_s`` tokens a second, at most ``burst`` saved up.
 
@@ -376,10 +392,12 @@ class TokenBucket:
         if tokens > self._burst:
             raise ValueError("cannot take more tokens than the burst holds")
         self._refill()
-        if self._tokens >= tokens:
-            self._tokens -= tokens
+        # Refill is rate x elapsed in floats: waiting exactly the answered time can leave
+        # 0.9999999 tokens, which must count as one.
+        if self._tokens + _TOKEN_EPSILON >= tokens:
+            self._tokens = max(0.0, self._tokens - tokens)
             return 0
-        return max(1, math.ceil((tokens - self._tokens) / self._rate_per_ms))
+        return max(1, math.ceil((tokens - self._tokens) / self._rate_per_ms - _TOKEN_EPSILON))
 
     def _refill(self) -> None:
         now_ms = self._clock.now_ms()
@@ -474,3 +492,136 @@ class AuthPause:
     def _notify(self, now_ms: int) -> None:
         if self._on_change is not None:
             self._on_change(AuthPauseChanged(self._paused, now_ms))
+
+
+# --------------------------------------------------------------------------- retry state
+
+#: Why a decision ended in ``feedback-dlq``; the ``reason`` field there and the metric label.
+#:
+#: * ``rejected``: Helicone answered 400/404/422 (or another client error) for one of its calls;
+#: * ``invalid``: the decision cannot be posted as it is (not a decision, a request id that is
+#:   not a UUID v1-v5, a session decision with scores), found before any call was made;
+#: * ``max_attempts``: every allowed attempt failed in a retryable way;
+#: * ``max_age``: the next attempt would fall after the retry horizon.
+DeadLetterReason = Literal["rejected", "invalid", "max_attempts", "max_age"]
+DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = (
+    "rejected",
+    "invalid",
+    "max_attempts",
+    "max_age",
+)
+
+#: What a waiting decision waits for: its backoff after a failed attempt, the circuit breaker
+#: to let calls through again, or a probe to show the API key is accepted again.  Only
+#: ``backoff`` follows a counted attempt; the other two never use up the retry budget.
+WaitingFor = Literal["backoff", "breaker", "auth"]
+
+
+def plan_calls(
+    *, target: Literal["request", "session"], rating: bool | None, has_scores: bool
+) -> tuple[Endpoint, ...]:
+    """The calls one decision needs, in the order they are made (DESIGN 5).
+
+    The rating goes first, then all scores in one call.  Helicone has no score endpoint for
+    sessions, so a session decision with scores raises ``ValueError`` (it is dead-lettered
+    as ``invalid`` rather than half-delivered).  A decision with neither needs no call.
+    """
+    if target == "session":
+        if has_scores:
+            raise ValueError("a session decision cannot carry scores (Helicone has no endpoint)")
+        return ("session_feedback",) if rating is not None else ()
+    calls: list[Endpoint] = []
+    if rating is not None:
+        calls.append("request_feedback")
+    if has_scores:
+        calls.append("request_score")
+    return tuple(calls)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryState:
+    """One decision's delivery progress, kept durably while it waits to be tried again.
+
+    ``done`` holds the calls that already succeeded, so a retry makes only the ones left
+    (a rating that went through is not posted again because its scores failed).  ``seq``
+    changes on every transition: a wake-up record carries the ``seq`` it was issued for, so
+    a stale or doubled wake-up is recognised and ignored.  ``attempts`` counts attempts that
+    failed in a retryable way; waiting for the breaker or the auth pause does not count.
+    """
+
+    seq: int = 0
+    attempts: int = 0
+    first_attempt_ms: int | None = None
+    next_at_ms: int = 0
+    waiting_for: WaitingFor = "backoff"
+    done: tuple[Endpoint, ...] = ()
+    last_status: int | None = None
+    last_endpoint: Endpoint | None = None
+    last_error: str = ""
+    last_body: str = ""
+
+    def remaining(self, calls: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+        """The calls of ``calls`` not made successfully yet, in order."""
+        return tuple(call for call in calls if call not in self.done)
+
+    def succeeded(self, endpoint: Endpoint) -> RetryState:
+        """``endpoint`` went through: never make that call again for this decision."""
+        if endpoint in self.done:
+            return self
+        return replace(self, done=(*self.done, endpoint))
+
+    def started(self, now_ms: int) -> RetryState:
+        """An attempt is being made now; the age horizon counts from the first one."""
+        if self.first_attempt_ms is not None:
+            return self
+        return replace(self, first_attempt_ms=now_ms)
+
+    def waiting(self, *, until_ms: int, waiting_for: WaitingFor) -> RetryState:
+        """Wait until ``until_ms`` without using up an attempt (breaker open, auth pause)."""
+        return replace(self, seq=self.seq + 1, next_at_ms=until_ms, waiting_for=waiting_for)
+
+    def failed(
+        self,
+        policy: RetryPolicy,
+        *,
+        now_ms: int,
+        endpoint: Endpoint,
+        status: int | None,
+        error: str,
+        body: str = "",
+        retry_after_s: float | None = None,
+    ) -> tuple[RetryState, DeadLetterReason | None]:
+        """An attempt failed in a retryable way: the state to keep, and why to give up if so.
+
+        The returned reason is ``None`` when another attempt is scheduled (at ``next_at_ms``
+        of the returned state), else ``max_attempts`` or ``max_age`` and the state is the
+        final one, for the dead-letter record.
+        """
+        first_ms = self.first_attempt_ms if self.first_attempt_ms is not None else now_ms
+        attempts = self.attempts + 1
+        recorded = replace(
+            self,
+            attempts=attempts,
+            first_attempt_ms=first_ms,
+            last_status=status,
+            last_endpoint=endpoint,
+            last_error=error,
+            last_body=body,
+        )
+        at_ms = policy.next_attempt_at(
+            attempts, first_attempt_ms=first_ms, now_ms=now_ms, retry_after_s=retry_after_s
+        )
+        if at_ms is None:
+            reason: DeadLetterReason = (
+                "max_attempts" if attempts >= policy.max_attempts else "max_age"
+            )
+            return recorded, reason
+        return recorded.waiting(until_ms=at_ms, waiting_for="backoff"), None
+
+    def noted(
+        self, *, endpoint: Endpoint, status: int | None, error: str, body: str = ""
+    ) -> RetryState:
+        """Remember the last answer without counting an attempt (a 401/403, a rejection)."""
+        return replace(
+            self, last_status=status, last_endpoint=endpoint, last_error=error, last_body=body
+        )

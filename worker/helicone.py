@@ -106,7 +106,6 @@ _AUTH_STATUSES: Final = frozenset({401, 403})
 
 ObserveAttempt = Callable[[DeliveryAttempted], None]
 
-
 # --------------------------------------------------------------------------- classification
 
 

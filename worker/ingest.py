@@ -211,7 +211,8 @@ class RecentIds:
     """A bounded set of recently seen event ids (LRU): the first line of duplicate defence.
 
     Memory stays at ``capacity`` ids whatever the input.  The window engine keeps the exact,
-    durable per-window dedupe; this only saves work on bursts of retried sends.
+    durable per-key dedupe; this only saves work on bursts of retried sends.  It must be
+    cleared when partitions are revoked (see :meth:`clear`).
     """
 
     def __init__(self, capacity: int) -> None:
@@ -229,6 +230,11 @@ class RecentIds:
         if len(self._ids) > self._capacity:
             self._ids.popitem(last=False)
         return False
+
+    def clear(self) -> None:
+        """Forget everything: after a rebalance the records since the last commit are
+        delivered again, and they are not duplicates (their effects were not kept)."""
+        self._ids.clear()
 
     def __len__(self) -> int:
         return len(self._ids)

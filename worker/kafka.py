@@ -27,8 +27,13 @@ if TYPE_CHECKING:
     from worker.config import Settings
 
 __all__ = [
+    "DELIVERY_DONE_TABLE",
+    "DELIVERY_PENDING_TABLE",
+    "DELIVERY_TABLES",
     "TopicPlan",
+    "changelog_topic_name",
     "client_kwargs",
+    "delivery_retry_topic_name",
     "ensure_topics",
     "partition_for",
     "rekey_topic_name",
@@ -92,9 +97,37 @@ def topic_plan(settings: Settings) -> list[TopicPlan]:
         TopicPlan(rekey_topic_name(settings), n, True, {}),
         TopicPlan(settings.topic_invalid, n, False, {}),
         TopicPlan(settings.topic_late, n, False, {}),
-        TopicPlan(settings.topic_outbox, n, False, {}),
+        # Delivery's tables are fed by the outbox and its retry topic, so both are co-partitioned
+        # with the tables' changelogs (each decision's records and state share one partition).
+        TopicPlan(settings.topic_outbox, n, True, {}),
         TopicPlan(settings.topic_dlq, n, False, {}),
+        TopicPlan(delivery_retry_topic_name(settings), n, True, {}),
+        *(
+            TopicPlan(changelog_topic_name(settings, table), n, True, _COMPACTED)
+            for table in DELIVERY_TABLES
+        ),
     ]
+
+
+# ---- delivery's internal topics (worker/agents/deliver.py)
+
+#: The deliver agent's tables: the retry state of waiting decisions, and the decision ids that
+#: are settled (delivered or dead-lettered), remembered for DELIVERY_DEDUPE_TTL_S.
+DELIVERY_PENDING_TABLE = "delivery-pending"
+DELIVERY_DONE_TABLE = "delivery-done"
+DELIVERY_TABLES = (DELIVERY_PENDING_TABLE, DELIVERY_DONE_TABLE)
+
+_COMPACTED = {"cleanup.policy": "compact"}
+
+
+def delivery_retry_topic_name(settings: Settings) -> str:
+    """Internal topic for due retries, forwarded decisions and dedupe sweeps."""
+    return f"{settings.worker_group_id}-delivery-retry"
+
+
+def changelog_topic_name(settings: Settings, table: str) -> str:
+    """The changelog Faust keeps for ``table`` (``<app id>-<table>-changelog``)."""
+    return f"{settings.worker_group_id}-{table}-changelog"
 
 
 async def ensure_topics(settings: Settings, *, request_timeout_ms: int = 30_000) -> list[str]:

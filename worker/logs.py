@@ -72,6 +72,9 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         # faust and aiokafka are chatty at INFO about every rebalance step.
         "loggers": {
             "aiokafka": {"level": "WARNING"},
+            # httpx logs every request at INFO: a line per Helicone call is noise (and CPU).
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
             "faust": {"level": "WARNING" if level != "DEBUG" else "DEBUG"},
             "mode": {"level": "WARNING" if level != "DEBUG" else "DEBUG"},
         },

@@ -13,11 +13,22 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     disable_created_metrics,
     generate_latest,
 )
 
-from worker.events import EVENT_TYPES
+from worker.delivery import (
+    DEAD_LETTER_REASONS,
+    ENDPOINTS,
+    AuthPauseChanged,
+    BreakerState,
+    BreakerStateChanged,
+    DeadLetterReason,
+    DeliveryAttempted,
+    DeliveryOutcome,
+)
+from worker.events import EVENT_TYPES, Decision
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -70,6 +81,140 @@ class Metrics:
             self.events.labels(type=event_type)
         for reason in _INVALID_REASONS:
             self.events_invalid.labels(reason=reason)
+
+        # ---- windows and decisions
+        self.events_late = Counter(
+            "feedback_events_late",
+            "Valid events that arrived for a window that had already closed (to the late topic).",
+            registry=r,
+        )
+        self.windows_open = Gauge(
+            "feedback_windows_open",
+            "Windows open on the partitions this worker owns, by rule.",
+            ["rule"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "feedback_decisions",
+            "Decisions written to the outbox, by rule and rating (true/false/none).",
+            ["rule", "rating"],
+            registry=r,
+        )
+        self.decision_delay = Histogram(
+            "feedback_decision_delay_seconds",
+            "Wall-clock time from a window's end (event time) to its decision being written; "
+            "includes the grace period. Replayed history shows up as very large values.",
+            ["rule"],
+            buckets=(0.5, 1, 2, 5, 7.5, 10, 15, 30, 60, 120, 300, 900, 3600),
+            registry=r,
+        )
+
+        # ---- delivery (DESIGN 5, 9): fed by worker/agents/deliver.py
+        self.delivery_attempts = Counter(
+            "feedback_delivery_attempts",
+            "HTTP calls to Helicone (or dry-run stand-ins), by endpoint and outcome.",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.delivery_duration = Histogram(
+            "feedback_delivery_duration_seconds",
+            "Duration of one HTTP call to Helicone, by endpoint.",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.delivery_delivered = Counter(
+            "feedback_delivery_delivered",
+            "Decisions whose every call succeeded (or was logged, in dry run), by target.",
+            ["target"],
+            registry=r,
+        )
+        self.delivery_duplicates = Counter(
+            "feedback_delivery_duplicates",
+            "Outbox records skipped because their decision was already delivered or is "
+            "already waiting for a retry, by which of the two.",
+            ["state"],
+            registry=r,
+        )
+        self.delivery_retry_queue = Gauge(
+            "feedback_delivery_retry_queue",
+            "Decisions waiting for a retry, the breaker or the auth pause, on this worker's "
+            "partitions.",
+            registry=r,
+        )
+        self.delivery_dlq = Counter(
+            "feedback_delivery_dlq",
+            "Decisions written to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.delivery_breaker_state = Gauge(
+            "feedback_delivery_breaker_state",
+            "Circuit breaker: 0 closed, 1 half-open (probing), 2 open (no calls).",
+            registry=r,
+        )
+        self.delivery_breaker_opened = Counter(
+            "feedback_delivery_breaker_opened",
+            "Times the circuit breaker opened.",
+            registry=r,
+        )
+        self.delivery_auth_paused = Gauge(
+            "feedback_delivery_auth_paused",
+            "1 while delivery is paused because Helicone rejected the API key (401/403).",
+            registry=r,
+        )
+        self.delivery_delay = Histogram(
+            "feedback_delivery_delay_seconds",
+            "Wall-clock time from a decision's decided_at to its last call succeeding.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400),
+            registry=r,
+        )
+        for endpoint in ENDPOINTS:
+            self.delivery_duration.labels(endpoint=endpoint)
+            for outcome in DeliveryOutcome:
+                self.delivery_attempts.labels(endpoint=endpoint, outcome=outcome.value)
+        for reason in DEAD_LETTER_REASONS:
+            self.delivery_dlq.labels(reason=reason)
+        for target in ("request", "session"):
+            self.delivery_delivered.labels(target=target)
+        for state in ("delivered", "pending"):
+            self.delivery_duplicates.labels(state=state)
+
+    def observe_decision(self, decision: Decision, *, now_ms: int) -> None:
+        rating = "none" if decision.rating is None else str(decision.rating).lower()
+        self.decisions.labels(rule=decision.rule, rating=rating).inc()
+        end_ms = decision.window_end.timestamp() * 1000
+        self.decision_delay.labels(rule=decision.rule).observe(max(0.0, (now_ms - end_ms) / 1000))
+
+    def set_windows_open(self, per_rule: dict[str, int]) -> None:
+        for rule, count in per_rule.items():
+            self.windows_open.labels(rule=rule).set(count)
+
+    # ---- delivery observers
+
+    def observe_attempt(self, record: DeliveryAttempted) -> None:
+        """One call to Helicone (the client's observer)."""
+        self.delivery_attempts.labels(
+            endpoint=record.endpoint, outcome=record.outcome.value
+        ).inc()
+        if record.outcome is not DeliveryOutcome.DRY_RUN:
+            self.delivery_duration.labels(endpoint=record.endpoint).observe(record.duration_s)
+
+    def observe_breaker(self, change: BreakerStateChanged) -> None:
+        self.delivery_breaker_state.set(int(change.current))
+        if change.current is BreakerState.OPEN:
+            self.delivery_breaker_opened.inc()
+
+    def observe_auth_pause(self, change: AuthPauseChanged) -> None:
+        self.delivery_auth_paused.set(1 if change.paused else 0)
+
+    def observe_delivered(self, target: str, *, delay_s: float | None) -> None:
+        self.delivery_delivered.labels(target=target).inc()
+        if delay_s is not None:
+            self.delivery_delay.observe(max(0.0, delay_s))
+
+    def observe_dead_letter(self, reason: DeadLetterReason) -> None:
+        self.delivery_dlq.labels(reason=reason).inc()
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format, for ``/metrics``."""

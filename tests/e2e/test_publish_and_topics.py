@@ -104,6 +104,7 @@ def test_worker_refuses_an_input_topic_with_another_partition_count(
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "TOPIC_PARTITIONS": "4",
             "STATE_DIR": str(tmp_path),
+            "FEEDBACK_DRY_RUN": "true",
             **topics.env(),
         },
     )

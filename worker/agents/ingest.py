@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from worker.clock import Clock
     from worker.metrics import Metrics
 
-__all__ = ["EVENT_TIME_HEADER", "Ingest", "NextStage", "RecordSink"]
+__all__ = ["EVENT_TIME_HEADER", "Ack", "Ingest", "NextStage", "RecordSink"]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,11 @@ EVENT_TIME_HEADER = "fw-event-time-ms"
 
 _MAX_KEY_BYTES = 1024
 
-#: What the next stage (the window engine) is: called with the owning partition.
-NextStage = Callable[[int, Accepted], Awaitable[None]]
+#: Acknowledges one input record, so its offset may be committed.
+Ack = Callable[[], Awaitable[Any]]
+#: What the next stage (the window engine) is: called with the owning partition, the event
+#: and the record's ack, which the stage calls once the event's effects are durable.
+NextStage = Callable[[int, Accepted, Ack], Awaitable[None]]
 #: Sends one record: (topic, key, value, partition or None, headers or None).
 RecordSink = Callable[
     [str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None], Awaitable[Any]
@@ -66,6 +69,9 @@ class Ingest:
     rekey_topic: str
     send: RecordSink
     next_stage: NextStage
+    #: Queues a record's ack behind the records of its partition that came before it: Faust
+    #: may commit past an unacknowledged record when a later one is acknowledged first.
+    defer_ack: Callable[[int, Ack], None]
     metrics: Metrics
     clock: Clock
     recent: RecentIds
@@ -78,8 +84,10 @@ class Ingest:
         partition: int,
         offset: int,
         timestamp_ms: int,
+        ack: Ack,
     ) -> None:
-        """Handle one record of the input topic."""
+        """Handle one record of the input topic; ``ack`` is called (here or by the next
+        stage) once nothing about the record can be lost any more."""
         result = inspect_record(
             value, record_ts_ms=timestamp_ms, now_ms=self.clock.now_ms(), limits=self.limits
         )
@@ -88,16 +96,18 @@ class Ingest:
                 result, key=key, value=value, partition=partition, offset=offset,
                 timestamp_ms=timestamp_ms, topic=self.input_topic,
             )
+            self.defer_ack(partition, ack)
             return
         if self.recent.seen(result.event.event_id):
             self.metrics.events_duplicate.inc()
+            self.defer_ack(partition, ack)
             return
         self.metrics.events.labels(type=result.event.type).inc()
         self.metrics.last_event_timestamp.set(result.event_time_ms / 1000)
         routing_key = result.key.encode()
         owner = partition_for(routing_key, self.partitions)
         if owner == partition:
-            await self.next_stage(partition, result)
+            await self.next_stage(partition, result, ack)
             return
         self.metrics.events_rekeyed.inc()
         assert value is not None
@@ -108,6 +118,7 @@ class Ingest:
             owner,
             [(EVENT_TIME_HEADER, str(result.event_time_ms).encode())],
         )
+        self.defer_ack(partition, ack)
 
     async def on_rekeyed(
         self,
@@ -118,6 +129,7 @@ class Ingest:
         offset: int,
         timestamp_ms: int,
         headers: list[tuple[str, bytes]] | None,
+        ack: Ack,
     ) -> None:
         """Handle one forwarded event (already validated and counted on its first hop)."""
         event_time_ms = _header_int(headers, EVENT_TIME_HEADER)
@@ -130,8 +142,9 @@ class Ingest:
                 invalid, key=key, value=value, partition=partition, offset=offset,
                 timestamp_ms=timestamp_ms, topic=self.rekey_topic,
             )
+            self.defer_ack(partition, ack)
             return
-        await self.next_stage(partition, Accepted(event, event_time_ms or timestamp_ms))
+        await self.next_stage(partition, Accepted(event, event_time_ms or timestamp_ms), ack)
 
     async def _reject(
         self,

@@ -1,0 +1,1 @@
+"""Command groups of ``feedback-worker`` that live outside :mod:`worker.cli` (``dlq``)."""
