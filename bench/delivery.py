@@ -1,0 +1,456 @@
+"""Delivery benchmark: outbox decisions delivered by the worker, against a bare httpx loop.
+
+Both sides post the same requests (per decision: the rating, then all scores in one call) to
+the same local Helicone-compatible receiver, running as its own process, with the same
+concurrency, in the same run:
+
+    (a) bare: an httpx.AsyncClient and CONCURRENCY tasks taking decisions from a list
+    (b) worker: ``feedback-worker run`` consuming the decisions from the outbox topic
+
+Throughput is measured at the receiver, from the first to the last accepted call of each run
+(so neither side's start-up counts).  httpx's async pool slows down as concurrency grows
+(encode/httpx#3215), so the bare loop is also run at concurrency 8 and that rate is printed
+for context; the ratio the issue asks for is at the same concurrency.
+
+A second, paced phase sends one decision at a time at a steady rate and measures latency: for
+the worker, receiver time minus the time the decision was produced to the outbox; for the bare
+loop, receiver time minus the time the request was started.  Added latency is the worker's
+percentile minus the bare loop's.  To show where it goes, the same paced records are also
+timed through a plain aiokafka consumer with the fetch wait Faust hard-codes (1500 ms): on
+Tansu a fetch is not answered as soon as a record arrives, which dominates the figure.
+
+    python bench/delivery.py                     # embedded Tansu, 3,000 decisions, rate lifted
+    python bench/delivery.py --decisions 1000 --concurrency 16
+    python bench/delivery.py --rate 10           # with the production rate limit (10/s)
+    python bench/delivery.py --bootstrap host:9092
+
+This is a benchmark, not a test: it prints figures and never fails on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaProducer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# worker.helicone is imported for its side effect on httpcore (the sniffio import fix, see
+# there), so the bare loop runs on the same footing as the worker's client.
+import worker.helicone  # noqa: E402, F401
+from worker.devtools.broker import EmbeddedBroker, free_port  # noqa: E402
+from worker.events import Decision, decision_id_for  # noqa: E402
+
+KEY = "sk-helicone-bench-0000"
+
+
+def make_decision(index: int, *, scores: bool) -> Decision:
+    now = datetime.now(UTC)
+    request_id = str(uuid.uuid4())
+    start = now - timedelta(seconds=60)
+    return Decision(
+        decision_id=decision_id_for(request_id, "engagement", int(start.timestamp() * 1000)),
+        target="request",
+        request_id=request_id,
+        session_id=None,
+        rule="engagement",
+        rating=index % 3 != 0,
+        scores={"time_spent_s": index % 120, "copied": index % 2} if scores else {},
+        window_start=start,
+        window_end=now,
+        decided_at=now,
+        signals=[],
+        rule_version=1,
+    )
+
+
+def calls_of(decision: Decision) -> list[tuple[str, dict[str, Any]]]:
+    calls: list[tuple[str, dict[str, Any]]] = []
+    if decision.rating is not None:
+        calls.append((f"/v1/request/{decision.request_id}/feedback", {"rating": decision.rating}))
+    if decision.scores:
+        calls.append((f"/v1/request/{decision.request_id}/score", {"scores": decision.scores}))
+    return calls
+
+
+# --------------------------------------------------------------------------- receiver
+
+
+class ReceiverProcess:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker.devtools.receiver", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.delete(f"{self.url}/_admin/records", timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("the receiver did not start")
+
+    def records(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.url}/_admin/records", timeout=60)
+        return list(response.json()["records"])
+
+    def clear(self) -> None:
+        httpx.delete(f"{self.url}/_admin/records", timeout=10)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def span_rate(records: list[dict[str, Any]], decisions: int) -> tuple[float, float]:
+    """(decisions/s, calls/s) from the first to the last accepted call."""
+    times = [r["at_ms"] for r in records if r["status"] and 200 <= r["status"] < 300]
+    elapsed_s = max(1, max(times) - min(times)) / 1000
+    return decisions / elapsed_s, len(times) / elapsed_s
+
+
+# --------------------------------------------------------------------------- bare loop
+
+
+async def bare_run(url: str, decisions: list[Decision], concurrency: int) -> list[float]:
+    """Post every decision's calls with ``concurrency`` tasks; returns each call's start time
+    (wall clock, ms) by path, for the latency phase."""
+    limits = httpx.Limits(
+        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=5
+    )
+    headers = {"Authorization": f"Bearer {KEY}", "Accept": "application/json"}
+    queue: asyncio.Queue[Decision] = asyncio.Queue()
+    for decision in decisions:
+        queue.put_nowait(decision)
+    starts: list[float] = []
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
+
+        async def work() -> None:
+            while not queue.empty():
+                decision = queue.get_nowait()
+                for path, body in calls_of(decision):
+                    starts.append(time.time() * 1000)
+                    response = await client.post(path, json=body, headers=headers)
+                    response.raise_for_status()
+
+        await asyncio.gather(*(work() for _ in range(concurrency)))
+    return starts
+
+
+async def bare_paced(url: str, decisions: list[Decision], rate: float) -> dict[str, float]:
+    """One decision every 1/rate s, each posted as soon as it is due: start time by path."""
+    headers = {"Authorization": f"Bearer {KEY}", "Accept": "application/json"}
+    started: dict[str, float] = {}
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        tasks = []
+
+        async def post(path: str, body: dict[str, Any]) -> None:
+            started[path] = time.time() * 1000
+            (await client.post(path, json=body, headers=headers)).raise_for_status()
+
+        for decision in decisions:
+            ((path, body),) = calls_of(decision)
+            tasks.append(asyncio.create_task(post(path, body)))
+            await asyncio.sleep(1 / rate)
+        await asyncio.gather(*tasks)
+    return started
+
+
+async def consumer_paced(
+    bootstrap: str, decisions: list[Decision], rate: float, *, fetch_max_wait_ms: int = 1500
+) -> list[float]:
+    """Produce -> consume latency (ms) of paced records through a plain aiokafka consumer."""
+    from aiokafka import AIOKafkaConsumer
+
+    topic = f"latency-{uuid.uuid4().hex[:8]}"
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+    await producer.send_and_wait(topic, b"{}", key=b"warm")  # create the topic
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"latency-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=fetch_max_wait_ms,
+    )
+    await consumer.start()
+    latencies: list[float] = []
+    try:
+        while not consumer.assignment():
+            await asyncio.sleep(0.1)
+        await consumer.seek_to_end()
+
+        async def consume() -> None:
+            async for message in consumer:
+                latencies.append(time.time() * 1000 - float(message.value or b"0"))
+                if len(latencies) >= len(decisions):
+                    return
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(1)
+        for decision in decisions:
+            await producer.send_and_wait(
+                topic, str(time.time() * 1000).encode(), key=decision.decision_id.encode()
+            )
+            await asyncio.sleep(1 / rate)
+        await asyncio.wait_for(task, 60)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return latencies
+
+
+# --------------------------------------------------------------------------- worker
+
+
+async def produce(bootstrap: str, topic: str, decisions: list[Decision]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                topic, key=d.request_id.encode(), value=d.model_dump_json().encode()  # type: ignore[union-attr]
+            )
+            for d in decisions
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def produce_paced(
+    bootstrap: str, topic: str, decisions: list[Decision], rate: float
+) -> dict[str, float]:
+    """Send one decision every 1/rate s, each acknowledged before the next; produce time by
+    feedback path (taken just before the send)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+    sent: dict[str, float] = {}
+    try:
+        for decision in decisions:
+            ((path, _),) = calls_of(decision)
+            sent[path] = time.time() * 1000
+            await producer.send_and_wait(
+                topic, key=decision.request_id.encode(),  # type: ignore[union-attr]
+                value=decision.model_dump_json().encode(),
+            )
+            await asyncio.sleep(1 / rate)
+    finally:
+        await producer.stop()
+    return sent
+
+
+class Worker:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = int(env["WORKER_WEB_PORT"])
+        self._log = open(log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "run"],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}")
+            try:
+                if self.get("/readyz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError("worker not ready")
+
+    def delivered(self) -> float:
+        total = 0.0
+        for line in self.get("/metrics").text.splitlines():
+            if line.startswith("feedback_delivery_delivered_total{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def wait_delivered(self, n: float, timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.delivered() < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {self.delivered()} of {n} delivered")
+            time.sleep(0.2)
+
+    def peak_rss_mb(self) -> float | None:
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return None
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--decisions", type=int, default=3_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=1e9,
+                        help="DELIVERY_RATE_PER_S for the worker (default: lifted)")
+    parser.add_argument("--paced", type=int, default=300, help="decisions in the latency phase")
+    parser.add_argument("--paced-rate", type=float, default=20.0, help="decisions/s, paced")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--bootstrap", default=None, help="use this broker, not embedded Tansu")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra setting for the worker (repeatable), e.g. LOG_LEVEL=WARNING")
+    args = parser.parse_args()
+
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-dlv-")))
+        if args.bootstrap:
+            bootstrap = args.bootstrap
+        else:
+            broker = EmbeddedBroker(log_path=workdir / "tansu.log")
+            broker.start()
+            stack.callback(broker.stop)
+            bootstrap = broker.bootstrap_servers
+        receiver = ReceiverProcess()
+        stack.callback(receiver.stop)
+        print(f"broker {bootstrap}, receiver {receiver.url}, {os.cpu_count()} CPUs")
+
+        # (a) bare loop
+        decisions = [make_decision(i, scores=True) for i in range(args.decisions)]
+        asyncio.run(bare_run(receiver.url, decisions[:200], args.concurrency))  # warm up
+        receiver.clear()
+        asyncio.run(bare_run(receiver.url, decisions, args.concurrency))
+        bare_dps, bare_cps = span_rate(receiver.records(), len(decisions))
+        receiver.clear()
+        asyncio.run(bare_run(receiver.url, decisions, 8))
+        bare8_dps, bare8_cps = span_rate(receiver.records(), len(decisions))
+        receiver.clear()
+
+        # (b) the worker
+        sfx = uuid.uuid4().hex[:8]
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", str(workdir)),
+            "PYTHONPATH": str(ROOT),
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKA_REBALANCE_TIMEOUT_S": "6",
+            "KAFKA_SESSION_TIMEOUT_S": "10",
+            "TOPIC_PARTITIONS": str(args.partitions),
+            "WORKER_GROUP_ID": f"bench-{sfx}",
+            "TOPIC_UI_EVENTS": f"ui-events-{sfx}",
+            "TOPIC_OUTBOX": f"outbox-{sfx}",
+            "TOPIC_DLQ": f"dlq-{sfx}",
+            "TOPIC_INVALID": f"invalid-{sfx}",
+            "TOPIC_LATE": f"late-{sfx}",
+            "WORKER_WEB_PORT": str(free_port()),
+            "WORKER_WEB_HOST": "127.0.0.1",
+            "STATE_DIR": str(workdir / "state"),
+            "HELICONE_API_KEY": KEY,
+            "HELICONE_BASE_URL": receiver.url,
+            "DELIVERY_CONCURRENCY": str(args.concurrency),
+            "DELIVERY_RATE_PER_S": str(args.rate),
+            **dict(item.split("=", 1) for item in args.worker_env),
+        }
+        worker = Worker(env, workdir / "worker.log")
+        stack.callback(worker.stop)
+        worker.wait_ready()
+        warm = [make_decision(i, scores=True) for i in range(200)]
+        asyncio.run(produce(bootstrap, env["TOPIC_OUTBOX"], warm))
+        worker.wait_delivered(len(warm))
+        receiver.clear()
+        asyncio.run(produce(bootstrap, env["TOPIC_OUTBOX"], decisions))
+        worker.wait_delivered(len(warm) + len(decisions))
+        records = receiver.records()
+        worker_dps, worker_cps = span_rate(records, len(decisions))
+        paths = [r["path"] for r in records if r["status"] and r["status"] < 300]
+        duplicates = len(paths) - len(set(paths))
+        receiver.clear()
+
+        # latency, paced: rating-only decisions, one call each
+        paced = [make_decision(i, scores=False) for i in range(args.paced)]
+        bare_start = asyncio.run(bare_paced(receiver.url, paced, args.paced_rate))
+        at = {r["path"]: r["at_ms"] for r in receiver.records()}
+        bare_lat = [at[p] - t for p, t in bare_start.items()]
+        receiver.clear()
+        paced = [make_decision(i, scores=False) for i in range(args.paced)]
+        produced = asyncio.run(
+            produce_paced(bootstrap, env["TOPIC_OUTBOX"], paced, args.paced_rate)
+        )
+        worker.wait_delivered(len(warm) + len(decisions) + len(paced))
+        at = {r["path"]: r["at_ms"] for r in receiver.records()}
+        worker_lat = [at[p] - t for p, t in produced.items()]
+        rss = worker.peak_rss_mb()
+        worker.stop()
+        broker_lat = asyncio.run(consumer_paced(bootstrap, paced, args.paced_rate))
+
+    rate_label = "lifted" if args.rate >= 1e6 else f"{args.rate:g}/s"
+    print(f"\n{args.decisions} decisions (2 calls each), concurrency {args.concurrency}, "
+          f"rate limit {rate_label}, {args.partitions} partitions")
+    print(f"  bare httpx loop : {bare_dps:8.1f} decisions/s  {bare_cps:8.1f} calls/s")
+    print(f"  (bare, conc. 8) : {bare8_dps:8.1f} decisions/s  {bare8_cps:8.1f} calls/s"
+          "   httpx's best concurrency here, for context")
+    print(f"  worker          : {worker_dps:8.1f} decisions/s  {worker_cps:8.1f} calls/s"
+          f"   (duplicate calls: {duplicates})")
+    print(f"  ratio worker/bare: {worker_dps / bare_dps:.2f}  (target >= 0.8 with the rate "
+          f"limit lifted); against the concurrency-8 loop: {worker_dps / bare8_dps:.2f}")
+    if rss is not None:
+        print(f"  worker peak RSS : {rss:.0f} MiB")
+    print(f"\nlatency, {args.paced} decisions paced at {args.paced_rate:g}/s (ms):")
+    for name, values in (("bare (call start -> received)", bare_lat),
+                         ("worker (outbox produce -> received)", worker_lat),
+                         ("plain consumer (produce -> consumed)", broker_lat)):
+        print(f"  {name:38s} p50 {percentile(values, 0.5):6.1f}  "
+              f"p99 {percentile(values, 0.99):6.1f}  max {max(values):6.1f}  "
+              f"mean {statistics.fmean(values):6.1f}")
+
+    def added(q: float) -> float:
+        return percentile(worker_lat, q) - percentile(bare_lat, q)
+
+    def own(q: float) -> float:
+        return added(q) - percentile(broker_lat, q)
+
+    print(f"  added by the worker                    p50 {added(0.5):6.1f}  "
+          f"p99 {added(0.99):6.1f}")
+    print(f"    of which not the consumer's fetch    p50 {own(0.5):6.1f}  p99 {own(0.99):6.1f}")
+
+
+if __name__ == "__main__":
+    main()
