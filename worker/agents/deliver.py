@@ -545,6 +545,8 @@ class Delivery:
         return self.clock.now_ms() + wait_ms, waiting_for
 
     async def _take_token(self) -> None:
+        if self.config.dry_run:
+            return  # nothing goes to Helicone, so there is no rate to keep
         while (wait_ms := self.bucket.try_acquire()) > 0:
             await self._sleep(wait_ms / 1000)
 

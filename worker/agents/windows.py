@@ -127,8 +127,12 @@ class Windows:
     send: Send
     outbox_topic: str
     late_topic: str
-    #: Flush a partition's buffer early once it holds this many keys.
+    #: Flush a partition's buffer early once it holds this many keys...
     flush_keys: int = 2_000
+    #: ...or this many unacknowledged records: Faust stops handing out records when too many
+    #: are unacknowledged (its stream buffer), so waiting for the tick would throttle a busy
+    #: partition to about this many records per tick.
+    flush_records: int = 500
     _engines: dict[int, WindowEngine] = field(default_factory=dict)
     _stores: dict[int, PartitionStore] = field(default_factory=dict)
     _held: dict[int, list[Ack]] = field(default_factory=dict)
@@ -158,7 +162,10 @@ class Windows:
             return  # never acked: the partition's next owner processes it again
         await self._publish(partition, self.engine(partition).process(accepted))
         self.hold(partition, ack)
-        if self._stores[partition].pending >= self.flush_keys:
+        if (
+            self._stores[partition].pending >= self.flush_keys
+            or len(self._held.get(partition, ())) >= self.flush_records
+        ):
             await self.flush(partition)
 
     async def on_tick(self, partition: int, ack: Ack) -> None:
