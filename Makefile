@@ -4,10 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install test lint typecheck unit integration schemas clean
+.PHONY: help install test lint typecheck unit integration schemas clean demo bench
 
 help:
+	@echo "make demo    the whole system on this machine for a minute, checked end to end"
 	@echo "make test    lint, type-check and run the whole test suite (unit + real broker)"
+	@echo "make bench   pipeline and delivery benchmarks against same-run baselines"
 	@echo "make schemas regenerate schemas/ from the models"
 
 $(STAMP): pyproject.toml
@@ -32,6 +34,13 @@ integration: $(STAMP)
 
 test: lint typecheck $(STAMP)
 	$(BIN)/pytest -q
+
+demo: $(STAMP)
+	$(BIN)/feedback-worker demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/delivery.py
 
 schemas: $(STAMP)
 	$(BIN)/feedback-worker schemas

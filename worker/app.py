@@ -176,10 +176,14 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
 
     # Both agents acknowledge by hand: an event's ack waits until its window state is
     # written (see worker.agents.windows), so a commit never covers state still in memory.
+    #: (topic, partition) -> (offset, record timestamp in s) of the last record processed.
+    progress: dict[tuple[str, int], tuple[int, float]] = {}
+
     async def ingest_agent(agent_stream: faust.StreamT[bytes]) -> None:
         manual = cast(faust.Stream[bytes], agent_stream).noack()
         async for event in manual.events():
             message = event.message
+            progress[message.topic, message.partition] = (message.offset, message.timestamp)
             await ingest.on_input(
                 key=message.key,
                 value=message.value,
@@ -193,6 +197,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         manual = cast(faust.Stream[bytes], agent_stream).noack()
         async for event in manual.events():
             message = event.message
+            progress[message.topic, message.partition] = (message.offset, message.timestamp)
             ack = partial(manual.ack, event)
             if message.headers and any(name == TICK_HEADER for name, _ in message.headers):
                 await windows.on_tick(message.partition, ack)
@@ -221,6 +226,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
                     key=b"tick", value=b"", partition=tp.partition, headers=[(TICK_HEADER, now)]
                 )
         windows.refresh_gauges()
+        metrics.set_consumer_lag(_lags(app, progress, now_s=clock.now_ms() / 1000))
 
     app.timer(interval=TICK_INTERVAL_S)(_tick)
 
@@ -244,6 +250,25 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     )
     _add_routes(app, metrics, readiness)
     return FeedbackApp(app, settings, metrics, ingest, windows, readiness, topics)
+
+
+def _lags(
+    app: faust.App, progress: dict[tuple[str, int], tuple[int, float]], *, now_s: float
+) -> dict[tuple[str, int], tuple[int, float]]:
+    """Lag of every owned partition we have processed a record of (DESIGN 2: the high
+    watermark comes from fetch responses, which Tansu gets right and ListOffsets does not)."""
+    lags = {}
+    for tp in app.consumer.assignment():
+        seen = progress.get((tp.topic, tp.partition))
+        if seen is None:
+            continue
+        offset, timestamp_s = seen
+        highwater = app.consumer.highwater(tp)
+        if highwater is None or highwater < 0:
+            continue
+        behind = max(0, highwater - offset - 1)
+        lags[tp.topic, tp.partition] = (behind, max(0.0, now_s - timestamp_s) if behind else 0.0)
+    return lags
 
 
 @dataclass

@@ -82,6 +82,23 @@ class Metrics:
         for reason in _INVALID_REASONS:
             self.events_invalid.labels(reason=reason)
 
+        # ---- consumer lag (partitions are a small closed set; no ids)
+        self.consumer_lag_records = Gauge(
+            "feedback_consumer_lag_records",
+            "Records between the last one processed and the partition's high watermark "
+            "(from fetch responses, not ListOffsets), per partition this worker owns.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.consumer_lag_seconds = Gauge(
+            "feedback_consumer_lag_seconds",
+            "While behind: age of the last record processed (wall clock - record time); "
+            "0 when caught up. Per partition this worker owns.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self._lag_labels: set[tuple[str, int]] = set()
+
         # ---- windows and decisions
         self.events_late = Counter(
             "feedback_events_late",
@@ -179,6 +196,18 @@ class Metrics:
             self.delivery_delivered.labels(target=target)
         for state in ("delivered", "pending"):
             self.delivery_duplicates.labels(state=state)
+
+    def set_consumer_lag(self, lags: dict[tuple[str, int], tuple[int, float]]) -> None:
+        """Lag per owned (topic, partition): records behind the high watermark, and the age
+        of the last record processed while behind. Partitions no longer owned disappear, so
+        sums over replicas count each partition once."""
+        for gauge in (self.consumer_lag_records, self.consumer_lag_seconds):
+            for labels in list(self._lag_labels - set(lags)):
+                gauge.remove(labels[0], str(labels[1]))
+        for (topic, partition), (records, seconds) in lags.items():
+            self.consumer_lag_records.labels(topic=topic, partition=str(partition)).set(records)
+            self.consumer_lag_seconds.labels(topic=topic, partition=str(partition)).set(seconds)
+        self._lag_labels = set(lags)
 
     def observe_decision(self, decision: Decision, *, now_ms: int) -> None:
         rating = "none" if decision.rating is None else str(decision.rating).lower()

@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -118,6 +119,9 @@ def test_hostile_records_reach_the_invalid_topic_with_their_reason(
 ) -> None:
     worker: WorkerProcess = worker_factory()
     worker.wait_ready()
+    assert httpx.get(worker.url("/healthz")).json() == {"status": "ok"}
+    ready = httpx.get(worker.url("/readyz")).json()
+    assert ready["ready"] is True and all(ready["checks"].values())
     hostile = hostile_records()
     valid = [keyed(valid_event()) for _ in range(20)]
     records = [(key, value) for _, key, value, _ in hostile] + valid
@@ -180,6 +184,15 @@ def test_ten_thousand_records_with_a_fifth_hostile(
     worker.wait_metric("feedback_events_invalid_total", lambda v: v == hostile_count)
     invalid = asyncio.run(read_topic(kafka_bootstrap, topics.invalid, expected=hostile_count))
     assert len(invalid) == hostile_count
+
+    # Caught up: the lag of every partition this worker owns is exported, and is zero.
+    lag = worker.wait_metric("feedback_consumer_lag_records", lambda v: v == 0)
+    partitions = {
+        dict(labels)["partition"]
+        for (name, labels) in worker.metrics()
+        if name == "feedback_consumer_lag_records" and dict(labels)["topic"] == topics.ui_events
+    }
+    assert lag == 0 and partitions == {str(p) for p in range(PARTITIONS)}
 
     # Still consuming after the storm: one more valid event is counted.
     asyncio.run(produce(kafka_bootstrap, topics.ui_events, [keyed(valid_event())]))
