@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from worker.agents.ingest import Ack
 from worker.windows import LateEvent, Outcome, WindowEngine
 
 if TYPE_CHECKING:
@@ -56,8 +57,6 @@ TICK_HEADER = "fw-tick"
 
 #: Sends one record: (topic, key, value).
 Send = Callable[[str, bytes, bytes], Awaitable[Any]]
-#: Acknowledges one input record.
-Ack = Callable[[], Awaitable[Any]]
 
 _DELETED = None
 
