@@ -4,12 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install test lint typecheck unit integration schemas clean demo bench
+.PHONY: help install test test-chaos lint typecheck unit integration schemas clean demo bench soak
 
 help:
 	@echo "make demo    the whole system on this machine for a minute, checked end to end"
 	@echo "make test    lint, type-check and run the whole test suite (unit + real broker)"
-	@echo "make bench   pipeline and delivery benchmarks against same-run baselines"
+	@echo "make bench   all benchmarks against same-run baselines; writes bench/REPORT.md"
+	@echo "make test-chaos  the long chaos scenarios (kills, rebalances, outages, broker restart)"
+	@echo "make soak    steady mixed load with faults for MINUTES (default 10); fails on growth"
 	@echo "make schemas regenerate schemas/ from the models"
 
 $(STAMP): pyproject.toml
@@ -38,9 +40,15 @@ test: lint typecheck $(STAMP)
 demo: $(STAMP)
 	$(BIN)/feedback-worker demo
 
+test-chaos: $(STAMP)
+	CHAOS_FULL=1 $(BIN)/pytest -q -m chaos tests/chaos
+
 bench: $(STAMP)
-	$(BIN)/python bench/pipeline.py
-	$(BIN)/python bench/delivery.py
+	$(BIN)/python bench/report.py
+
+MINUTES ?= 10
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --minutes $(MINUTES)
 
 schemas: $(STAMP)
 	$(BIN)/feedback-worker schemas
