@@ -31,13 +31,14 @@ can only send the same decision (same ``decision_id``) again.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from faust.types import TP
 
 from worker.agents.ingest import Ack
 from worker.windows import LateEvent, Outcome, WindowEngine
@@ -48,25 +49,91 @@ if TYPE_CHECKING:
     from worker.metrics import Metrics
     from worker.rules import RuleConfig
 
-__all__ = ["TICK_HEADER", "PartitionStore", "Windows"]
+__all__ = ["TICK_HEADER", "PartitionStore", "TableIO", "Windows"]
 
 log = logging.getLogger(__name__)
 
 #: Header marking a tick record on the rekeyed topic (value: the sender's wall clock, ms).
 TICK_HEADER = "fw-tick"
 
-#: Sends one record: (topic, key, value).
-Send = Callable[[str, bytes, bytes], Awaitable[Any]]
+#: Queues one record (topic, key, value); what it returns is awaited for the delivery.
+Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 
 _DELETED = None
 
 
-class PartitionStore:
-    """A :class:`~worker.windows.WindowStore` over one partition's keys of a Faust table,
-    with writes buffered until :meth:`flush` (module docstring)."""
+class TableIO:
+    """One Faust table's RocksDB partitions and changelog, used directly.
 
-    def __init__(self, table: Any, partition: int) -> None:
+    Why not ``table[key] = value``: each such write becomes one changelog message that goes
+    through Faust's producer buffer on its own (about 190 us, and the stream stalls with
+    "producer buffer full" when a flush writes thousands of keys), and it needs the current
+    event to pick the partition.  Here a flush writes the partition's RocksDB instance
+    directly and sends the changelog records with the app's producer in one go, so the
+    on-disk and changelog layouts stay exactly Faust's (keys encoded by the table's key
+    serializer, Faust's persisted-offset key), and recovery and standbys still use Faust's own
+    changelog reader.  The flush can also *wait* until the changelog holds the records before
+    the inputs are acknowledged, which ``table[key] = value`` never does.
+
+    It relies on the RocksDB store's ``_db_for_partition``, ``_encode_key``, ``_decode_key``
+    and ``set_persisted_offset`` (faust-streaming 0.11 to 0.15, the range pyproject allows).
+    """
+
+    def __init__(self, table: Any, producer_send: Callable[..., Awaitable[Any]]) -> None:
         self._table = table
+        self._send = producer_send
+
+    @property
+    def _store(self) -> Any:
+        return self._table.data  # created lazily by Faust, after the app starts
+
+    def get(self, partition: int, key: str) -> bytes | None:
+        store = self._store
+        value: bytes | None = store._db_for_partition(partition).get(store._encode_key(key))
+        return value
+
+    def items(self, partition: int, prefix: str) -> Iterator[tuple[str, bytes]]:
+        """Entries of ``partition`` whose key starts with ``prefix``, prefix included."""
+        store = self._store
+        db = store._db_for_partition(partition)
+        for raw_key, value in db.items():
+            if raw_key == store.offset_key or value is None:
+                continue
+            key = store._decode_key(raw_key)
+            if isinstance(key, str) and key.startswith(prefix):
+                yield key, value
+
+    async def write(self, partition: int, entries: dict[str, bytes | None]) -> list[Any]:
+        """Write ``entries`` (None deletes) to RocksDB and send them to the changelog.
+
+        Returns the send futures; await them (:meth:`committed`) before acknowledging."""
+        store = self._store
+        db = store._db_for_partition(partition)
+        topic = self._table.changelog_topic.get_topic_name()
+        futures = []
+        for key, value in entries.items():
+            raw_key = store._encode_key(key)
+            if value is None:
+                db.delete(raw_key)
+            else:
+                db.put(raw_key, value)
+            futures.append(await self._send(topic, raw_key, value, partition, None, None))
+        return futures
+
+    def committed(self, partition: int, offset: int) -> None:
+        """The changelog holds everything up to ``offset``: recovery may start after it."""
+        self._store.set_persisted_offset(
+            TP(self._table.changelog_topic.get_topic_name(), partition), offset
+        )
+
+
+class PartitionStore:
+    """A :class:`~worker.windows.WindowStore` over one partition's keys of the table, with
+    writes buffered until :meth:`flush` (module docstring)."""
+
+    def __init__(self, io: TableIO, partition: int) -> None:
+        self._io = io
+        self._partition = partition
         self._prefix = f"{partition}/"
         self._pending: dict[str, bytes | None] = {}
 
@@ -78,8 +145,7 @@ class PartitionStore:
     def get(self, key: str) -> bytes | None:
         if key in self._pending:
             return self._pending[key]
-        value: bytes | None = self._table.get(self._prefix + key)
-        return value
+        return self._io.get(self._partition, self._prefix + key)
 
     def put(self, key: str, value: bytes) -> None:
         self._pending[key] = value
@@ -88,35 +154,30 @@ class PartitionStore:
         self._pending[key] = _DELETED
 
     def items(self) -> Iterable[tuple[str, bytes]]:
-        prefix, cut = self._prefix, len(self._prefix)
-        for key, value in list(self._table.items()):
+        cut = len(self._prefix)
+        for key, value in self._io.items(self._partition, self._prefix):
             name = key[cut:]
-            if key.startswith(prefix) and value is not None and name not in self._pending:
+            if name not in self._pending:
                 yield name, value
         for name, pending in list(self._pending.items()):
             if pending is not None:
                 yield name, pending
 
-    def flush(self) -> int:
-        """Write the buffered keys to the table; only while an event of this partition is
-        being processed (Faust takes the changelog partition from it).  Returns the count."""
-        table, prefix = self._table, self._prefix
-        for name, value in self._pending.items():
-            if value is None:
-                with contextlib.suppress(KeyError):
-                    del table[prefix + name]
-            else:
-                table[prefix + name] = value
-        written = len(self._pending)
+    async def flush(self) -> list[Any]:
+        """Write the buffered keys; returns the changelog send futures."""
+        if not self._pending:
+            return []
+        prefix = self._prefix
+        entries = {prefix + name: value for name, value in self._pending.items()}
         self._pending.clear()
-        return written
+        return await self._io.write(self._partition, entries)
 
 
 @dataclass
 class Windows:
     """Owns one engine per partition and sends what the engines return."""
 
-    table: Any
+    io: TableIO
     config: RuleConfig
     grace_ms: int
     idle_close_ms: int
@@ -126,6 +187,9 @@ class Windows:
     send: Send
     outbox_topic: str
     late_topic: str
+    #: Called when the broker did not take a flush's records: the worker must stop (and
+    #: replay from its last commit when it restarts) rather than go on without acking.
+    on_failure: Callable[[BaseException], object] = lambda exc: None
     #: Flush a partition's buffer early once it holds this many keys...
     flush_keys: int = 2_000
     #: ...or this many unacknowledged records: Faust stops handing out records when too many
@@ -135,6 +199,12 @@ class Windows:
     _engines: dict[int, WindowEngine] = field(default_factory=dict)
     _stores: dict[int, PartitionStore] = field(default_factory=dict)
     _held: dict[int, list[Ack]] = field(default_factory=dict)
+    #: Deliveries (outbox, late topic) not yet confirmed, awaited before the next acks.
+    _inflight: dict[int, list[Awaitable[Any]]] = field(default_factory=dict)
+    #: The newest background confirmation per partition (see :meth:`flush`).
+    _confirming: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
+    #: Bumped when a partition is revoked, so confirmations of the old assignment never ack.
+    _epochs: dict[int, int] = field(default_factory=dict)
     #: Partitions revoked and not (yet) assigned again: events of theirs still in flight are
     #: dropped, since the next owner replays them from the committed offset anyway.
     _revoked: set[int] = field(default_factory=set)
@@ -142,7 +212,7 @@ class Windows:
     def engine(self, partition: int) -> WindowEngine:
         engine = self._engines.get(partition)
         if engine is None:
-            store = self._stores[partition] = PartitionStore(self.table, partition)
+            store = self._stores[partition] = PartitionStore(self.io, partition)
             engine = self._engines[partition] = WindowEngine(
                 store,
                 config=self.config,
@@ -187,13 +257,64 @@ class Windows:
             self._held.setdefault(partition, []).append(ack)
 
     async def flush(self, partition: int) -> None:
-        """Write the partition's buffered state, then acknowledge the records it covers."""
+        """Write the partition's buffered state, then acknowledge the records it covers once
+        the broker has the state and every decision sent since the last flush.
+
+        The wait runs in the background (one confirmation after another, so acks stay in
+        offset order): blocking the stream on a produce round trip per flush would leave the
+        CPU idle for most of it.  Faust's stream buffer bounds how far processing can run
+        ahead of the acks.
+        """
         store = self._stores.get(partition)
-        if store is not None:
-            store.flush()
+        changelog = await store.flush() if store is not None else []
+        inflight = self._inflight.pop(partition, [])
         held = self._held.pop(partition, [])
+        if not (changelog or inflight or held):
+            return
+        self._confirming[partition] = asyncio.ensure_future(
+            self._confirm(
+                partition,
+                self._epochs.get(partition, 0),
+                self._confirming.get(partition),
+                changelog,
+                inflight,
+                held,
+            )
+        )
+
+    async def _confirm(
+        self,
+        partition: int,
+        epoch: int,
+        previous: asyncio.Future[bool] | None,
+        changelog: list[Awaitable[Any]],
+        inflight: list[Awaitable[Any]],
+        held: list[Ack],
+    ) -> bool:
+        """Ack ``held`` once the sends are confirmed; False (and nothing acked, now or
+        later on this partition) if the broker refused them."""
+        if previous is not None and not await previous:
+            return False
+        try:
+            results = await asyncio.gather(*changelog, *inflight)
+        except Exception as exc:  # the producer gave up after its own retries
+            log.error("partition %d: state or decisions not confirmed by the broker: %r",
+                      partition, exc)
+            self.on_failure(exc)
+            return False
+        if self._epochs.get(partition, 0) != epoch:
+            return True  # revoked meanwhile: the partition's next owner replays these records
+        if changelog:
+            self.io.committed(partition, max(r.offset for r in results[: len(changelog)]))
         for ack in held:
             await ack()
+        return True
+
+    async def drain(self) -> None:
+        """Wait for every pending confirmation (tests and shutdown)."""
+        pending = [task for task in self._confirming.values() if not task.done()]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def on_revoked(self, partitions: Iterable[int]) -> None:
         """Forget engines of partitions this worker no longer owns; the new owner rebuilds.
@@ -203,8 +324,11 @@ class Windows:
         """
         for partition in partitions:
             self._revoked.add(partition)
+            self._epochs[partition] = self._epochs.get(partition, 0) + 1
+            self._confirming.pop(partition, None)
             self._stores.pop(partition, None)
             self._held.pop(partition, None)
+            self._inflight.pop(partition, None)
             if self._engines.pop(partition, None) is not None:
                 log.info("partition %d: revoked", partition)
         self._update_open_gauge()
@@ -214,16 +338,23 @@ class Windows:
         self._revoked.difference_update(partitions)
 
     async def _publish(self, partition: int, outcome: Outcome) -> None:
+        if not (outcome.decisions or outcome.late or outcome.duplicates):
+            return
         now_ms = self.clock.now_ms()
+        inflight = self._inflight.setdefault(partition, [])
         for decision in outcome.decisions:
-            await self.send(
-                self.outbox_topic,
-                decision.target_id.encode(),
-                decision.model_dump_json().encode(),
+            inflight.append(
+                await self.send(
+                    self.outbox_topic,
+                    decision.target_id.encode(),
+                    decision.model_dump_json().encode(),
+                )
             )
             self.metrics.observe_decision(decision, now_ms=now_ms)
         for late in outcome.late:
-            await self.send(self.late_topic, late.key.encode(), _late_record(late))
+            inflight.append(
+                await self.send(self.late_topic, late.key.encode(), _late_record(late))
+            )
             self.metrics.events_late.inc()
         if outcome.duplicates:
             self.metrics.events_duplicate.inc(outcome.duplicates)
