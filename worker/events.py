@@ -64,7 +64,11 @@ ShortText = Annotated[str, StringConstraints(min_length=1, max_length=128, stric
 LongText = Annotated[str, StringConstraints(max_length=16_384, strict=True)]
 Timestamp = AwareDatetime
 ScoreName = Annotated[str, StringConstraints(min_length=1, max_length=128, strict=True)]
-ScoreValue = StrictInt | StrictBool
+#: Scores travel as JSON integers through the window state and the outbox (orjson, which
+#: stops at 64 bits) to Helicone; a larger one must be refused here, as a schema violation,
+#: not crash the window engine later (the fuzz tests found that crash loop).
+ScoreInt = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+ScoreValue = ScoreInt | StrictBool
 
 EventType = Literal[
     "response_shown",
