@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
@@ -222,8 +223,13 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
                 ack=ack,
             )
 
-    app.agent(topics[settings.topic_ui_events], name="ingest")(ingest_agent)
-    app.agent(topics[rekey_topic_name(settings)], name="rekeyed")(rekeyed_agent)
+    liveness = Liveness(clock=clock)
+    app.agent(topics[settings.topic_ui_events], name="ingest")(
+        _supervised("ingest", ingest_agent, liveness, metrics)
+    )
+    app.agent(topics[rekey_topic_name(settings)], name="rekeyed")(
+        _supervised("rekeyed", rekeyed_agent, liveness, metrics)
+    )
 
     rekey_topic = rekey_topic_name(settings)
 
@@ -258,7 +264,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     install_delivery(
         app, settings=settings, metrics=metrics, topics=topics, readiness=readiness, clock=clock
     )
-    _add_routes(app, metrics, readiness)
+    _add_routes(app, metrics, readiness, liveness)
     return FeedbackApp(app, settings, metrics, ingest, windows, readiness, topics)
 
 
@@ -282,6 +288,51 @@ def _lags(
 
 
 @dataclass
+class Liveness:
+    """What ``/healthz`` checks: an agent that keeps crashing.
+
+    Faust restarts a crashed agent in place, so the process stays up and answers HTTP while a
+    record or a bad state crashes it again and again; a liveness probe must see that (and
+    restart the container, which clears in-memory state) instead of a cheerful "ok".
+    """
+
+    clock: Clock
+    #: This many crashes within :attr:`window_ms` make the worker unhealthy.
+    limit: int = 3
+    window_ms: int = 60_000
+    _crashes: deque[int] = field(default_factory=deque)
+
+    def crashed(self) -> None:
+        self._crashes.append(self.clock.now_ms())
+
+    def recent_crashes(self) -> int:
+        cutoff = self.clock.now_ms() - self.window_ms
+        while self._crashes and self._crashes[0] < cutoff:
+            self._crashes.popleft()
+        return len(self._crashes)
+
+
+def _supervised(
+    name: str,
+    agent: Callable[[faust.StreamT[bytes]], Awaitable[None]],
+    liveness: Liveness,
+    metrics: Metrics,
+) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
+    """``agent``, with its crashes counted (metric, ``/healthz``) before Faust restarts it."""
+
+    async def supervised(stream: faust.StreamT[bytes]) -> None:
+        try:
+            await agent(stream)
+        except Exception:
+            liveness.crashed()
+            metrics.agent_crashes.labels(agent=name).inc()
+            raise
+
+    supervised.__name__ = supervised.__qualname__ = f"{name}_agent"
+    return supervised
+
+
+@dataclass
 class Readiness:
     """What ``/readyz`` checks; components add their own named checks (e.g. delivery)."""
 
@@ -290,7 +341,9 @@ class Readiness:
     checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
 
 
-def _add_routes(app: faust.App, metrics: Metrics, readiness: Readiness) -> None:
+def _add_routes(
+    app: faust.App, metrics: Metrics, readiness: Readiness, liveness: Liveness
+) -> None:
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
@@ -303,6 +356,11 @@ def _add_routes(app: faust.App, metrics: Metrics, readiness: Readiness) -> None:
     @app.page("/healthz")
     class HealthView(View):
         async def get(self, request: Request) -> Response:
+            crashes = liveness.recent_crashes()
+            if crashes >= liveness.limit:
+                return self.json(
+                    {"status": "crash_loop", "agent_crashes_last_minute": crashes}, status=503
+                )
             return self.json({"status": "ok"})
 
     @app.page("/readyz")

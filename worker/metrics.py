@@ -82,6 +82,16 @@ class Metrics:
         for reason in _INVALID_REASONS:
             self.events_invalid.labels(reason=reason)
 
+        self.agent_crashes = Counter(
+            "feedback_agent_crashes",
+            "Stream agents that raised and were restarted by Faust, by agent; three within a "
+            "minute make /healthz fail.",
+            ["agent"],
+            registry=r,
+        )
+        for agent in ("ingest", "rekeyed"):
+            self.agent_crashes.labels(agent=agent)
+
         # ---- consumer lag (partitions are a small closed set; no ids)
         self.consumer_lag_records = Gauge(
             "feedback_consumer_lag_records",
