@@ -158,6 +158,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         grace_ms=int(settings.window_grace_s * 1000),
         idle_close_ms=int(settings.idle_close_s * 1000),
         max_signals=settings.max_signals_per_window,
+        cache_keys=settings.window_cache_keys,
         clock=clock,
         metrics=metrics,
         send=send_record,

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     window_grace_s: float = Field(default=5.0, ge=0)
     idle_close_s: PositiveSeconds = 30.0
     max_signals_per_window: int = Field(default=200, ge=1, le=100_000)
+    #: Decoded window states kept in memory per partition (LRU; RocksDB has them all).  Each
+    #: costs about 1 KiB of Python objects; a request's events come in bursts, so a small
+    #: cache catches them, and 1,000,000 open windows do not all live in memory.
+    window_cache_keys: int = Field(default=10_000, ge=1, le=10_000_000)
     engagement_long_read_s: float = Field(default=30.0, ge=0)
     engagement_short_read_s: float = Field(default=5.0, ge=0)
     engagement_quick_exit_s: float = Field(default=10.0, ge=0)

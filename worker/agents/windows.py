@@ -191,6 +191,8 @@ class Windows:
     #: replay from its last commit when it restarts) rather than go on without acking.
     on_failure: Callable[[BaseException], object] = lambda exc: None
     #: Flush a partition's buffer early once it holds this many keys...
+    #: Decoded states each partition's engine keeps in memory (WINDOW_CACHE_KEYS).
+    cache_keys: int = 10_000
     flush_keys: int = 2_000
     #: ...or this many unacknowledged records: Faust stops handing out records when too many
     #: are unacknowledged (its stream buffer), so waiting for the tick would throttle a busy
@@ -220,6 +222,7 @@ class Windows:
                 idle_close_ms=self.idle_close_ms,
                 max_signals=self.max_signals,
                 clock=self.clock,
+                cache_size=self.cache_keys,
             )
             engine.rebuild()  # restored windows get back into the due index, and still close
             log.info("partition %d: window state loaded", partition)
