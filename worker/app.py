@@ -257,6 +257,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     def _assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         assigned = args[0] if args else kwargs.get("assigned", ())
         windows.on_assigned({tp.partition for tp in assigned if tp.topic == rekey_topic})
+        _set_fetch_max_wait(app, settings.kafka_fetch_max_wait_ms)
 
     @app.on_rebalance_complete.connect
     def _joined(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -267,6 +268,25 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     )
     _add_routes(app, metrics, readiness, liveness)
     return FeedbackApp(app, settings, metrics, ingest, windows, readiness, topics)
+
+
+def _set_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
+    """Apply KAFKA_FETCH_MAX_WAIT_MS to the running consumer.
+
+    Faust creates its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting to change
+    it.  Apache Kafka answers a fetch as soon as a record arrives, so there it only bounds idle
+    polling; Tansu (and any broker that does not answer early) holds new events for the whole
+    wait, which alone would put 1.5 s into the decision delay.  The fetcher reads the value for
+    every request, so setting it after start is enough.
+    """
+    thread = getattr(app.consumer, "_thread", None)
+    fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
+    if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
+        log.warning("cannot set the fetch wait on this faust/aiokafka version; it stays 1.5 s")
+        return
+    if fetcher._fetch_max_wait_ms != wait_ms:
+        fetcher._fetch_max_wait_ms = wait_ms
+        log.info("consumer fetch wait set to %d ms (KAFKA_FETCH_MAX_WAIT_MS)", wait_ms)
 
 
 def _lags(

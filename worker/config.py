@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Producer batch size; 1 sends one record per batch (see DESIGN 2 on Tansu).",
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=0,
+        le=60_000,
+        description="How long a fetch may wait at the broker for new records (Faust fixes it at "
+        "1,500 ms; brokers that do not answer early then hold new events that long).",
+    )
     kafka_rebalance_timeout_s: PositiveSeconds = 60.0
     kafka_session_timeout_s: PositiveSeconds = 60.0
     worker_group_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(
