@@ -20,11 +20,12 @@ import faust
 from aiohttp import web
 from faust.tables.base import Collection
 from faust.tables.manager import TableManager
+from faust.types import TP
 from faust.web import Request, Response, View
 
 from worker.agents.deliver import install_delivery
 from worker.agents.ingest import Ingest
-from worker.agents.windows import TICK_HEADER, TableIO, Windows
+from worker.agents.windows import CAUGHT_UP_HEADER, TICK_HEADER, TableIO, Windows
 from worker.clock import Clock, SystemClock
 from worker.ingest import IngestLimits, RecentIds
 from worker.kafka import rekey_topic_name, ssl_context
@@ -211,8 +212,10 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
             message = event.message
             progress[message.topic, message.partition] = (message.offset, message.timestamp)
             ack = partial(manual.ack, event)
-            if message.headers and any(name == TICK_HEADER for name, _ in message.headers):
-                await windows.on_tick(message.partition, ack)
+            headers = dict(message.headers or ())
+            if TICK_HEADER in headers:
+                caught_up = headers.get(CAUGHT_UP_HEADER, b"1") == b"1"
+                await windows.on_tick(message.partition, ack, caught_up=caught_up)
                 continue
             await ingest.on_rekeyed(
                 key=message.key,
@@ -234,13 +237,32 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
 
     rekey_topic = rekey_topic_name(settings)
 
+    def _caught_up(partition: int) -> bool:
+        """Whether ``ui-events`` ``partition`` has nothing waiting to be processed, as far as
+        the last fetch answer tells (its high watermark)."""
+        tp = TP(settings.topic_ui_events, partition)
+        highwater = app.consumer.highwater(tp)
+        if highwater is None or highwater < 0:
+            return False  # no fetch answer yet: unknown, so not idle
+        seen = progress.get((tp.topic, partition))
+        if seen is not None:
+            return seen[0] + 1 >= highwater
+        # Nothing processed since assignment: is anything fetched or left to fetch?
+        position = _fetch_position(app, tp)
+        return position is not None and position >= highwater
+
     async def _tick() -> None:
-        """Idle close needs the wall clock *inside* each partition's stream: send it a tick."""
+        """Idle close needs the wall clock *inside* each partition's stream: send it a tick,
+        saying whether the partition's input is caught up (only then may silence close)."""
         now = str(clock.now_ms()).encode()
         for tp in app.consumer.assignment():
             if tp.topic == rekey_topic:
+                caught_up = b"1" if _caught_up(tp.partition) else b"0"
                 await topics[rekey_topic].send(
-                    key=b"tick", value=b"", partition=tp.partition, headers=[(TICK_HEADER, now)]
+                    key=b"tick",
+                    value=b"",
+                    partition=tp.partition,
+                    headers=[(TICK_HEADER, now), (CAUGHT_UP_HEADER, caught_up)],
                 )
         windows.refresh_gauges()
         metrics.set_consumer_lag(_lags(app, progress, now_s=clock.now_ms() / 1000))
@@ -251,6 +273,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked = args[0] if args else kwargs.get("revoked", ())
         windows.on_revoked({tp.partition for tp in revoked if tp.topic == rekey_topic})
+        for tp in revoked:  # a later owner moves them on; stale offsets would look like lag
+            progress.pop((tp.topic, tp.partition), None)
         ingest.recent.clear()
 
     @app.on_partitions_assigned.connect
@@ -287,6 +311,21 @@ def _set_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
     if fetcher._fetch_max_wait_ms != wait_ms:
         fetcher._fetch_max_wait_ms = wait_ms
         log.info("consumer fetch wait set to %d ms (KAFKA_FETCH_MAX_WAIT_MS)", wait_ms)
+
+
+def _fetch_position(app: faust.App, tp: TP) -> int | None:
+    """The consumer's next fetch offset for ``tp``, or None while unknown.
+
+    Read from aiokafka's subscription state: ``await app.consumer.position()`` is a call into
+    the consumer thread, and a tick that makes it for every partition each second queues
+    behind (and delays) the thread's own work, such as table recovery at start-up."""
+    consumer = getattr(getattr(app.consumer, "_thread", None), "_consumer", None)
+    subscription = getattr(getattr(consumer, "_subscription", None), "subscription", None)
+    assignment = getattr(subscription, "assignment", None)
+    state = assignment.state_value(tp) if assignment is not None else None
+    if state is None or not state.has_valid_position:
+        return None
+    return int(state.position)
 
 
 def _lags(

@@ -457,12 +457,17 @@ class WindowEngine:
             self._settle(key, state, self._stream_time)
         return self._finish(advanced=advanced)
 
-    def tick(self) -> Outcome:
-        """Wall-clock check: after ``idle_close_ms`` without events, close by the wall clock."""
+    def tick(self, *, caught_up: bool = True) -> Outcome:
+        """Wall-clock check: after ``idle_close_ms`` without events, close by the wall clock.
+
+        ``caught_up`` says the partition's input has no backlog.  Silence is not idleness
+        while events wait unprocessed (after a restart, or while the worker lags): closing
+        then would send the backlog's on-time events to the late topic.
+        """
         if not self._ready:
             self.rebuild()
         self._now_ms = now = self._clock.now_ms()
-        if now - self._last_event_wall_ms < self._idle_close:
+        if not caught_up or now - self._last_event_wall_ms < self._idle_close:
             return Outcome()
         self._settle_due(max(now, self._stream_time), purge=False)
         return self._finish(advanced=False)

@@ -461,6 +461,24 @@ def test_idle_partition_closes_by_the_wall_clock() -> None:
     assert eng.tick().decisions == []  # exactly once
 
 
+def test_no_idle_close_while_the_input_has_a_backlog() -> None:
+    """A restart with unread events: ticks must not close restored windows by the wall clock
+    before the backlog (sent on time) is processed; that lost decisions in the soak."""
+    store = DictStore()
+    clock = FakeClock(T0 + 1_000)
+    engine(store, clock=clock, idle_close_ms=30_000).process(ev("suggestion_shown", 0))
+    clock.advance(41)  # the worker is down; the user accepts at +5 s (published, unread)
+    restarted = engine(store, clock=clock, idle_close_ms=30_000)
+    restarted.rebuild()
+    clock.advance(31)  # silent for longer than idle close, but only because of the backlog
+    assert restarted.tick(caught_up=False).decisions == []
+    out = restarted.process(ev("suggestion_accepted", 5_000))
+    assert out.late == []
+    clock.advance(31)
+    decisions = restarted.tick(caught_up=True).decisions
+    assert [(d.rule, d.rating) for d in decisions] == [("code_suggestion", True)]
+
+
 def test_idle_close_waits_for_the_window_end_by_the_wall_clock() -> None:
     clock = FakeClock(T0)
     eng = engine(clock=clock, idle_close_ms=1_000)

@@ -49,12 +49,14 @@ if TYPE_CHECKING:
     from worker.metrics import Metrics
     from worker.rules import RuleConfig
 
-__all__ = ["TICK_HEADER", "PartitionStore", "TableIO", "Windows"]
+__all__ = ["CAUGHT_UP_HEADER", "TICK_HEADER", "PartitionStore", "TableIO", "Windows"]
 
 log = logging.getLogger(__name__)
 
 #: Header marking a tick record on the rekeyed topic (value: the sender's wall clock, ms).
 TICK_HEADER = "fw-tick"
+#: Tick header: b"1" if the partition's input had no backlog when the tick was sent.
+CAUGHT_UP_HEADER = "fw-caught-up"
 
 #: Queues one record (topic, key, value); what it returns is awaited for the delivery.
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
@@ -103,21 +105,32 @@ class TableIO:
             if isinstance(key, str) and key.startswith(prefix):
                 yield key, value
 
-    async def write(self, partition: int, entries: dict[str, bytes | None]) -> list[Any]:
-        """Write ``entries`` (None deletes) to RocksDB and send them to the changelog.
-
-        Returns the send futures; await them (:meth:`committed`) before acknowledging."""
+    def put_local(self, partition: int, entries: dict[str, bytes | None]) -> None:
+        """Write ``entries`` (None deletes) to the partition's RocksDB instance, at once."""
         store = self._store
         db = store._db_for_partition(partition)
-        topic = self._table.changelog_topic.get_topic_name()
-        futures = []
         for key, value in entries.items():
             raw_key = store._encode_key(key)
             if value is None:
                 db.delete(raw_key)
             else:
                 db.put(raw_key, value)
-            futures.append(await self._send(topic, raw_key, value, partition, None, None))
+
+    async def send_changelog(
+        self, partition: int, entries: dict[str, bytes | None], owned: Callable[[], bool]
+    ) -> list[Awaitable[Any]]:
+        """Queue ``entries`` on the changelog, while ``owned()``; returns the futures.
+
+        Stops when the partition is revoked: its next owner writes that changelog now."""
+        store = self._store
+        topic = self._table.changelog_topic.get_topic_name()
+        futures = []
+        for key, value in entries.items():
+            if not owned():
+                break
+            futures.append(
+                await self._send(topic, store._encode_key(key), value, partition, None, None)
+            )
         return futures
 
     def committed(self, partition: int, offset: int) -> None:
@@ -163,14 +176,18 @@ class PartitionStore:
             if pending is not None:
                 yield name, pending
 
-    async def flush(self) -> list[Any]:
-        """Write the buffered keys; returns the changelog send futures."""
+    def take(self) -> dict[str, bytes | None]:
+        """The buffered writes (full table keys), now written to RocksDB; the buffer empties.
+
+        RocksDB is written here, synchronously, so no read can fall between the buffer and
+        the table; the changelog records follow (:meth:`TableIO.send_changelog`)."""
         if not self._pending:
-            return []
+            return {}
         prefix = self._prefix
         entries = {prefix + name: value for name, value in self._pending.items()}
         self._pending.clear()
-        return await self._io.write(self._partition, entries)
+        self._io.put_local(self._partition, entries)
+        return entries
 
 
 @dataclass
@@ -207,6 +224,7 @@ class Windows:
     _confirming: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
     #: Bumped when a partition is revoked, so confirmations of the old assignment never ack.
     _epochs: dict[int, int] = field(default_factory=dict)
+    _locks: dict[int, asyncio.Lock] = field(default_factory=dict)
     #: Partitions revoked and not (yet) assigned again: events of theirs still in flight are
     #: dropped, since the next owner replays them from the committed offset anyway.
     _revoked: set[int] = field(default_factory=set)
@@ -232,7 +250,10 @@ class Windows:
         """One valid event of ``partition``, inside an event of that partition."""
         if partition in self._revoked:
             return  # never acked: the partition's next owner processes it again
+        epoch = self._epochs.get(partition, 0)
         await self._publish(partition, self.engine(partition).process(accepted))
+        if self._epochs.get(partition, 0) != epoch:
+            return  # revoked (and maybe reassigned) meanwhile: its state went with the engine
         self.hold(partition, ack)
         if (
             self._stores[partition].pending >= self.flush_keys
@@ -240,11 +261,15 @@ class Windows:
         ):
             await self.flush(partition)
 
-    async def on_tick(self, partition: int, ack: Ack) -> None:
-        """The wall clock reached ``partition`` (idle close), and its buffer is flushed."""
+    async def on_tick(self, partition: int, ack: Ack, *, caught_up: bool = True) -> None:
+        """The wall clock reached ``partition`` (idle close unless the input has a backlog,
+        see :meth:`WindowEngine.tick`), and its buffer is flushed."""
         if partition in self._revoked:
             return
-        await self._publish(partition, self.engine(partition).tick())
+        epoch = self._epochs.get(partition, 0)
+        await self._publish(partition, self.engine(partition).tick(caught_up=caught_up))
+        if self._epochs.get(partition, 0) != epoch:
+            return
         self.hold(partition, ack)
         await self.flush(partition)
 
@@ -263,27 +288,39 @@ class Windows:
         """Write the partition's buffered state, then acknowledge the records it covers once
         the broker has the state and every decision sent since the last flush.
 
-        The wait runs in the background (one confirmation after another, so acks stay in
-        offset order): blocking the stream on a produce round trip per flush would leave the
-        CPU idle for most of it.  Faust's stream buffer bounds how far processing can run
-        ahead of the acks.
+        Two agents (input and rekeyed topic) feed one partition's engine, so while one waits
+        in here the other may process and flush too.  Hence: the buffer and the acks it
+        covers are taken together, before any await; a lock per partition keeps changelog
+        records in write order (the last value of a key must be last); and the wait for the
+        broker runs in the background, one confirmation after another so acks stay in offset
+        order.  Blocking the stream on a produce round trip per flush would idle the CPU;
+        Faust's stream buffer bounds how far processing runs ahead of the acks.
         """
-        store = self._stores.get(partition)
-        changelog = await store.flush() if store is not None else []
-        inflight = self._inflight.pop(partition, [])
-        held = self._held.pop(partition, [])
-        if not (changelog or inflight or held):
-            return
-        self._confirming[partition] = asyncio.ensure_future(
-            self._confirm(
-                partition,
-                self._epochs.get(partition, 0),
-                self._confirming.get(partition),
-                changelog,
-                inflight,
-                held,
+        # One lock per partition for good (not per assignment): a flush of a revoked
+        # assignment finishes its send loop before a new one starts.
+        lock = self._locks.setdefault(partition, asyncio.Lock())
+        async with lock:
+            store = self._stores.get(partition)
+            entries = store.take() if store is not None else {}
+            inflight = self._inflight.pop(partition, [])
+            held = self._held.pop(partition, [])
+            if not (entries or inflight or held):
+                return
+            epoch = self._epochs.get(partition, 0)
+            changelog = (
+                await self.io.send_changelog(
+                    partition, entries, lambda: self._epochs.get(partition, 0) == epoch
+                )
+                if entries
+                else []
             )
-        )
+            if self._epochs.get(partition, 0) != epoch:
+                return  # revoked meanwhile: the new owner replays these records
+            self._confirming[partition] = asyncio.ensure_future(
+                self._confirm(
+                    partition, epoch, self._confirming.get(partition), changelog, inflight, held
+                )
+            )
 
     async def _confirm(
         self,
