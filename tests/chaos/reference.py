@@ -1,0 +1,189 @@
+"""What a chaos scenario *should* have produced, computed by the pure core over the same input.
+
+The worker is a distributed, crash-prone way of running :class:`~worker.windows.WindowEngine`
+(one per partition) over the input topic and posting :func:`~worker.delivery.plan_calls` for
+each decision.  The reference runs the same pure engine in-process, over the records that are
+actually on the input topic (read back after the scenario, so partition, order and record
+timestamps are the real ones), with a :class:`~worker.clock.FakeClock` that follows the record
+timestamps and never idles mid-stream; at the end every window is closed on the idle timer.
+
+Two things come out:
+
+* :func:`expected_decisions`: decision id -> :class:`Decision` (ids are deterministic:
+  :func:`~worker.events.decision_id_for`), the decisions the input implies;
+* :func:`expected_calls`: the HTTP calls those decisions imply, as a multiset of
+  ``(path, canonical JSON body)``, to compare with what the receiver accepted.
+
+The reference is only the ideal run when no partition's stream pauses for ``IDLE_CLOSE_S`` of
+wall clock in the middle of the input (then the worker would rightly close windows early on
+the wall clock); the scenarios keep the load steady and ``IDLE_CLOSE_S`` well above any pause
+(a restart rebuilds the engine, which restarts its idle timer).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from worker.app import rule_config
+from worker.clock import FakeClock
+from worker.config import Settings
+from worker.delivery import plan_calls
+from worker.events import Decision
+from worker.ingest import Accepted, IngestLimits, inspect_record
+from worker.kafka import partition_for
+from worker.windows import WindowEngine
+
+__all__ = [
+    "Call",
+    "InputRecord",
+    "Reference",
+    "calls_of",
+    "expected_calls",
+    "expected_decisions",
+    "settings_from_env",
+]
+
+#: One HTTP call as the receiver records it: (path, body as canonical JSON).
+Call = tuple[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """One record of the input topic, as the worker's ingest sees it."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+
+class _DictStore:
+    """The engine's :class:`~worker.windows.WindowStore` as a plain dict."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+    def items(self) -> Iterable[tuple[str, bytes]]:
+        return list(self.data.items())
+
+
+@dataclass
+class Reference:
+    """The result of one reference run."""
+
+    decisions: dict[str, Decision] = field(default_factory=dict)
+    #: Valid events whose request is owned by another partition than the one they are on
+    #: (the worker rekeys them, which can reorder them: the reference is then approximate).
+    misplaced: int = 0
+    invalid: int = 0
+    #: Event ids the engine reports late (none for input sorted by event time).
+    late_ids: list[str] = field(default_factory=list)
+
+    @property
+    def late(self) -> int:
+        return len(self.late_ids)
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    """The :class:`Settings` a worker started with ``env`` reads (no .env file)."""
+    fields = {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
+    return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+
+
+def expected_decisions(records: Iterable[InputRecord], settings: Settings) -> Reference:
+    """Run the pure engine over ``records`` (each partition in offset order)."""
+    limits = IngestLimits(
+        max_event_bytes=settings.max_event_bytes,
+        tolerance_ms=int(settings.clock_skew_tolerance_s * 1000),
+        max_future_ms=int(settings.event_max_future_s * 1000),
+        max_age_ms=int(settings.event_max_age_s * 1000),
+    )
+    partitions = settings.topic_partitions
+    config = rule_config(settings)
+    by_partition: dict[int, list[InputRecord]] = {}
+    for record in records:
+        by_partition.setdefault(record.partition, []).append(record)
+
+    result = Reference()
+    owned: dict[int, list[Accepted]] = {}
+    for partition, part in sorted(by_partition.items()):
+        for record in sorted(part, key=lambda r: r.offset):
+            accepted = inspect_record(
+                record.value,
+                record_ts_ms=record.timestamp_ms,
+                now_ms=record.timestamp_ms,
+                limits=limits,
+            )
+            if not isinstance(accepted, Accepted):
+                result.invalid += 1
+                continue
+            owner = partition_for(accepted.key.encode(), partitions)
+            if owner != partition:
+                result.misplaced += 1
+            owned.setdefault(owner, []).append(accepted)
+
+    last_ms = max((r.timestamp_ms for part in by_partition.values() for r in part), default=0)
+    for events in owned.values():
+        clock = FakeClock(t_ms=0)
+        engine = WindowEngine(
+            _DictStore(),
+            config=config,
+            grace_ms=int(settings.window_grace_s * 1000),
+            idle_close_ms=int(settings.idle_close_s * 1000),
+            max_signals=settings.max_signals_per_window,
+            clock=clock,
+        )
+        outcomes = []
+        for accepted in events:
+            clock.t_ms = max(clock.t_ms, accepted.event_time_ms)
+            outcomes.append(engine.process(accepted))
+        # The end of the input: the partition idles and every window closes on the wall clock.
+        clock.t_ms = max(last_ms, clock.t_ms) + 10 * 86_400_000
+        outcomes.append(engine.tick())
+        for outcome in outcomes:
+            result.late_ids.extend(late.event_id for late in outcome.late)
+            for decision in outcome.decisions:
+                assert decision.decision_id not in result.decisions, decision
+                result.decisions[decision.decision_id] = decision
+    return result
+
+
+def calls_of(decision: Decision) -> list[Call]:
+    """The calls delivery makes for ``decision`` (DESIGN 5, :func:`plan_calls`)."""
+    calls: list[Call] = []
+    for endpoint in plan_calls(
+        target=decision.target, rating=decision.rating, has_scores=bool(decision.scores)
+    ):
+        if endpoint == "request_feedback":
+            calls.append((f"/v1/request/{decision.request_id}/feedback",
+                          canonical({"rating": decision.rating})))
+        elif endpoint == "request_score":
+            calls.append((f"/v1/request/{decision.request_id}/score",
+                          canonical({"scores": decision.scores})))
+        else:
+            calls.append((f"/v1/session/{decision.session_id}/feedback",
+                          canonical({"rating": decision.rating})))
+    return calls
+
+
+def expected_calls(decisions: Iterable[Decision]) -> Counter[Call]:
+    return Counter(call for decision in decisions for call in calls_of(decision))
+
+
+def canonical(body: Any) -> bytes:
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
