@@ -23,6 +23,9 @@ Tansu a fetch is not answered as soon as a record arrives, which dominates the f
     python bench/delivery.py --decisions 1000 --concurrency 16
     python bench/delivery.py --rate 10           # with the production rate limit (10/s)
     python bench/delivery.py --bootstrap host:9092
+    python bench/delivery.py --json out.json     # also write the figures as JSON
+
+``run(...)`` returns the same figures as a dict (bench/report.py uses it).
 
 This is a benchmark, not a test: it prints figures and never fails on them.
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -294,6 +298,8 @@ class Worker:
     def wait_delivered(self, n: float, timeout_s: float = 600) -> None:
         deadline = time.monotonic() + timeout_s
         while self.delivered() < n:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {self.delivered()} of {n} delivered")
             time.sleep(0.2)
@@ -326,6 +332,171 @@ def percentile(values: list[float], q: float) -> float:
 # --------------------------------------------------------------------------- main
 
 
+def run(
+    *,
+    decisions: int = 3_000,
+    concurrency: int = 32,
+    rate: float = 1e9,
+    paced: int = 300,
+    paced_rate: float = 20.0,
+    partitions: int = 8,
+    bootstrap: str | None = None,
+    worker_env: dict[str, str] | None = None,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Run the benchmark (module docstring); returns the figures as a dict."""
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-dlv-")))
+        if bootstrap is None:
+            broker = EmbeddedBroker(log_path=workdir / "tansu.log")
+            broker.start()
+            stack.callback(broker.stop)
+            bootstrap = broker.bootstrap_servers
+        receiver = ReceiverProcess()
+        stack.callback(receiver.stop)
+        log(f"delivery: broker {bootstrap}, receiver {receiver.url}, {os.cpu_count()} CPUs")
+
+        # (a) bare loop
+        batch = [make_decision(i, scores=True) for i in range(decisions)]
+        asyncio.run(bare_run(receiver.url, batch[:200], concurrency))  # warm up
+        receiver.clear()
+        asyncio.run(bare_run(receiver.url, batch, concurrency))
+        bare_dps, bare_cps = span_rate(receiver.records(), len(batch))
+        receiver.clear()
+        asyncio.run(bare_run(receiver.url, batch, 8))
+        bare8_dps, bare8_cps = span_rate(receiver.records(), len(batch))
+        receiver.clear()
+        log(f"delivery: bare httpx loop {bare_dps:,.1f} decisions/s "
+            f"(concurrency 8: {bare8_dps:,.1f})")
+
+        # (b) the worker
+        sfx = uuid.uuid4().hex[:8]
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", str(workdir)),
+            "PYTHONPATH": str(ROOT),
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKA_REBALANCE_TIMEOUT_S": "6",
+            "KAFKA_SESSION_TIMEOUT_S": "10",
+            "TOPIC_PARTITIONS": str(partitions),
+            "WORKER_GROUP_ID": f"bench-{sfx}",
+            "TOPIC_UI_EVENTS": f"ui-events-{sfx}",
+            "TOPIC_OUTBOX": f"outbox-{sfx}",
+            "TOPIC_DLQ": f"dlq-{sfx}",
+            "TOPIC_INVALID": f"invalid-{sfx}",
+            "TOPIC_LATE": f"late-{sfx}",
+            "WORKER_WEB_PORT": str(free_port()),
+            "WORKER_WEB_HOST": "127.0.0.1",
+            "STATE_DIR": str(workdir / "state"),
+            "HELICONE_API_KEY": KEY,
+            "HELICONE_BASE_URL": receiver.url,
+            "DELIVERY_CONCURRENCY": str(concurrency),
+            "DELIVERY_RATE_PER_S": str(rate),
+            **(worker_env or {}),
+        }
+        worker = Worker(env, workdir / "worker.log")
+        stack.callback(worker.stop)
+        worker.wait_ready()
+        warm = [make_decision(i, scores=True) for i in range(200)]
+        asyncio.run(produce(bootstrap, env["TOPIC_OUTBOX"], warm))
+        worker.wait_delivered(len(warm))
+        receiver.clear()
+        asyncio.run(produce(bootstrap, env["TOPIC_OUTBOX"], batch))
+        worker.wait_delivered(len(warm) + len(batch))
+        records = receiver.records()
+        worker_dps, worker_cps = span_rate(records, len(batch))
+        paths = [r["path"] for r in records if r["status"] and r["status"] < 300]
+        duplicates = len(paths) - len(set(paths))
+        receiver.clear()
+        log(f"delivery: worker {worker_dps:,.1f} decisions/s "
+            f"(ratio {worker_dps / bare_dps:.2f})")
+
+        # latency, paced: rating-only decisions, one call each
+        paced_batch = [make_decision(i, scores=False) for i in range(paced)]
+        bare_start = asyncio.run(bare_paced(receiver.url, paced_batch, paced_rate))
+        at = {r["path"]: r["at_ms"] for r in receiver.records()}
+        bare_lat = [at[p] - t for p, t in bare_start.items()]
+        receiver.clear()
+        paced_batch = [make_decision(i, scores=False) for i in range(paced)]
+        produced = asyncio.run(
+            produce_paced(bootstrap, env["TOPIC_OUTBOX"], paced_batch, paced_rate)
+        )
+        worker.wait_delivered(len(warm) + len(batch) + len(paced_batch))
+        at = {r["path"]: r["at_ms"] for r in receiver.records()}
+        worker_lat = [at[p] - t for p, t in produced.items()]
+        rss = worker.peak_rss_mb()
+        worker.stop()
+        broker_lat = asyncio.run(consumer_paced(bootstrap, paced_batch, paced_rate))
+
+    def lat(values: list[float]) -> dict[str, float]:
+        return {
+            "p50_ms": round(percentile(values, 0.5), 1),
+            "p99_ms": round(percentile(values, 0.99), 1),
+            "max_ms": round(max(values), 1),
+            "mean_ms": round(statistics.fmean(values), 1),
+        }
+
+    return {
+        "decisions": decisions,
+        "concurrency": concurrency,
+        "rate_limit_per_s": None if rate >= 1e6 else rate,
+        "partitions": partitions,
+        "bare_decisions_per_s": round(bare_dps, 1),
+        "bare_calls_per_s": round(bare_cps, 1),
+        "bare8_decisions_per_s": round(bare8_dps, 1),
+        "bare8_calls_per_s": round(bare8_cps, 1),
+        "worker_decisions_per_s": round(worker_dps, 1),
+        "worker_calls_per_s": round(worker_cps, 1),
+        "worker_vs_bare": round(worker_dps / bare_dps, 3),
+        "worker_vs_bare8": round(worker_dps / bare8_dps, 3),
+        "duplicate_calls": duplicates,
+        "worker_peak_rss_mib": None if rss is None else round(rss),
+        "paced": {
+            "decisions": paced,
+            "rate_per_s": paced_rate,
+            "bare": lat(bare_lat),
+            "worker": lat(worker_lat),
+            "plain_consumer": lat(broker_lat),
+        },
+    }
+
+
+def print_result(r: dict[str, Any]) -> None:
+    """The human-readable summary of :func:`run`'s figures."""
+    rate_label = "lifted" if r["rate_limit_per_s"] is None else f"{r['rate_limit_per_s']:g}/s"
+    print(f"\n{r['decisions']} decisions (2 calls each), concurrency {r['concurrency']}, "
+          f"rate limit {rate_label}, {r['partitions']} partitions")
+    print(f"  bare httpx loop : {r['bare_decisions_per_s']:8.1f} decisions/s  "
+          f"{r['bare_calls_per_s']:8.1f} calls/s")
+    print(f"  (bare, conc. 8) : {r['bare8_decisions_per_s']:8.1f} decisions/s  "
+          f"{r['bare8_calls_per_s']:8.1f} calls/s   httpx's best concurrency here, for context")
+    print(f"  worker          : {r['worker_decisions_per_s']:8.1f} decisions/s  "
+          f"{r['worker_calls_per_s']:8.1f} calls/s   (duplicate calls: {r['duplicate_calls']})")
+    print(f"  ratio worker/bare: {r['worker_vs_bare']:.2f}  (target >= 0.8 with the rate "
+          f"limit lifted); against the concurrency-8 loop: {r['worker_vs_bare8']:.2f}")
+    if r["worker_peak_rss_mib"] is not None:
+        print(f"  worker peak RSS : {r['worker_peak_rss_mib']:.0f} MiB")
+    paced = r["paced"]
+    print(f"\nlatency, {paced['decisions']} decisions paced at {paced['rate_per_s']:g}/s (ms):")
+    for name, key in (("bare (call start -> received)", "bare"),
+                      ("worker (outbox produce -> received)", "worker"),
+                      ("plain consumer (produce -> consumed)", "plain_consumer")):
+        v = paced[key]
+        print(f"  {name:38s} p50 {v['p50_ms']:6.1f}  p99 {v['p99_ms']:6.1f}  "
+              f"max {v['max_ms']:6.1f}  mean {v['mean_ms']:6.1f}")
+
+    def added(q: str) -> float:
+        return float(paced["worker"][q] - paced["bare"][q])
+
+    def own(q: str) -> float:
+        return added(q) - float(paced["plain_consumer"][q])
+
+    print(f"  added by the worker                    p50 {added('p50_ms'):6.1f}  "
+          f"p99 {added('p99_ms'):6.1f}")
+    print(f"    of which not the consumer's fetch    p50 {own('p50_ms'):6.1f}  "
+          f"p99 {own('p99_ms'):6.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--decisions", type=int, default=3_000)
@@ -338,118 +509,18 @@ def main() -> None:
     parser.add_argument("--bootstrap", default=None, help="use this broker, not embedded Tansu")
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra setting for the worker (repeatable), e.g. LOG_LEVEL=WARNING")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the figures here")
     args = parser.parse_args()
-
-    with ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-dlv-")))
-        if args.bootstrap:
-            bootstrap = args.bootstrap
-        else:
-            broker = EmbeddedBroker(log_path=workdir / "tansu.log")
-            broker.start()
-            stack.callback(broker.stop)
-            bootstrap = broker.bootstrap_servers
-        receiver = ReceiverProcess()
-        stack.callback(receiver.stop)
-        print(f"broker {bootstrap}, receiver {receiver.url}, {os.cpu_count()} CPUs")
-
-        # (a) bare loop
-        decisions = [make_decision(i, scores=True) for i in range(args.decisions)]
-        asyncio.run(bare_run(receiver.url, decisions[:200], args.concurrency))  # warm up
-        receiver.clear()
-        asyncio.run(bare_run(receiver.url, decisions, args.concurrency))
-        bare_dps, bare_cps = span_rate(receiver.records(), len(decisions))
-        receiver.clear()
-        asyncio.run(bare_run(receiver.url, decisions, 8))
-        bare8_dps, bare8_cps = span_rate(receiver.records(), len(decisions))
-        receiver.clear()
-
-        # (b) the worker
-        sfx = uuid.uuid4().hex[:8]
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": os.environ.get("HOME", str(workdir)),
-            "PYTHONPATH": str(ROOT),
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "KAFKA_REBALANCE_TIMEOUT_S": "6",
-            "KAFKA_SESSION_TIMEOUT_S": "10",
-            "TOPIC_PARTITIONS": str(args.partitions),
-            "WORKER_GROUP_ID": f"bench-{sfx}",
-            "TOPIC_UI_EVENTS": f"ui-events-{sfx}",
-            "TOPIC_OUTBOX": f"outbox-{sfx}",
-            "TOPIC_DLQ": f"dlq-{sfx}",
-            "TOPIC_INVALID": f"invalid-{sfx}",
-            "TOPIC_LATE": f"late-{sfx}",
-            "WORKER_WEB_PORT": str(free_port()),
-            "WORKER_WEB_HOST": "127.0.0.1",
-            "STATE_DIR": str(workdir / "state"),
-            "HELICONE_API_KEY": KEY,
-            "HELICONE_BASE_URL": receiver.url,
-            "DELIVERY_CONCURRENCY": str(args.concurrency),
-            "DELIVERY_RATE_PER_S": str(args.rate),
-            **dict(item.split("=", 1) for item in args.worker_env),
-        }
-        worker = Worker(env, workdir / "worker.log")
-        stack.callback(worker.stop)
-        worker.wait_ready()
-        warm = [make_decision(i, scores=True) for i in range(200)]
-        asyncio.run(produce(bootstrap, env["TOPIC_OUTBOX"], warm))
-        worker.wait_delivered(len(warm))
-        receiver.clear()
-        asyncio.run(produce(bootstrap, env["TOPIC_OUTBOX"], decisions))
-        worker.wait_delivered(len(warm) + len(decisions))
-        records = receiver.records()
-        worker_dps, worker_cps = span_rate(records, len(decisions))
-        paths = [r["path"] for r in records if r["status"] and r["status"] < 300]
-        duplicates = len(paths) - len(set(paths))
-        receiver.clear()
-
-        # latency, paced: rating-only decisions, one call each
-        paced = [make_decision(i, scores=False) for i in range(args.paced)]
-        bare_start = asyncio.run(bare_paced(receiver.url, paced, args.paced_rate))
-        at = {r["path"]: r["at_ms"] for r in receiver.records()}
-        bare_lat = [at[p] - t for p, t in bare_start.items()]
-        receiver.clear()
-        paced = [make_decision(i, scores=False) for i in range(args.paced)]
-        produced = asyncio.run(
-            produce_paced(bootstrap, env["TOPIC_OUTBOX"], paced, args.paced_rate)
-        )
-        worker.wait_delivered(len(warm) + len(decisions) + len(paced))
-        at = {r["path"]: r["at_ms"] for r in receiver.records()}
-        worker_lat = [at[p] - t for p, t in produced.items()]
-        rss = worker.peak_rss_mb()
-        worker.stop()
-        broker_lat = asyncio.run(consumer_paced(bootstrap, paced, args.paced_rate))
-
-    rate_label = "lifted" if args.rate >= 1e6 else f"{args.rate:g}/s"
-    print(f"\n{args.decisions} decisions (2 calls each), concurrency {args.concurrency}, "
-          f"rate limit {rate_label}, {args.partitions} partitions")
-    print(f"  bare httpx loop : {bare_dps:8.1f} decisions/s  {bare_cps:8.1f} calls/s")
-    print(f"  (bare, conc. 8) : {bare8_dps:8.1f} decisions/s  {bare8_cps:8.1f} calls/s"
-          "   httpx's best concurrency here, for context")
-    print(f"  worker          : {worker_dps:8.1f} decisions/s  {worker_cps:8.1f} calls/s"
-          f"   (duplicate calls: {duplicates})")
-    print(f"  ratio worker/bare: {worker_dps / bare_dps:.2f}  (target >= 0.8 with the rate "
-          f"limit lifted); against the concurrency-8 loop: {worker_dps / bare8_dps:.2f}")
-    if rss is not None:
-        print(f"  worker peak RSS : {rss:.0f} MiB")
-    print(f"\nlatency, {args.paced} decisions paced at {args.paced_rate:g}/s (ms):")
-    for name, values in (("bare (call start -> received)", bare_lat),
-                         ("worker (outbox produce -> received)", worker_lat),
-                         ("plain consumer (produce -> consumed)", broker_lat)):
-        print(f"  {name:38s} p50 {percentile(values, 0.5):6.1f}  "
-              f"p99 {percentile(values, 0.99):6.1f}  max {max(values):6.1f}  "
-              f"mean {statistics.fmean(values):6.1f}")
-
-    def added(q: float) -> float:
-        return percentile(worker_lat, q) - percentile(bare_lat, q)
-
-    def own(q: float) -> float:
-        return added(q) - percentile(broker_lat, q)
-
-    print(f"  added by the worker                    p50 {added(0.5):6.1f}  "
-          f"p99 {added(0.99):6.1f}")
-    print(f"    of which not the consumer's fetch    p50 {own(0.5):6.1f}  p99 {own(0.99):6.1f}")
+    result = run(
+        decisions=args.decisions, concurrency=args.concurrency, rate=args.rate,
+        paced=args.paced, paced_rate=args.paced_rate, partitions=args.partitions,
+        bootstrap=args.bootstrap,
+        worker_env=dict(item.split("=", 1) for item in args.worker_env),
+        log=print,
+    )
+    print_result(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,16 @@
 All three read the same topic of N realistic, mixed events (default 200,000 over 20,000
 requests, keyed by request id, event times in the past so windows close on stream time).  It
 prints the three rates, c/b and c/a, the worker's peak RSS, and then runs a *live* phase
-(events stamped with the current time, at a steady rate) to measure the decision delay:
-outbox record time - (window end + grace), p50/p99.
+(events stamped with the current time, at a steady rate, published every 25 ms) to measure the
+decision delay: outbox record time - (window end + grace), p50/p99, separately for windows
+closed by stream time (while traffic flowed) and by the idle timer (after it stopped).
 
     python bench/pipeline.py                       # embedded Tansu broker
     python bench/pipeline.py --events 50000        # quicker
     python bench/pipeline.py --bootstrap host:9092 # an Apache Kafka cluster
+    python bench/pipeline.py --json out.json       # also write the figures as JSON
+
+``run(...)`` returns the same figures as a dict (bench/report.py uses it).
 
 This is a benchmark, not a test: it prints figures and never fails on them.
 """
@@ -21,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import os
+import math
 import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from contextlib import ExitStack
@@ -35,14 +41,20 @@ from typing import Any
 
 import httpx
 import orjson
+from _common import (  # type: ignore[import-not-found]
+    ROOT,
+    WorkerProcess,
+    create_topic,
+    fetch_latency,
+    pct,
+    publish,
+    worker_env,
+    write_json,
+)
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from worker.devtools.broker import EmbeddedBroker, free_port  # noqa: E402
-from worker.devtools.traffic import iso  # noqa: E402
+from worker.devtools.broker import EmbeddedBroker
+from worker.devtools.traffic import iso
 
 #: Event types by journey kind: the opener first, then the signals drawn for the rest.
 KINDS: dict[str, tuple[str, list[str]]] = {
@@ -100,31 +112,10 @@ def make_events(
                 event["properties"] = {"prompt_text": "How do I rotate my API key?"}
             elif type_ == "message_sent":
                 event["properties"] = {"text": rng.choice(["thanks!", "and for the EU?"])}
-            events.append((t, request_id.encode(), orjson.dumps(event)))
+            # b"%s" % copies: orjson 3.13's result keeps a ~4 KiB buffer however short it is
+            events.append((t, request_id.encode(), b"%s" % orjson.dumps(event)))
     events.sort(key=lambda e: e[0])
     return [(key, value) for _, key, value in events[:n_events]]
-
-
-async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
-
-
-async def publish(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=262_144)
-    await producer.start()
-    t0 = time.perf_counter()
-    try:
-        futures = [await producer.send(topic, key=k, value=v) for k, v in records]
-        await producer.flush()
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return len(records) / (time.perf_counter() - t0)
 
 
 async def raw_aiokafka(bootstrap: str, topic: str, total: int, partitions: int) -> float:
@@ -149,80 +140,19 @@ async def raw_aiokafka(bootstrap: str, topic: str, total: int, partitions: int) 
         await consumer.stop()
 
 
-def bare_faust(bootstrap: str, topic: str, total: int, partitions: int) -> float:
-    """(b): a bare Faust agent in its own process."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
+def bare_faust(bootstrap: str, topic: str, total: int, partitions: int, work: Path) -> float:
+    """(b): a bare Faust agent in its own process (its output goes to bare-faust.log)."""
+    tmp = work / "bare"
+    tmp.mkdir()
+    out = tmp / "result.json"
+    with open(work / "bare-faust.log", "wb") as log:
         subprocess.run(
             [sys.executable, str(ROOT / "bench" / "_bare_faust.py"), bootstrap, topic,
              str(total), str(partitions), str(out)],
-            cwd=tmp, check=True, timeout=900,
+            cwd=tmp, check=True, timeout=900, stdout=log, stderr=subprocess.STDOUT,
         )
-        result = json.loads(out.read_text())
-        return float(result["events"] / result["seconds"])
-
-
-class Worker:
-    """``feedback-worker run`` in its own process, watched through /metrics."""
-
-    def __init__(self, bootstrap: str, topic: str, partitions: int, state: Path) -> None:
-        self.port = free_port()
-        sfx = uuid.uuid4().hex[:8]
-        self.outbox = f"bench-outbox-{sfx}"
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "TOPIC_UI_EVENTS": topic,
-            "TOPIC_OUTBOX": self.outbox,
-            "TOPIC_INVALID": f"bench-invalid-{sfx}",
-            "TOPIC_LATE": f"bench-late-{sfx}",
-            "TOPIC_DLQ": f"bench-dlq-{sfx}",
-            "WORKER_GROUP_ID": f"bench-{sfx}",
-            "TOPIC_PARTITIONS": str(partitions),
-            "WORKER_WEB_PORT": str(self.port),
-            "WORKER_WEB_HOST": "127.0.0.1",
-            "STATE_DIR": str(state),
-            "FEEDBACK_DRY_RUN": "true",
-            "KAFKA_REBALANCE_TIMEOUT_S": "6",
-            "KAFKA_SESSION_TIMEOUT_S": "10",
-            "LOG_LEVEL": "WARNING",
-            **WINDOW_ENV,
-        }
-        self.process = subprocess.Popen([sys.executable, "-m", "worker.cli", "run"], env=env)
-
-    def metric(self, name: str) -> float:
-        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(name) and not line.startswith("#")
-            and line[len(name)] in "{ "
-        )
-
-    def wait(self, name: str, at_least: float, timeout_s: float = 900) -> float:
-        """Poll ``name`` every 200 ms; return the perf_counter time it reached ``at_least``."""
-        deadline = time.perf_counter() + timeout_s
-        while time.perf_counter() < deadline:
-            try:
-                if self.metric(name) >= at_least:
-                    return time.perf_counter()
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{name} did not reach {at_least}")
-
-    def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+    result = json.loads(out.read_text())
+    return float(result["events"] / result["seconds"])
 
 
 async def outbox_delays(
@@ -261,33 +191,197 @@ def _ms(stamp: str) -> int:
     return int(datetime.fromisoformat(stamp).timestamp() * 1000)
 
 
-async def live_phase(bootstrap: str, topic: str, rate: int, seconds: int) -> tuple[int, int]:
-    """Publish events stamped with the current time at ``rate``/s; return start and end (ms).
+async def live_phase(
+    bootstrap: str, topic: str, rate: int, seconds: int, step_ms: int = 25
+) -> tuple[int, int, int]:
+    """Publish events stamped with the current time at ``rate``/s, in steps of ``step_ms``;
+    return start and end (ms) and the number of events sent.
 
-    Each second's answers were shown about 4 s ago and their signals follow within 4 s, so
-    no event claims to be from the future and stream time tracks the wall clock."""
+    Each step's answers were shown about 4 s ago and their signals follow within 4 s, so
+    no event claims to be from the future and stream time tracks the wall clock.  Small steps
+    matter: stream time advances only when events arrive, so publishing once a second would
+    make stream time (and so the closing of windows) jump in 1 s steps, adding up to 1 s of
+    delay that is the benchmark's, not the worker's."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     start_ms = int(time.time() * 1000)
+    steps = max(1, seconds * 1000 // step_ms)
+    sent = 0
+    t0 = time.perf_counter()
     try:
-        for second in range(seconds):
+        for step in range(steps):
             now_ms = int(time.time() * 1000)
-            batch = make_events(rate, max(1, rate // 4), start_ms=now_ms - 4_000, spread_ms=100,
-                                seed=1_000 + second)
-            for key, value in batch:
-                await producer.send(topic, key=key, value=value)
-            await producer.flush()
-            await asyncio.sleep(max(0.0, 1 - (time.time() * 1000 - now_ms) / 1000))
+            # as many events as keep the average at ``rate`` (a step's count is rounded)
+            due = round(rate * (step + 1) * step_ms / 1000) - sent
+            if due >= 1:
+                batch = make_events(due, max(1, due // 4), start_ms=now_ms - 4_000,
+                                    spread_ms=step_ms, seed=1_000 + step)
+                for key, value in batch:
+                    await producer.send(topic, key=key, value=value)
+                sent += len(batch)
+                await producer.flush()
+            await asyncio.sleep(max(0.0, t0 + (step + 1) * step_ms / 1000 - time.perf_counter()))
     finally:
         await producer.stop()
-    return start_ms, int(time.time() * 1000)
+    return start_ms, int(time.time() * 1000), sent
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def run(
+    *,
+    events: int = 200_000,
+    requests: int = 20_000,
+    partitions: int = 8,
+    bootstrap: str | None = None,
+    live_rate: int = 1_000,
+    live_seconds: int = 30,
+    live_step_ms: int = 25,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Run the benchmark (module docstring); returns the figures as a dict."""
+    result: dict[str, Any] = {"events": events, "requests": requests, "partitions": partitions}
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pipe-")))
+        if bootstrap is None:
+            broker = EmbeddedBroker(log_path=work / "tansu.log")
+            broker.start()
+            stack.callback(broker.stop)
+            bootstrap = broker.bootstrap_servers
+        topic = f"bench-ui-events-{uuid.uuid4().hex[:8]}"
+        now_ms = int(time.time() * 1000)
+        records = make_events(events, requests, start_ms=now_ms - 3 * 3_600_000,
+                              spread_ms=2 * 3_600_000, seed=7)
+        asyncio.run(create_topic(bootstrap, topic, partitions))
+        publish_rate = asyncio.run(publish(bootstrap, topic, records))
+        total = result["events"] = len(records)
+        result["publish_per_s"] = round(publish_rate, 1)
+        log(f"pipeline: published {total:,} events over {requests:,} requests "
+            f"({publish_rate:,.0f}/s) to {partitions} partitions")
+
+        rate_a = asyncio.run(raw_aiokafka(bootstrap, topic, total, partitions))
+        log(f"pipeline: (a) raw aiokafka + JSON parse : {rate_a:>10,.0f} events/s")
+        rate_b = bare_faust(bootstrap, topic, total, partitions, work)
+        log(f"pipeline: (b) bare faust agent, decode  : {rate_b:>10,.0f} events/s")
+
+        env = worker_env(bootstrap, topic=topic, partitions=partitions,
+                         state_dir=work / "state", extra=WINDOW_ENV)
+        worker = WorkerProcess(env, work / "worker.log")
+        try:
+            t0 = worker.wait_metric("feedback_events_total", 1)
+            t1 = worker.wait_metric("feedback_events_total", total)
+            rate_c = total / (t1 - t0)
+            log(f"pipeline: (c) feedback-worker           : {rate_c:>10,.0f} events/s")
+            log(f"pipeline: c/b = {rate_c / rate_b:.2f}   c/a = {rate_c / rate_a:.3f}")
+            result.update(
+                raw_aiokafka_per_s=round(rate_a, 1),
+                bare_faust_per_s=round(rate_b, 1),
+                worker_per_s=round(rate_c, 1),
+                worker_vs_bare_faust=round(rate_c / rate_b, 3),
+                worker_vs_raw_aiokafka=round(rate_c / rate_a, 4),
+                decisions_after_burst=worker.metric("feedback_decisions_total"),
+            )
+
+            # Measure the delay in a steady state, not while the worker still works off the
+            # burst (its dry-run delivery of the burst's decisions reads the outbox through
+            # the same consumer): wait until no partition it owns has a lag.
+            settle_s = _wait_caught_up(worker, timeout_s=180)
+            log(f"pipeline: worker caught up {settle_s:.1f} s after the burst")
+            result["caught_up_after_burst_s"] = round(settle_s, 1)
+            late0 = worker.metric("feedback_events_late_total")
+            lags: list[float] = []
+            lag_s: list[float] = []
+            stop_sampling = threading.Event()
+
+            def sample_lag() -> None:  # is the worker keeping up during the live phase?
+                while not stop_sampling.wait(0.5):
+                    with contextlib.suppress(httpx.HTTPError):
+                        lags.append(worker.metric_max("feedback_consumer_lag_records"))
+                        lag_s.append(worker.metric_max("feedback_consumer_lag_seconds"))
+
+            sampler = threading.Thread(target=sample_lag, daemon=True)
+            sampler.start()
+            try:
+                since, until, sent = asyncio.run(
+                    live_phase(bootstrap, topic, live_rate, live_seconds, live_step_ms)
+                )
+            finally:
+                stop_sampling.set()
+                sampler.join()
+            # let the last windows close (idle timer), checking that the worker stays up
+            deadline = time.perf_counter() + float(WINDOW_ENV["IDLE_CLOSE_S"]) + 25
+            while time.perf_counter() < deadline:
+                worker.check_alive()
+                time.sleep(0.5)
+            grace_ms = int(float(WINDOW_ENV["WINDOW_GRACE_S"]) * 1000)
+            decided = asyncio.run(outbox_delays(bootstrap, env["TOPIC_OUTBOX"], since, grace_ms))
+            # Windows due while traffic still flowed close on stream time; the ones due after
+            # the last event close on the idle timer (IDLE_CLOSE_S later, by design).
+            flowing = [d for end, d in decided if end + grace_ms < until - 1_000]
+            idle = [d for end, d in decided if end + grace_ms >= until - 1_000]
+            result["live"] = {
+                "rate_per_s": live_rate,
+                "seconds": live_seconds,
+                "step_ms": live_step_ms,
+                "events_sent": sent,
+                "windows_decided": len(decided),
+                "grace_s": float(WINDOW_ENV["WINDOW_GRACE_S"]),
+                "idle_close_s": float(WINDOW_ENV["IDLE_CLOSE_S"]),
+                "max_partition_lag_records": max(lags, default=math.nan),
+                "mean_partition_lag_records": round(sum(lags) / len(lags), 1) if lags else None,
+                "max_partition_lag_s": max(lag_s, default=math.nan),
+                "late_events": worker.metric("feedback_events_late_total") - late0,
+                "stream_time": _summary(flowing),
+                "idle_timer": _summary(idle),
+            }
+            log(f"pipeline: live phase {live_rate}/s for {live_seconds} s in {live_step_ms} ms "
+                f"steps, {len(decided)} windows decided")
+            log(f"pipeline: worker lag during the live phase (largest partition): max "
+                f"{result['live']['max_partition_lag_records']:.0f} records, mean "
+                f"{result['live']['mean_partition_lag_records']} records, max "
+                f"{result['live']['max_partition_lag_s']:.1f} s; late events "
+                f"{result['live']['late_events']:.0f}")
+            log(f"pipeline: decision delay past window end + grace, closed by stream time: "
+                f"p50 {pct(flowing, .5):.0f} ms, p99 {pct(flowing, .99):.0f} ms "
+                f"(n={len(flowing)})")
+            log(f"pipeline:   closed by the idle timer after traffic stopped: "
+                f"p50 {pct(idle, .5):.0f} ms, p99 {pct(idle, .99):.0f} ms (n={len(idle)}, "
+                f"IDLE_CLOSE_S={WINDOW_ENV['IDLE_CLOSE_S']})")
+            # same-run baseline: what the broker alone adds before any consumer sees a record
+            probe = asyncio.run(fetch_latency(bootstrap))
+            result["live"]["broker_fetch_latency"] = _summary(probe)
+            log(f"pipeline: baseline, plain aiokafka consumer produce -> consume latency: "
+                f"p50 {pct(probe, .5):.0f} ms, p99 {pct(probe, .99):.0f} ms")
+            rss, peak = worker.rss_mib()
+            result["worker_rss_mib"], result["worker_peak_rss_mib"] = round(rss), round(peak)
+            log(f"pipeline: worker RSS {rss:.0f} MiB, peak {peak:.0f} MiB")
+        finally:
+            result["worker_exit_code"] = worker.stop()
+    return result
+
+
+def _wait_caught_up(worker: WorkerProcess, *, timeout_s: float) -> float:
+    """Seconds until every partition the worker owns shows no lag twice in a row (1 s apart)."""
+    t0 = time.perf_counter()
+    zero = 0
+    while time.perf_counter() - t0 < timeout_s:
+        worker.check_alive()
+        try:
+            lag = worker.metric_max("feedback_consumer_lag_records")
+        except httpx.HTTPError:
+            lag = 1
+        zero = zero + 1 if lag == 0 else 0
+        if zero >= 2:
+            return time.perf_counter() - t0
+        time.sleep(1)
+    return time.perf_counter() - t0  # still behind: the live phase starts anyway
+
+
+def _summary(delays_ms: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(delays_ms),
+        "p50_ms": round(pct(delays_ms, 0.5), 1),
+        "p99_ms": round(pct(delays_ms, 0.99), 1),
+        "max_ms": round(max(delays_ms), 1) if delays_ms else math.nan,
+    }
 
 
 def main() -> None:
@@ -298,58 +392,14 @@ def main() -> None:
     parser.add_argument("--bootstrap", default=None)
     parser.add_argument("--live-rate", type=int, default=1_000, help="events/s in the live phase")
     parser.add_argument("--live-seconds", type=int, default=30)
+    parser.add_argument("--live-step-ms", type=int, default=25,
+                        help="publish every this many ms in the live phase (same average rate)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the figures here")
     args = parser.parse_args()
-
-    with ExitStack() as stack:
-        bootstrap = args.bootstrap
-        if bootstrap is None:
-            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
-        topic = f"bench-ui-events-{uuid.uuid4().hex[:8]}"
-        now_ms = int(time.time() * 1000)
-        records = make_events(args.events, args.requests, start_ms=now_ms - 3 * 3_600_000,
-                              spread_ms=2 * 3_600_000, seed=7)
-        asyncio.run(create_topic(bootstrap, topic, args.partitions))
-        publish_rate = asyncio.run(publish(bootstrap, topic, records))
-        total = len(records)
-        print(f"published {total:,} events over {args.requests:,} requests "
-              f"({publish_rate:,.0f}/s) to {args.partitions} partitions")
-
-        rate_a = asyncio.run(raw_aiokafka(bootstrap, topic, total, args.partitions))
-        print(f"(a) raw aiokafka + JSON parse : {rate_a:>10,.0f} events/s")
-        rate_b = bare_faust(bootstrap, topic, total, args.partitions)
-        print(f"(b) bare faust agent, decode  : {rate_b:>10,.0f} events/s")
-
-        state = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        worker = Worker(bootstrap, topic, args.partitions, state)
-        try:
-            t0 = worker.wait("feedback_events_total", 1)
-            t1 = worker.wait("feedback_events_total", total)
-            rate_c = total / (t1 - t0)
-            print(f"(c) feedback-worker           : {rate_c:>10,.0f} events/s")
-            print(f"c/b = {rate_c / rate_b:.2f}   c/a = {rate_c / rate_a:.3f}")
-            decisions = worker.metric("feedback_decisions_total")
-            print(f"decisions written so far: {decisions:,.0f}")
-
-            since, until = asyncio.run(
-                live_phase(bootstrap, topic, args.live_rate, args.live_seconds)
-            )
-            time.sleep(float(WINDOW_ENV["IDLE_CLOSE_S"]) + 25)  # let the last windows close
-            grace_ms = int(float(WINDOW_ENV["WINDOW_GRACE_S"]) * 1000)
-            decided = asyncio.run(outbox_delays(bootstrap, worker.outbox, since, grace_ms))
-            # Windows due while traffic still flowed close on stream time; the ones due after
-            # the last event close on the idle timer (IDLE_CLOSE_S later, by design).
-            flowing = [d for end, d in decided if end + grace_ms < until - 1_000]
-            idle = [d for end, d in decided if end + grace_ms >= until - 1_000]
-            print(f"live phase: {args.live_rate}/s for {args.live_seconds} s, "
-                  f"{len(decided)} windows decided")
-            print(f"decision delay (written - window end - grace), closed while traffic flowed: "
-                  f"p50 {pct(flowing, .5):.0f} ms, p99 {pct(flowing, .99):.0f} ms "
-                  f"(n={len(flowing)})")
-            print(f"  closed by the idle timer after traffic stopped: n={len(idle)}, "
-                  f"p50 {pct(idle, .5):.0f} ms (IDLE_CLOSE_S={WINDOW_ENV['IDLE_CLOSE_S']})")
-            print(f"worker peak RSS: {worker.peak_rss_mib():.0f} MiB")
-        finally:
-            worker.stop()
+    result = run(events=args.events, requests=args.requests, partitions=args.partitions,
+                 bootstrap=args.bootstrap, live_rate=args.live_rate,
+                 live_seconds=args.live_seconds, live_step_ms=args.live_step_ms)
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

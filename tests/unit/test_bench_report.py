@@ -1,0 +1,99 @@
+"""bench/report.py renders REPORT.md from a fixed set of results (no broker, no benchmark run)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+REPORT = Path(__file__).resolve().parents[2] / "bench" / "report.py"
+
+
+def _report_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_report", REPORT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _restart(n: int, ready: float, back: int) -> dict[str, Any]:
+    return {"ready_s": ready, "windows_back_s": ready + 1.5, "windows_back": back,
+            "windows_expected": n, "rss_mib": 300.0, "peak_rss_mib": 310.0, "exit_code": 0,
+            "missing": n - back}
+
+
+def _memory(n: int, peak: float) -> dict[str, Any]:
+    return {
+        "windows": n, "partitions": 8, "block_cache_bytes": 64 << 20,
+        "open": {"events_per_s": 1500.0, "rss_mib": peak - 10, "peak_rss_mib": peak,
+                 "rocksdb_mib": 30.0, "rocksdb_mib_after_stop": 20.0},
+        "warm": _restart(n, 8.5, n),
+        "cold": _restart(n, 12.0, n - 3),
+    }
+
+
+RESULTS: dict[str, Any] = {
+    "pipeline": {
+        "events": 200_000, "requests": 20_000, "partitions": 8, "publish_per_s": 60_000.0,
+        "raw_aiokafka_per_s": 700_000.0, "bare_faust_per_s": 13_000.0, "worker_per_s": 5_200.0,
+        "worker_vs_bare_faust": 0.4, "worker_vs_raw_aiokafka": 0.0074,
+        "worker_rss_mib": 140, "worker_peak_rss_mib": 150,
+        "live": {
+            "rate_per_s": 1000, "seconds": 30, "step_ms": 25, "events_sent": 30_000,
+            "windows_decided": 7000, "grace_s": 1.0, "idle_close_s": 2.0,
+            "stream_time": {"n": 6000, "p50_ms": 120.0, "p99_ms": 640.0, "max_ms": 900.0},
+            "idle_timer": {"n": 1000, "p50_ms": 1500.0, "p99_ms": 2900.0, "max_ms": 3000.0},
+        },
+    },
+    "delivery": {"error": "WorkerDied: worker exited with code 1"},
+    "memory": [_memory(100_000, 400.0), _memory(1_000_000, 2_000.0)],
+    "scaling": {
+        "events": 200_000, "partitions": 8, "cpus": 2,
+        "runs": [
+            {"workers": k, "events_per_s": 5000.0 / k ** 0.5, "speedup": 1 / k ** 0.5,
+             "events_per_s_whole_drain": 4000.0, "events_by_worker": [200_000 // k] * k,
+             "cpu_s_by_worker": [40.0 / k] * k, "cores_busy": 1.0}
+            for k in (1, 2, 4)
+        ],
+    },
+    "durations_s": {"pipeline": 200.0, "delivery": 10.0, "memory": 900.0, "scaling": 300.0},
+}
+META: dict[str, Any] = {
+    "date": "2026-11-22 18:00 UTC", "command": ".venv/bin/python bench/report.py",
+    "mode": "full", "duration_s": 1410.0,
+    "machine": {"cpus": 2, "cpu_model": "Test CPU", "ram_gib": 23.5, "kernel": "Linux 6",
+                "load_avg_at_start": [1.0, 1.0, 1.0], "load_avg_at_end": [2.0, 2.0, 2.0]},
+    "versions": {"python": "3.11.7", "faust-streaming": "0.15.3", "worker_commit": "abc123"},
+}
+
+
+def test_report_renders_every_section_with_verdicts() -> None:
+    text = _report_module().render(RESULTS, META)
+
+    assert text.startswith("# Benchmark report")
+    for heading in ("## Machine and versions", "## Targets", "## Failed runs",
+                    "## 1. Pipeline", "## 3. Memory", "## 4. Scaling", "## Run time"):
+        assert heading in text
+    assert "Test CPU, 2 cores" in text and "abc123" in text
+    assert "`.venv/bin/python bench/report.py`" in text
+    # pipeline ratio 0.4 misses 0.8; p99 640 ms meets 1 s; 2,000 MiB misses 1.5 GiB
+    targets = text.split("## Targets", 1)[1].split("\n## ", 1)[0]
+    assert "| 0.40 (5,200 vs 13,000 events/s) | >= 0.8 | **missed** |" in targets
+    assert "| 640 ms (p50 120 ms) | <= 1,000 ms | **met** |" in targets
+    assert "2,000 MiB | <= 1,536 MiB (1.5 GiB) | **missed** |" in targets
+    assert targets.count("warm restart ready") == 2
+    # a failed benchmark is reported, not hidden
+    assert "**delivery**: `WorkerDied: worker exited with code 1`" in text
+    assert "999,997 of 1,000,000" in text  # cold recovery count is shown, not assumed
+    assert "KAFKA_PRODUCER_BATCH_BYTES=1" in text
+
+
+def test_report_warns_when_the_worker_changed_during_the_run() -> None:
+    render = _report_module().render
+    quiet = render(RESULTS, {**META, "worker_tree_at_start": "aaa", "worker_tree_at_end": "aaa"})
+    changed = render(RESULTS, {**META, "worker_tree_at_start": "aaa", "worker_tree_at_end": "bbb"})
+
+    assert "worker/ changed while the benchmarks ran" not in quiet
+    assert "worker/ changed while the benchmarks ran" in changed
