@@ -73,9 +73,12 @@ Semantics the DESIGN leaves open, as decided here:
   ones by (event time, event id), so which ones are kept does not depend on arrival order;
   the decisive signal and forwarded scores are never the ones dropped.  Dropped signals are
   counted and listed as a ``signals_dropped`` evidence entry of the decision.
-* **Stream time** is persisted without a write per event: every key record carries the
-  stream time at its write, and the reserved key :data:`META_KEY` is written only when a
-  step deletes records without writing one.  :meth:`WindowEngine.rebuild` takes the maximum.
+* **Stream time** is persisted in the reserved key :data:`META_KEY`, written whenever it
+  advanced (coalesced with the rest of a flush by the adapter, which writes it *last*: a
+  flush cut short, by a crash or a revocation, must never leave a stream time in the
+  changelog that the key records before it do not justify, or the replayed inputs would be
+  judged late).  Key records also carry the stream time at their write; rebuild uses those
+  only for state written before :data:`META_KEY` was always kept.
 
 State layout of one key (an orjson array; ``FORMAT`` guards against misreading)::
 
@@ -480,16 +483,15 @@ class WindowEngine:
         self._cache.clear()
         self._dirty.clear()
         self._open = dict.fromkeys(RULES, 0)
-        stream_time = meta = _NEVER
+        stamps = meta = _NEVER
         closing: list[tuple[int, str]] = []
         purging: list[tuple[int, str]] = []
         for key, raw in self._store.items():
             if key == META_KEY:
                 meta = int(orjson.loads(raw)["stream_time_ms"])
-                stream_time = max(stream_time, meta)
                 continue
             state, stamp = _decode(key, raw)
-            stream_time = max(stream_time, stamp)
+            stamps = max(stamps, stamp)
             for w in state.windows:
                 self._open[w.rule] += 1
             close_due = self._close_due(state)
@@ -502,7 +504,7 @@ class WindowEngine:
                 self._cache[key] = state
         self._closing.reset(closing)
         self._purging.reset(purging)
-        self._stream_time = stream_time
+        self._stream_time = meta if meta != _NEVER else stamps
         self._meta_stream_time = meta
         self._last_event_wall_ms = self._clock.now_ms()
         self._ready = True
@@ -532,23 +534,21 @@ class WindowEngine:
                 self._purge(state)
 
     def _finish(self, *, advanced: bool) -> Outcome:
-        wrote = deleted = False
         store = self._store
         for key, state in self._dirty.items():
             if state.is_empty():
                 if state.persisted:
                     store.delete(key)
                     state.persisted = False
-                    deleted = True
                 self._cache.pop(key, None)
                 continue
             store.put(key, _encode(state, self._stream_time))
-            state.persisted = wrote = True
+            state.persisted = True
             self._closing.schedule(key, self._close_due(state))
             if state.tombs:
                 self._purging.schedule(key, self._purge_due(state))
         self._dirty.clear()
-        if not wrote and (advanced or deleted) and self._meta_stream_time < self._stream_time:
+        if self._meta_stream_time < self._stream_time:
             store.put(META_KEY, orjson.dumps({"stream_time_ms": self._stream_time}))
             self._meta_stream_time = self._stream_time
         cache = self._cache

@@ -41,7 +41,7 @@ import orjson
 from faust.types import TP
 
 from worker.agents.ingest import Ack
-from worker.windows import LateEvent, Outcome, WindowEngine
+from worker.windows import META_KEY, LateEvent, Outcome, WindowEngine
 
 if TYPE_CHECKING:
     from worker.clock import Clock
@@ -184,7 +184,10 @@ class PartitionStore:
         if not self._pending:
             return {}
         prefix = self._prefix
-        entries = {prefix + name: value for name, value in self._pending.items()}
+        pending = self._pending
+        entries = {prefix + name: value for name, value in pending.items() if name != META_KEY}
+        if META_KEY in pending:  # last: see "Stream time" in worker.windows
+            entries[prefix + META_KEY] = pending[META_KEY]
         self._pending.clear()
         self._io.put_local(self._partition, entries)
         return entries
