@@ -7,9 +7,10 @@
 All three read the same topic of N realistic, mixed events (default 200,000 over 20,000
 requests, keyed by request id, event times in the past so windows close on stream time).  It
 prints the three rates, c/b and c/a, the worker's peak RSS, and then runs a *live* phase
-(events stamped with the current time, at a steady rate, published every 25 ms) to measure the
-decision delay: outbox record time - (window end + grace), p50/p99, separately for windows
-closed by stream time (while traffic flowed) and by the idle timer (after it stopped).
+(each event published when the wall clock reaches its event time, checked every 25 ms) to
+measure the decision delay: outbox record time - (window end + grace), p50/p99, separately
+for windows closed by stream time (while traffic flowed) and by the idle timer (after it
+stopped).
 
     python bench/pipeline.py                       # embedded Tansu broker
     python bench/pipeline.py --events 50000        # quicker
@@ -84,6 +85,15 @@ def make_events(
     n_events: int, n_requests: int, *, start_ms: int, spread_ms: int, seed: int
 ) -> list[tuple[bytes, bytes]]:
     """``n_events`` events over ``n_requests`` requests, in event-time order, as (key, value)."""
+    timed = make_timed_events(n_events, n_requests, start_ms=start_ms, spread_ms=spread_ms,
+                              seed=seed)
+    return [(key, value) for _, key, value in timed]
+
+
+def make_timed_events(
+    n_events: int, n_requests: int, *, start_ms: int, spread_ms: int, seed: int
+) -> list[tuple[int, bytes, bytes]]:
+    """As :func:`make_events`, with each event's time (ms) first."""
     rng = random.Random(seed)
     per_request = max(1, n_events // n_requests)
     events: list[tuple[int, bytes, bytes]] = []
@@ -115,7 +125,7 @@ def make_events(
             # b"%s" % copies: orjson 3.13's result keeps a ~4 KiB buffer however short it is
             events.append((t, request_id.encode(), b"%s" % orjson.dumps(event)))
     events.sort(key=lambda e: e[0])
-    return [(key, value) for _, key, value in events[:n_events]]
+    return events[:n_events]
 
 
 async def raw_aiokafka(bootstrap: str, topic: str, total: int, partitions: int) -> float:
@@ -194,33 +204,37 @@ def _ms(stamp: str) -> int:
 async def live_phase(
     bootstrap: str, topic: str, rate: int, seconds: int, step_ms: int = 25
 ) -> tuple[int, int, int]:
-    """Publish events stamped with the current time at ``rate``/s, in steps of ``step_ms``;
-    return start and end (ms) and the number of events sent.
+    """Publish ``rate``/s events for ``seconds``, each at (within ``step_ms`` of) its own event
+    time; return start and end (ms) and the number of events sent.
 
-    Each step's answers were shown about 4 s ago and their signals follow within 4 s, so
-    no event claims to be from the future and stream time tracks the wall clock.  Small steps
-    matter: stream time advances only when events arrive, so publishing once a second would
-    make stream time (and so the closing of windows) jump in 1 s steps, adding up to 1 s of
-    delay that is the benchmark's, not the worker's."""
+    Every event goes out when the wall clock reaches its event time, as a frontend would send
+    it: a journey's signals are not published together with its opener.  Otherwise a window
+    cut short by a decisive signal (its end is the signal's time) would be decided only when
+    the signal was published, seconds after its end + grace, and that delay would be the
+    benchmark's, not the worker's.  Small steps matter for the same reason: stream time
+    advances only when events arrive."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
-    start_ms = int(time.time() * 1000)
-    steps = max(1, seconds * 1000 // step_ms)
+    start_ms = int(time.time() * 1000) + 500
+    # Openers over the first seconds - 4 s, so that every journey's signals (up to 4 s after
+    # its opener) still fall inside the phase.
+    spread_ms = max(step_ms, (seconds - 4) * 1000)
+    total = rate * seconds
+    events = make_timed_events(total, max(1, total // 4), start_ms=start_ms,
+                               spread_ms=spread_ms, seed=1_000)
     sent = 0
-    t0 = time.perf_counter()
     try:
-        for step in range(steps):
+        while sent < len(events):
             now_ms = int(time.time() * 1000)
-            # as many events as keep the average at ``rate`` (a step's count is rounded)
-            due = round(rate * (step + 1) * step_ms / 1000) - sent
-            if due >= 1:
-                batch = make_events(due, max(1, due // 4), start_ms=now_ms - 4_000,
-                                    spread_ms=step_ms, seed=1_000 + step)
-                for key, value in batch:
-                    await producer.send(topic, key=key, value=value)
-                sent += len(batch)
+            due = sent
+            while due < len(events) and events[due][0] <= now_ms:
+                due += 1
+            for _, key, value in events[sent:due]:
+                await producer.send(topic, key=key, value=value)
+            if due > sent:
                 await producer.flush()
-            await asyncio.sleep(max(0.0, t0 + (step + 1) * step_ms / 1000 - time.perf_counter()))
+                sent = due
+            await asyncio.sleep(step_ms / 1000)
     finally:
         await producer.stop()
     return start_ms, int(time.time() * 1000), sent

@@ -384,8 +384,9 @@ def _pipeline(w: Callable[[str], None], p: Any) -> None:
     live = p.get("live")
     if live:
         w(f"**Decision delay.** Live phase: {live['rate_per_s']:,} events/s for "
-          f"{live['seconds']} s, published every {live['step_ms']} ms (so stream time advances "
-          f"smoothly), event times = now; engagement 5 s, code 3 s, clicks 10 s, ticket 20 s "
+          f"{live['seconds']} s, each event published when the wall clock reaches its event time "
+          f"(checked every {live['step_ms']} ms, so stream time tracks the wall clock); "
+          f"engagement 5 s, code 3 s, clicks 10 s, ticket 20 s "
           f"windows, grace {live['grace_s']:g} s, idle close {live['idle_close_s']:g} s. "
           "Delay = outbox record timestamp - (window end + grace)."
           + (f" The live phase starts once the worker has caught up with the burst (no lag on "
