@@ -55,6 +55,8 @@ sys.path.insert(0, str(ROOT))
 
 # worker.helicone is imported for its side effect on httpcore (the sniffio import fix, see
 # there), so the bare loop runs on the same footing as the worker's client.
+from _common import fetch_latency  # type: ignore[import-not-found]  # noqa: E402
+
 import worker.helicone  # noqa: E402, F401
 from worker.devtools.broker import EmbeddedBroker, free_port  # noqa: E402
 from worker.events import Decision, decision_id_for  # noqa: E402
@@ -177,50 +179,6 @@ async def bare_paced(url: str, decisions: list[Decision], rate: float) -> dict[s
             await asyncio.sleep(1 / rate)
         await asyncio.gather(*tasks)
     return started
-
-
-async def consumer_paced(
-    bootstrap: str, decisions: list[Decision], rate: float, *, fetch_max_wait_ms: int = 1500
-) -> list[float]:
-    """Produce -> consume latency (ms) of paced records through a plain aiokafka consumer."""
-    from aiokafka import AIOKafkaConsumer
-
-    topic = f"latency-{uuid.uuid4().hex[:8]}"
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
-    await producer.start()
-    await producer.send_and_wait(topic, b"{}", key=b"warm")  # create the topic
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"latency-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="latest",
-        fetch_max_wait_ms=fetch_max_wait_ms,
-    )
-    await consumer.start()
-    latencies: list[float] = []
-    try:
-        while not consumer.assignment():
-            await asyncio.sleep(0.1)
-        await consumer.seek_to_end()
-
-        async def consume() -> None:
-            async for message in consumer:
-                latencies.append(time.time() * 1000 - float(message.value or b"0"))
-                if len(latencies) >= len(decisions):
-                    return
-
-        task = asyncio.create_task(consume())
-        await asyncio.sleep(1)
-        for decision in decisions:
-            await producer.send_and_wait(
-                topic, str(time.time() * 1000).encode(), key=decision.decision_id.encode()
-            )
-            await asyncio.sleep(1 / rate)
-        await asyncio.wait_for(task, 60)
-    finally:
-        await consumer.stop()
-        await producer.stop()
-    return latencies
 
 
 # --------------------------------------------------------------------------- worker
@@ -426,7 +384,9 @@ def run(
         worker_lat = [at[p] - t for p, t in produced.items()]
         rss = worker.peak_rss_mb()
         worker.stop()
-        broker_lat = asyncio.run(consumer_paced(bootstrap, paced_batch, paced_rate))
+        broker_lat = asyncio.run(
+            fetch_latency(bootstrap, count=len(paced_batch), rate=paced_rate)
+        )
 
     def lat(values: list[float]) -> dict[str, float]:
         return {
