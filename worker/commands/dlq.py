@@ -198,6 +198,24 @@ def _select(
     return chosen
 
 
+def _read_selected(
+    settings: Settings,
+    reasons: tuple[str, ...],
+    older_than: timedelta | None,
+    newer_than: timedelta | None,
+    timeout_s: float,
+) -> list[DeadLetter] | None:
+    """The open dead letters that pass the filters; None when the DLQ topic does not exist."""
+    with Console(stderr=True).status(f"reading {settings.topic_dlq}"):
+        read = asyncio.run(read_dead_letters(settings, timeout_s=timeout_s))
+    if read is None:
+        return None
+    return _select(
+        open_dead_letters(*read),
+        reasons=reasons, older_than=older_than, newer_than=newer_than, now=datetime.now(UTC),
+    )
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -265,16 +283,12 @@ def list_command(
 ) -> None:
     """Show what is dead-lettered and why (newest record per decision, not yet redriven)."""
     settings = _load_settings()
-    err = Console(stderr=True)
-    with err.status(f"reading {settings.topic_dlq}"):
-        read = asyncio.run(read_dead_letters(settings, timeout_s=timeout))
-    if read is None:
-        err.print(f"{settings.topic_dlq} does not exist: nothing is dead-lettered")
+    letters = _read_selected(settings, reasons, older_than, newer_than, timeout)
+    if letters is None:
+        Console(stderr=True).print(
+            f"{settings.topic_dlq} does not exist: nothing is dead-lettered"
+        )
         return
-    letters = _select(
-        open_dead_letters(*read),
-        reasons=reasons, older_than=older_than, newer_than=newer_than, now=datetime.now(UTC),
-    )
     if as_json:
         for letter in letters:
             click.echo(orjson.dumps(letter.document).decode())
@@ -328,15 +342,10 @@ def redrive(
     """
     settings = _load_settings()
     err = Console(stderr=True)
-    with err.status(f"reading {settings.topic_dlq}"):
-        read = asyncio.run(read_dead_letters(settings, timeout_s=timeout))
-    if read is None:
+    letters = _read_selected(settings, reasons, older_than, newer_than, timeout)
+    if letters is None:
         click.echo(f"{settings.topic_dlq} does not exist: nothing to redrive")
         return
-    letters = _select(
-        open_dead_letters(*read),
-        reasons=reasons, older_than=older_than, newer_than=newer_than, now=datetime.now(UTC),
-    )
     movable = [letter for letter in letters if letter.decision and letter.target_id]
     unmovable = len(letters) - len(movable)
     if dry_run:
