@@ -294,6 +294,14 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     return FeedbackApp(app, settings, metrics, ingest, windows, readiness, topics)
 
 
+def _aiokafka_consumer(app: faust.App) -> Any:
+    """The aiokafka consumer inside Faust's consumer thread (None before it starts).
+
+    Private to Faust; the two helpers below read it only through getattr and fall back
+    when it is missing."""
+    return getattr(getattr(app.consumer, "_thread", None), "_consumer", None)
+
+
 def _set_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
     """Apply KAFKA_FETCH_MAX_WAIT_MS to the running consumer.
 
@@ -303,8 +311,7 @@ def _set_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
     wait, which alone would put 1.5 s into the decision delay.  The fetcher reads the value for
     every request, so setting it after start is enough.
     """
-    thread = getattr(app.consumer, "_thread", None)
-    fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
+    fetcher = getattr(_aiokafka_consumer(app), "_fetcher", None)
     if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
         log.warning("cannot set the fetch wait on this faust/aiokafka version; it stays 1.5 s")
         return
@@ -319,7 +326,7 @@ def _fetch_position(app: faust.App, tp: TP) -> int | None:
     Read from aiokafka's subscription state: ``await app.consumer.position()`` is a call into
     the consumer thread, and a tick that makes it for every partition each second queues
     behind (and delays) the thread's own work, such as table recovery at start-up."""
-    consumer = getattr(getattr(app.consumer, "_thread", None), "_consumer", None)
+    consumer = _aiokafka_consumer(app)
     subscription = getattr(getattr(consumer, "_subscription", None), "subscription", None)
     assignment = getattr(subscription, "assignment", None)
     state = assignment.state_value(tp) if assignment is not None else None
