@@ -4,7 +4,8 @@ Each scenario runs a steady load of simulated journeys (every rule, scores, sess
 through the worker while something goes wrong, then :func:`tests.chaos.scenarios.verify`
 compares everything against the pure engine run over the same input: every implied decision
 reached the receiver exactly once, none extra, no window reopened, nothing late or
-dead-lettered.
+dead-lettered.  The one exception is a SIGKILL: a call in flight at the kill may reach the
+receiver twice (at-least-once delivery, DESIGN 5), and the test bounds and prints how many did.
 
 Short form (``make test``): a couple of incidents per scenario.  Long form (``make
 test-chaos``, CHAOS_FULL=1): more incidents, more events, longer outages.  Every random
@@ -95,9 +96,13 @@ def test_sigkill_at_random_moments_under_steady_load(
         replacement.wait_ready(timeout_s=180)
     load.join()
 
+    # A call in flight when its worker died may be posted again (scenarios module docstring),
+    # and so may one that had just succeeded but whose record of success had not reached the
+    # broker yet: per kill, at most twice as many calls as the worker may have in flight.
+    in_flight = int(env.get("DELIVERY_CONCURRENCY", "32"))
     outcome = verify(bootstrap=kafka_bootstrap, topics=topics, env=env,
                      receiver=helicone_receiver, workers=[w for w, _ in live], seed=chaos_seed,
-                     dump_to=tmp_path / "topics.jsonl")
+                     dump_to=tmp_path / "topics.jsonl", repeats_allowed=kills * 2 * in_flight)
     assert len(outcome.reference.decisions) > total // 4
 
 
