@@ -57,6 +57,7 @@ from hypothesis import strategies as st
 from tests.fixtures.worker import TestTopics, WorkerProcess
 from tests.fuzz import strategies as fz
 from tests.fuzz.accounting import Ledger, SentRecord, account
+from tests.integration.test_windows import SHORT_WINDOWS
 from worker.events import Decision
 from worker.ingest import IngestLimits
 
@@ -68,14 +69,8 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "3"))
 #: Short windows so a stream settles within seconds of being sent; thresholds scaled down
 #: with them so engagement sees both long and short reads.
 WORKER_ENV = {
+    **SHORT_WINDOWS,
     "TOPIC_PARTITIONS": str(PARTITIONS),
-    "ENGAGEMENT_WINDOW_S": "3",
-    "CODE_WINDOW_S": "2",
-    "CLICKS_WINDOW_S": "3",
-    "TICKET_WINDOW_S": "4",
-    "WINDOW_GRACE_S": "1",
-    "IDLE_CLOSE_S": "2",
-    "ENGAGEMENT_LONG_READ_S": "2",
     "ENGAGEMENT_SHORT_READ_S": "0.5",
     "ENGAGEMENT_QUICK_EXIT_S": "1",
     "FEEDBACK_DRY_RUN": "true",
