@@ -30,6 +30,7 @@ from worker.clock import Clock, SystemClock
 from worker.ingest import IngestLimits, RecentIds
 from worker.kafka import rekey_topic_name, ssl_context
 from worker.metrics import CONTENT_TYPE_LATEST, Metrics
+from worker.rebalance import count_gaps, seek_before_fetch
 from worker.rules import RuleConfig
 
 if TYPE_CHECKING:
@@ -286,6 +287,10 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     @app.on_rebalance_complete.connect
     def _joined(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         readiness.joined = True
+
+    # Before the first rebalance: Faust's own order lets commits skip records (the module).
+    seek_before_fetch(app)
+    count_gaps(app, lambda topic, missing: metrics.offsets_skipped.labels(topic=topic).inc(missing))
 
     install_delivery(
         app, settings=settings, metrics=metrics, topics=topics, readiness=readiness, clock=clock

@@ -92,6 +92,16 @@ class Metrics:
         for agent in ("ingest", "rekeyed"):
             self.agent_crashes.labels(agent=agent)
 
+        self.offsets_skipped = Counter(
+            "feedback_consumer_offsets_skipped",
+            "Offsets of a stream partition that Faust will commit without an agent having "
+            "acknowledged them (a gap in the fetched offsets), by topic. Normal only on "
+            "topics with transaction markers or compaction; anything else means records "
+            "were skipped (worker.rebalance).",
+            ["topic"],
+            registry=r,
+        )
+
         # ---- consumer lag (partitions are a small closed set; no ids)
         self.consumer_lag_records = Gauge(
             "feedback_consumer_lag_records",
