@@ -12,8 +12,9 @@
               came back (a figure, not an assumption).
 
 DESIGN 2: Tansu answers ListOffsets wrongly after multi-record batches.  Faust takes a
-changelog's end from that answer, so a cold restore stops short and a warm restart crashes
-(``ConsistencyError``: persisted offset above the "highwater").  Steps 1-3 therefore run with
+changelog's end from that answer, so a cold restore stops short, and a warm restart finds
+its store past that end (Faust's ``ConsistencyError``; the worker logs it as a lost changelog
+and keeps its state, ``worker.recovery``).  Steps 1-3 therefore run with
 KAFKA_PRODUCER_BATCH_BYTES=1 (the worker writes its changelog one record per batch); that
 slows the changelog writes, so step 1's events/s is a lower bound.  ``--normal-batching``
 repeats 1-3 with the default batching in a second group, records what the restarts do there,

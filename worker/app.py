@@ -28,9 +28,10 @@ from worker.agents.ingest import Ingest
 from worker.agents.windows import CAUGHT_UP_HEADER, TICK_HEADER, TableIO, Windows
 from worker.clock import Clock, SystemClock
 from worker.ingest import IngestLimits, RecentIds
-from worker.kafka import rekey_topic_name, ssl_context
+from worker.kafka import WINDOWS_TABLE, ensure_topics, rekey_topic_name, ssl_context
 from worker.metrics import CONTENT_TYPE_LATEST, Metrics
 from worker.rebalance import count_gaps, seek_before_fetch
+from worker.recovery import report_lost_changelogs
 from worker.rules import RuleConfig
 
 if TYPE_CHECKING:
@@ -90,6 +91,9 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         # Records whose window state is still buffered are not acked yet; on a rebalance they
         # are simply processed again by the new owner, so do not wait for them.
         stream_wait_empty=False,
+        # A changelog shorter than the local store stops the worker in Faust's check; the
+        # worker keeps its state and reports it instead (worker.recovery).
+        recovery_consistency_check=False,
         producer_max_batch_size=settings.kafka_producer_batch_bytes,
         key_serializer="raw",
         value_serializer="raw",
@@ -142,7 +146,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         return await produce(topic, key, value, None)
 
     table = app.Table(
-        "windows",
+        WINDOWS_TABLE,
         default=None,
         partitions=settings.topic_partitions,
         key_type=str,
@@ -278,9 +282,27 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
             progress.pop((tp.topic, tp.partition), None)
         ingest.recent.clear()
 
+    async def _recreate_lost_topics() -> None:
+        """A broker that lost its data (or topics deleted under a running worker) no longer
+        has the worker's topics; the group rebalances when it comes back, so check then and
+        create them again, as at start (a worker that only produced to them would wait)."""
+        try:
+            created = await ensure_topics(settings, request_timeout_ms=10_000)
+        except Exception as exc:  # the next rebalance checks again
+            log.warning("could not check the worker's topics after a rebalance: %s", exc)
+            return
+        if created:
+            log.warning("topics were missing after a rebalance and are created again: %s",
+                        ", ".join(created))
+
+    topic_checks: set[asyncio.Future[None]] = set()  # referenced until done
+
     @app.on_partitions_assigned.connect
     def _assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         assigned = args[0] if args else kwargs.get("assigned", ())
+        check = asyncio.ensure_future(_recreate_lost_topics())
+        topic_checks.add(check)
+        check.add_done_callback(topic_checks.discard)
         windows.on_assigned({tp.partition for tp in assigned if tp.topic == rekey_topic})
         _set_fetch_max_wait(app, settings.kafka_fetch_max_wait_ms)
 
@@ -291,6 +313,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     # Before the first rebalance: Faust's own order lets commits skip records (the module).
     seek_before_fetch(app)
     count_gaps(app, lambda topic, missing: metrics.offsets_skipped.labels(topic=topic).inc(missing))
+    report_lost_changelogs(app, lambda *_: metrics.changelog_behind_store.inc())
 
     install_delivery(
         app, settings=settings, metrics=metrics, topics=topics, readiness=readiness, clock=clock

@@ -104,10 +104,13 @@ def topic_plan(settings: Settings) -> list[TopicPlan]:
         TopicPlan(delivery_retry_topic_name(settings), n, True, {}),
         *(
             TopicPlan(changelog_topic_name(settings, table), n, True, _COMPACTED)
-            for table in DELIVERY_TABLES
+            for table in (WINDOWS_TABLE, *DELIVERY_TABLES)
         ),
     ]
 
+
+#: The window engine's table (worker/agents/windows.py).
+WINDOWS_TABLE = "windows"
 
 # ---- delivery's internal topics (worker/agents/deliver.py)
 

@@ -102,6 +102,14 @@ class Metrics:
             registry=r,
         )
 
+        self.changelog_behind_store = Counter(
+            "feedback_changelog_behind_store",
+            "Recoveries that found a changelog partition ending before the offset its local "
+            "store had applied: the broker lost changelog records; the worker kept its local "
+            "state (worker.recovery).",
+            registry=r,
+        )
+
         # ---- consumer lag (partitions are a small closed set; no ids)
         self.consumer_lag_records = Gauge(
             "feedback_consumer_lag_records",
