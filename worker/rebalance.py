@@ -47,19 +47,28 @@ def seek_before_fetch(app: Any) -> bool:
 
     Changelog partitions pass straight through: recovery reads them before the seek.
     Returns False (and changes nothing) where the Faust version lacks the consumer's
-    ``resume_partitions``, ``perform_seek`` or the app's ``rebalancing`` flag."""
+    ``resume_partitions``, ``pause_partitions``, ``perform_seek`` or the app's
+    ``rebalancing`` flag."""
     consumer = app.consumer
     if not hasattr(app, "rebalancing") or not all(
         callable(getattr(consumer, name, None))
-        for name in ("resume_partitions", "perform_seek", "assignment")
+        for name in ("resume_partitions", "pause_partitions", "perform_seek", "assignment")
     ):
         log.warning("this faust version cannot hold stream partitions until they are sought "
                     "to their committed offsets; a rebalance may commit past records whose "
                     "window state is not written")
         return False
     faust_resume_partitions = consumer.resume_partitions
+    faust_pause_partitions = consumer.pause_partitions
     faust_perform_seek = consumer.perform_seek
     held: set[Any] = set()
+
+    def pause_partitions(tps: Iterable[Any]) -> None:
+        # A new rebalance pauses everything again: what it resumes later is held anew,
+        # and a seek meanwhile must not resume what was held for the previous one.
+        tps = set(tps)
+        held.difference_update(tps)
+        faust_pause_partitions(tps)
 
     def resume_partitions(tps: Iterable[Any]) -> None:
         tps = set(tps)
@@ -82,6 +91,7 @@ def seek_before_fetch(app: Any) -> bool:
             faust_resume_partitions(resumed)
 
     consumer.resume_partitions = resume_partitions
+    consumer.pause_partitions = pause_partitions
     consumer.perform_seek = perform_seek
     return True
 

@@ -24,6 +24,7 @@ CHANGELOG = TP("fw-windows-changelog", 0)
 class FakeConsumer:
     def __init__(self) -> None:
         self.resumed: list[set[TP]] = []
+        self.paused: list[set[TP]] = []
         self.assigned: set[TP] = {*INPUT, CHANGELOG}
         self.gaps: list[tuple[TP, int, int]] = []
         self.seeks = 0
@@ -31,6 +32,9 @@ class FakeConsumer:
 
     def resume_partitions(self, tps: Any) -> None:
         self.resumed.append(set(tps))
+
+    def pause_partitions(self, tps: Any) -> None:
+        self.paused.append(set(tps))
 
     def assignment(self) -> set[TP]:
         return self.assigned
@@ -93,6 +97,20 @@ def test_a_seek_that_began_before_the_hold_does_not_release_it() -> None:
         assert consumer.resumed == [set(INPUT)]
 
     asyncio.run(scenario())
+
+
+def test_a_new_rebalance_drops_what_the_previous_one_held() -> None:
+    app = fake_app()
+    seek_before_fetch(app)
+    consumer = app.consumer
+    consumer.resume_partitions(set(INPUT))  # its seek is then cancelled by a new rebalance
+    consumer.pause_partitions(set(INPUT))  # the new rebalance pauses the whole assignment
+    assert consumer.paused == [set(INPUT)]
+    asyncio.run(seek(app))  # a seek before the new recovery resumes anything
+    assert consumer.resumed == []
+    consumer.resume_partitions({INPUT[0]})  # the new recovery's resume, then its seek
+    asyncio.run(seek(app))
+    assert consumer.resumed == [{INPUT[0]}]
 
 
 def test_outside_a_rebalance_resuming_passes_straight_through() -> None:
