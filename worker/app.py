@@ -151,7 +151,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         partitions=settings.topic_partitions,
         key_type=str,
         value_type=bytes,
-        options={"block_cache_size": settings.rocksdb_block_cache_bytes},
+        options=settings.rocksdb_options,
     )
     # Faust picks a table's serializers from its key/value types and falls back to JSON; the
     # engine stores bytes it encoded itself, so the values must pass through untouched (in the

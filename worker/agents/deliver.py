@@ -1007,6 +1007,7 @@ def install_delivery(
         partitions=partitions,
         key_type=bytes,
         value_type=bytes,
+        options=settings.rocksdb_options,
         help="Decisions waiting for a retry, the circuit breaker or the auth pause.",
     )
     done = app.Table(
@@ -1015,6 +1016,7 @@ def install_delivery(
         partitions=partitions,
         key_type=bytes,
         value_type=bytes,
+        options=settings.rocksdb_options,
         help="Settled decision ids (delivered or dead-lettered), for dedupe.",
     )
 
