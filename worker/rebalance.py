@@ -25,9 +25,8 @@ gap right after it, and the commit over it.
 :func:`seek_before_fetch` changes the order: stream partitions resumed during a rebalance
 stay paused until the seek has finished.  So the first record a partition hands on after a
 rebalance is the one at its committed offset, and Faust records no gap unless the partition
-really has one.  :func:`count_gaps` makes any
-gap Faust records visible (log and metric): each lets a commit skip records the agents
-never acknowledged.
+really has one.  :func:`count_gaps` makes any gap Faust records visible (log and metric):
+each lets a commit skip records the agents never acknowledged.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """worker.rebalance: the order Faust resumes, seeks and fetches in after a rebalance.
 
-The Faust consumer here is a small stand-in with the same methods: what is
-tested is the wrapping (which call is held, which passes, what is released when).  The real
+The Faust consumer here is a small stand-in with the same methods: what is tested is the
+wrapping (which call is held, which passes, what is released when).  The real
 thing runs in the join/leave chaos test (tests/chaos), which lost decisions without it.
 """
 
@@ -49,12 +49,11 @@ class FakeConsumer:
 
 
 def fake_app() -> Any:
-    app = SimpleNamespace(
+    return SimpleNamespace(
         consumer=FakeConsumer(),
         rebalancing=True,
         tables=SimpleNamespace(changelog_topics={CHANGELOG.topic}),
     )
-    return app
 
 
 async def seek(app: Any) -> None:
