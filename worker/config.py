@@ -63,6 +63,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Producer batch size; 1 sends one record per batch (see DESIGN 2 on Tansu).",
     )
+    kafka_producer_linger_ms: int = Field(
+        default=10,
+        ge=0,
+        le=1_000,
+        description="How long the producer waits to fill a batch. Every event writes something "
+        "(state, decisions, late events), so 0 sends a produce request every few events.",
+    )
     kafka_fetch_max_wait_ms: int = Field(
         default=100,
         ge=0,

@@ -93,3 +93,14 @@ def test_settings_are_frozen() -> None:
     settings = load_settings()
     with pytest.raises(ValueError):
         settings.topic_partitions = 3  # type: ignore[misc]
+
+
+def test_producer_linger_reaches_faust(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    """KAFKA_PRODUCER_LINGER_MS is Faust's ``producer_linger`` (seconds), which aiokafka's
+    producer is created with: without it every few events pay for a produce request."""
+    from worker.app import build_app
+
+    monkeypatch.setenv("STATE_DIR", str(tmp_path))
+    assert build_app(load_settings()).faust_app.conf.producer_linger == pytest.approx(0.010)
+    monkeypatch.setenv("KAFKA_PRODUCER_LINGER_MS", "0")
+    assert build_app(load_settings()).faust_app.conf.producer_linger == 0

@@ -102,7 +102,7 @@ class Ingest:
             self.metrics.events_duplicate.inc()
             self.defer_ack(partition, ack)
             return
-        self.metrics.events.labels(type=result.event.type).inc()
+        self.metrics.events_by_type[result.event.type].inc()
         self.metrics.last_event_timestamp.set(result.event_time_ms / 1000)
         routing_key = result.key.encode()
         owner = partition_for(routing_key, self.partitions)
