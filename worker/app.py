@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
@@ -28,7 +28,13 @@ from worker.agents.ingest import Ingest
 from worker.agents.windows import CAUGHT_UP_HEADER, TICK_HEADER, TableIO, Windows
 from worker.clock import Clock, SystemClock
 from worker.ingest import IngestLimits, RecentIds
-from worker.kafka import WINDOWS_TABLE, ensure_topics, rekey_topic_name, ssl_context
+from worker.kafka import (
+    WINDOWS_TABLE,
+    ensure_topics,
+    input_caught_up,
+    rekey_topic_name,
+    ssl_context,
+)
 from worker.metrics import CONTENT_TYPE_LATEST, Metrics
 from worker.rebalance import count_gaps, seek_before_fetch
 from worker.recovery import report_lost_changelogs
@@ -253,11 +259,12 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         if highwater is None or highwater < 0:
             return False  # no fetch answer yet: unknown, so not idle
         seen = progress.get((tp.topic, partition))
-        if seen is not None:
-            return seen[0] + 1 >= highwater
-        # Nothing processed since assignment: is anything fetched or left to fetch?
-        position = _fetch_position(app, tp)
-        return position is not None and position >= highwater
+        return input_caught_up(
+            highwater=highwater,
+            processed=seen[0] if seen is not None else None,
+            handed_out=_read_offset(app, tp),
+            position=_fetch_position(app, tp),
+        )
 
     async def _tick() -> None:
         """Idle close needs the wall clock *inside* each partition's stream: send it a tick,
@@ -349,6 +356,12 @@ def _set_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
     if fetcher._fetch_max_wait_ms != wait_ms:
         fetcher._fetch_max_wait_ms = wait_ms
         log.info("consumer fetch wait set to %d ms (KAFKA_FETCH_MAX_WAIT_MS)", wait_ms)
+
+
+def _read_offset(app: faust.App, tp: TP) -> int | None:
+    """Faust's read offset of ``tp`` (see :func:`worker.kafka.input_caught_up`), or None."""
+    read_offsets = getattr(app.consumer, "_read_offset", None)
+    return read_offsets.get(tp) if isinstance(read_offsets, Mapping) else None
 
 
 def _fetch_position(app: faust.App, tp: TP) -> int | None:

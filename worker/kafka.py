@@ -5,6 +5,8 @@
 * :func:`ensure_topics` creates the topics the worker needs with ``TOPIC_PARTITIONS`` partitions
   before Faust starts, and refuses to start when an existing input topic has another count:
   the window state is partitioned like the input, so the two must match (DESIGN 2).
+* :func:`input_caught_up` says whether a partition has nothing left to process, from offsets
+  alone, so idle close never fires on a backlog.
 * :func:`partition_for` is Kafka's default partitioner (murmur2, as the Java client, aiokafka
   and kafkajs use), so the worker can tell whether a record already sits on the partition that
   owns its request's state.
@@ -35,6 +37,7 @@ __all__ = [
     "client_kwargs",
     "delivery_retry_topic_name",
     "ensure_topics",
+    "input_caught_up",
     "partition_for",
     "rekey_topic_name",
     "topic_plan",
@@ -73,6 +76,39 @@ def partition_for(key: bytes, partitions: int) -> int:
     Cached: a request's events repeat its key, and murmur2 is pure Python in aiokafka.
     """
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def input_caught_up(
+    *,
+    highwater: int | None,
+    processed: int | None,
+    handed_out: int | None,
+    position: int | None,
+) -> bool:
+    """Whether a partition has nothing left to process.
+
+    ``highwater``: the partition's end, from the last fetch answer (None before one).
+    ``processed``: the offset of the last record the agent processed since the partition was
+    assigned (None before the first).  ``handed_out``: Faust's read offset, which its seek
+    sets to the committed offset (None for "nothing committed") and which then follows each
+    record it hands to the stream.  ``position``: the consumer's next fetch offset.
+
+    Only what was *processed* counts: records fetched and handed out wait in the stream's
+    buffer, maybe for seconds while the agent works through other partitions' backlogs
+    after a restart.  The consumer's fetch position does count them, so a check on it let
+    idle close fire on windows whose signals were still waiting there.
+    """
+    if highwater is None or highwater < 0:
+        return False
+    if processed is not None:
+        return processed + 1 >= highwater
+    if handed_out is None:
+        # Nothing committed, and nothing handed out since: the fetch position tells whether
+        # anything is left (a fetch from a retention-trimmed start can return nothing).
+        return position is not None and position >= highwater
+    # Before the first record is handed out this is the committed offset, the next to read;
+    # after, it is a record's offset, which is always below the high watermark.
+    return handed_out >= highwater
 
 
 def rekey_topic_name(settings: Settings) -> str:
