@@ -39,6 +39,7 @@ from worker.metrics import CONTENT_TYPE_LATEST, Metrics
 from worker.rebalance import count_gaps, seek_before_fetch
 from worker.recovery import report_lost_changelogs
 from worker.rules import RuleConfig
+from worker.stores import rocksdb_memory
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -280,6 +281,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
                     headers=[(TICK_HEADER, now), (CAUGHT_UP_HEADER, caught_up)],
                 )
         windows.refresh_gauges()
+        metrics.set_rocksdb_memory(rocksdb_memory(app.tables.values()))
         metrics.set_consumer_lag(_lags(app, progress, now_s=clock.now_ms() / 1000))
 
     app.timer(interval=TICK_INTERVAL_S)(_tick)

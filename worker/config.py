@@ -29,10 +29,6 @@ __all__ = ["Settings", "load_settings"]
 PositiveSeconds = Annotated[float, Field(gt=0)]
 TopicName = Annotated[str, Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
 
-#: Memtable size of each table partition's RocksDB (see :attr:`Settings.rocksdb_options`).
-ROCKSDB_WRITE_BUFFER_BYTES = 4 * 1024 * 1024
-
-
 class Settings(BaseSettings):
     """Every knob of the worker; the field name upper-cased is the environment variable."""
 
@@ -150,6 +146,11 @@ class Settings(BaseSettings):
     worker_web_host: str = "0.0.0.0"
     state_dir: str = "./state"
     rocksdb_block_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    rocksdb_write_buffer_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Memtable size of each table partition's RocksDB (two per database).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -203,13 +204,14 @@ class Settings(BaseSettings):
     def rocksdb_options(self) -> dict[str, int]:
         """RocksDB options for every table (Faust opens one database per table partition:
         three tables x the partitions a worker owns).  Faust's defaults give each database a
-        2 GiB block cache and three 64 MiB memtables; at this worker's write rates a memtable
-        takes hours to fill, so memory kept growing through a 15 minute soak.  Small
-        memtables are flushed to disk early, and the block cache is ROCKSDB_BLOCK_CACHE_BYTES
-        per database."""
+        2 GiB block cache and three 64 MiB memtables.  A memtable holds writes in memory until
+        it is full and flushed to disk, and at this worker's write rates even a 4 MiB one
+        takes many minutes to fill: memory grows until then, up to two memtables per database
+        (ROCKSDB_WRITE_BUFFER_BYTES each).  The block cache is ROCKSDB_BLOCK_CACHE_BYTES per
+        database.  ``feedback_rocksdb_memory_bytes`` shows what they hold."""
         return {
             "block_cache_size": self.rocksdb_block_cache_bytes,
-            "write_buffer_size": ROCKSDB_WRITE_BUFFER_BYTES,
+            "write_buffer_size": self.rocksdb_write_buffer_bytes,
             "max_write_buffer_number": 2,
         }
 

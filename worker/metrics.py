@@ -112,6 +112,16 @@ class Metrics:
             registry=r,
         )
 
+        self.rocksdb_memory = Gauge(
+            "feedback_rocksdb_memory_bytes",
+            "Memory held by the tables' RocksDB databases, summed over those open: memtables "
+            "(writes not yet flushed; at most 2 x ROCKSDB_WRITE_BUFFER_BYTES each), "
+            "block_cache (at most ROCKSDB_BLOCK_CACHE_BYTES each), table_readers (index and "
+            "filter blocks) (worker.stores).",
+            ["kind"],
+            registry=r,
+        )
+
         # ---- consumer lag (partitions are a small closed set; no ids)
         self.consumer_lag_records = Gauge(
             "feedback_consumer_lag_records",
@@ -244,6 +254,10 @@ class Metrics:
         self.decisions.labels(rule=decision.rule, rating=rating).inc()
         end_ms = decision.window_end.timestamp() * 1000
         self.decision_delay.labels(rule=decision.rule).observe(max(0.0, (now_ms - end_ms) / 1000))
+
+    def set_rocksdb_memory(self, per_kind: dict[str, int]) -> None:
+        for kind, size in per_kind.items():
+            self.rocksdb_memory.labels(kind=kind).set(size)
 
     def set_windows_open(self, per_rule: dict[str, int]) -> None:
         for rule, count in per_rule.items():
