@@ -71,6 +71,9 @@ class Load:
         self.journeys: list[Journey] = []
         #: event ids of the late records sent on purpose (others on the late topic are not).
         self.late_ids: set[str] = set()
+        #: request ids of the journeys sent without a key (they reach their owner by the
+        #: rekeyed topic's detour).
+        self.unkeyed_requests: set[str] = set()
         self.sent: Counter[str] = Counter()
         # Mean events per journey, from a throwaway sample, to turn records/s into journeys/s.
         sample = generate(2_000, start_ms=0, spread_ms=1_000, windows=windows, seed=seed)
@@ -119,6 +122,8 @@ class Load:
 
     def _schedule_journey(self, journey: Journey) -> None:
         key = None if self.rng.random() < self.unkeyed_share else journey.request_id.encode()
+        if key is None:
+            self.unkeyed_requests.add(journey.request_id)
         for event in journey.events:
             self._push(_epoch_ms(event["occurred_at"]), key, orjson.dumps(event), "valid")
         self._old_journeys.append((journey.start_ms, journey.request_id, journey.kind))

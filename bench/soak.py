@@ -124,6 +124,17 @@ WORKER_SETTINGS = {
     # grows for a week before its sweeps level it).  Scaled down so the sweeps run within the
     # soak and the store size can level off if it is bounded.
     "DELIVERY_DEDUPE_TTL_S": "120",
+    # Bounded in-memory caches shrunk so they reach their bounds within the warm-up.  At their
+    # production sizes they keep filling for longer than a soak lasts (100,000 event ids are
+    # about 18 MiB and take 9 minutes at 200 events/s; each of the 24 RocksDB block caches
+    # fills toward the data it has read), which reads as RSS growth in the last third though
+    # it is bounded.  Growth left after they are full is a leak.  What the caches cost at full
+    # size is bench/memory.py's to measure.
+    "DEDUPE_CACHE_SIZE": "2000",
+    "ROCKSDB_BLOCK_CACHE_BYTES": str(1024 * 1024),
+    # Memtables too: each of the 24 databases gets a few KiB/s of writes, so a 4 MiB memtable
+    # fills in about 20 minutes.  The "RocksDB MiB" column shows what they hold.
+    "ROCKSDB_WRITE_BUFFER_BYTES": str(256 * 1024),
     "LOG_FORMAT": "text",
     "LOG_LEVEL": "INFO",
 }
@@ -277,8 +288,8 @@ class Ledger:
     #: (target id, endpoint) accepted more than once: a decision delivered twice (or two
     #: decisions of one request rating it twice, which the rules never mean to do).
     repeated: Counter[str] = field(default_factory=Counter)
-    #: (event time, reason, event id) of every record on the late topic.
-    late: list[tuple[float, str, str]] = field(default_factory=list)
+    #: (event time, reason, event id, routing key) of every record on the late topic.
+    late: list[tuple[float, str, str, str]] = field(default_factory=list)
     calls: Counter[str] = field(default_factory=Counter)
     history_seen: int = 0
 
@@ -313,7 +324,7 @@ class Ledger:
         with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError, ValueError):
             d = orjson.loads(value)
             self.late.append((float(d.get("event_time_ms") or 0) / 1000, str(d.get("reason")),
-                              str(d.get("event_id"))))
+                              str(d.get("event_id")), str(d.get("key"))))
 
     def on_calls(self, history: list[Any]) -> None:
         for r in history:
@@ -376,6 +387,8 @@ class Sample:
     t_s: float
     phase: str
     rss_mib: float | None
+    #: RocksDB's memtables, block caches and table readers (feedback_rocksdb_memory_bytes).
+    rocksdb_mib: float | None
     store_mib: float
     windows_open: float | None
     lag_records: float | None
@@ -537,7 +550,7 @@ class Soak:
 
     async def sample(self, http: httpx.AsyncClient, phase: str) -> Sample:
         rss: list[float] = []
-        windows = lag = lag_s = retry = 0.0
+        windows = lag = lag_s = retry = rocksdb = 0.0
         complete = True
         up = 0
         for w in self.workers:
@@ -566,6 +579,7 @@ class Soak:
             lag += _total(samples, "feedback_consumer_lag_records")
             lag_s = max([lag_s] + [v for _, v in samples.get("feedback_consumer_lag_seconds", [])])
             retry += _total(samples, "feedback_delivery_retry_queue")
+            rocksdb += _total(samples, "feedback_rocksdb_memory_bytes")
             for name in ("feedback_events_total", "feedback_decisions_total",
                          "feedback_delivery_delivered_total", "feedback_delivery_dlq_total",
                          "feedback_events_invalid_total", "feedback_events_late_total",
@@ -589,6 +603,7 @@ class Soak:
             t_s=round(self.now_s(), 1),
             phase=phase,
             rss_mib=round(sum(rss), 1) if len(rss) == len(self.workers) else None,
+            rocksdb_mib=round(rocksdb / 2**20, 1) if complete else None,
             store_mib=round(sum(dir_mib(w.state_dir) for w in self.workers), 2),
             windows_open=windows if complete else None,
             lag_records=lag if complete else None,
@@ -662,11 +677,13 @@ def _drain_values(row: Sample) -> dict[str, float | None]:
             "retry_queue": row.retry_queue, "backlog": float(row.backlog)}
 
 
-COLUMNS = [("t_s", 7), ("phase", 6), ("rss_mib", 8), ("store_mib", 9), ("windows_open", 8),
+COLUMNS = [("t_s", 7), ("phase", 6), ("rss_mib", 8), ("rocksdb_mib", 8), ("store_mib", 9),
+           ("windows_open", 8),
            ("lag_records", 7), ("lag_seconds", 6), ("retry_queue", 6), ("backlog", 8),
            ("published", 9), ("decisions", 9), ("delivered", 9), ("dlq", 5), ("workers_up", 3),
            ("worker_cpu_pct", 5), ("loadavg", 5)]
-TITLES = {"t_s": "t s", "rss_mib": "RSS MiB", "store_mib": "store MiB", "windows_open": "windows",
+TITLES = {"t_s": "t s", "rss_mib": "RSS MiB", "rocksdb_mib": "RocksDB", "store_mib": "store MiB",
+          "windows_open": "windows",
           "lag_records": "lag", "lag_seconds": "lag s", "retry_queue": "retry",
           "workers_up": "up", "worker_cpu_pct": "cpu%", "loadavg": "load"}
 
@@ -682,8 +699,8 @@ def print_row(row: Sample) -> None:
         if value is None:
             text = "-"
         elif isinstance(value, float):
-            text = f"{value:.1f}" if name in ("t_s", "rss_mib", "store_mib", "lag_seconds",
-                                              "loadavg") \
+            text = f"{value:.1f}" if name in ("t_s", "rss_mib", "rocksdb_mib", "store_mib",
+                                              "lag_seconds", "loadavg") \
                 else f"{value:.0f}"
         else:
             text = str(value)
@@ -792,18 +809,22 @@ def summarise(soak: Soak, growth: list[GrowthVerdict], drain: DrainVerdict, *,
     intent, _ = _check_table(soak.load.journeys, ledger.found)
     intent.title = "decisions vs. simulated intent (information; see the module docstring)"
     console.print(intent)
-    unintended = [(t - soak.wall_t0, reason) for t, reason, eid in ledger.late
+    unintended = [(t - soak.wall_t0, reason) for t, reason, eid, _ in ledger.late
                   if eid not in soak.load.late_ids]
+    unkeyed = sum(1 for _, _, eid, key in ledger.late
+                  if eid not in soak.load.late_ids and key in soak.load.unkeyed_requests)
     facts["late_topic"] = {
         "records": len(ledger.late),
         "sent_late_on_purpose": len(soak.load.late_ids),
         "valid_events_reported_late": len(unintended),
+        "of_which_from_unkeyed_journeys": unkeyed,
         "valid_late_by_reason": dict(Counter(r for _, r in unintended)),
         "valid_late_by_event_time_10s": dict(sorted(Counter(
             int(t // 10) * 10 for t, _ in unintended).items())),
     }
     console.print(f"late topic: {len(ledger.late):,} records; {len(soak.load.late_ids):,} sent "
-                  f"late on purpose; {len(unintended):,} were journey events sent on time, by "
+                  f"late on purpose; {len(unintended):,} were journey events sent on time "
+                  f"({unkeyed:,} of journeys sent unkeyed), by "
                   f"reason {facts['late_topic']['valid_late_by_reason']}, by event time (t s): "
                   f"{facts['late_topic']['valid_late_by_event_time_10s']}")
     anomalies = intent_anomalies(soak)
