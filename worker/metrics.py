@@ -14,6 +14,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -51,6 +52,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds: the standard
+        # process series, to read RSS next to feedback_rocksdb_memory_bytes.
+        ProcessCollector(registry=r)
         self.events = Counter(
             "feedback_events", "Valid events accepted by ingest, by type.", ["type"], registry=r
         )
