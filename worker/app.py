@@ -17,6 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import faust
+import orjson
 from aiohttp import web
 from faust.tables.base import Collection
 from faust.tables.manager import TableManager
@@ -25,13 +26,19 @@ from faust.web import Request, Response, View
 
 from worker.agents.deliver import install_delivery
 from worker.agents.ingest import Ingest
-from worker.agents.windows import CAUGHT_UP_HEADER, TICK_HEADER, TableIO, Windows
+from worker.agents.windows import (
+    CAUGHT_UP_HEADER,
+    TICK_HEADER,
+    WATERMARK_HEADER,
+    TableIO,
+    Windows,
+)
 from worker.clock import Clock, SystemClock
 from worker.ingest import IngestLimits, RecentIds
 from worker.kafka import (
     WINDOWS_TABLE,
     ensure_topics,
-    input_caught_up,
+    input_backlog,
     rekey_topic_name,
     ssl_context,
 )
@@ -50,6 +57,11 @@ log = logging.getLogger(__name__)
 
 #: How often each owned partition gets a tick (the resolution of idle close).
 TICK_INTERVAL_S = 1.0
+#: A partition at most this many records behind counts as live for the watermarks: a fetch
+#: answer's worth in flight under load, while a backlog after a restart is far larger.  A
+#: record count, not an age: on a quiet partition the last record processed can be old
+#: although nothing is waiting.
+LIVE_BACKLOG_RECORDS = 20
 
 
 def rule_config(settings: Settings) -> RuleConfig:
@@ -179,6 +191,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         metrics=metrics,
         send=send_record,
         outbox_topic=settings.topic_outbox,
+        sources=settings.topic_partitions,
         late_topic=settings.topic_late,
         on_failure=lambda exc: asyncio.ensure_future(app.crash(exc)),
     )
@@ -232,6 +245,14 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
                 caught_up = headers.get(CAUGHT_UP_HEADER, b"1") == b"1"
                 await windows.on_tick(message.partition, ack, caught_up=caught_up)
                 continue
+            if WATERMARK_HEADER in headers:
+                await windows.on_watermark(
+                    message.partition,
+                    _sources(message.value),
+                    ack,
+                    sent_ms=round(message.timestamp * 1000),
+                )
+                continue
             await ingest.on_rekeyed(
                 key=message.key,
                 value=message.value,
@@ -252,25 +273,76 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
 
     rekey_topic = rekey_topic_name(settings)
 
-    def _caught_up(partition: int) -> bool:
-        """Whether ``ui-events`` ``partition`` has nothing waiting to be processed, as far as
-        the last fetch answer tells (its high watermark)."""
-        tp = TP(settings.topic_ui_events, partition)
-        highwater = app.consumer.highwater(tp)
-        if highwater is None or highwater < 0:
-            return False  # no fetch answer yet: unknown, so not idle
+    def _backlog(partition: int, topic: str = settings.topic_ui_events) -> int | None:
+        """Records of ``partition`` of ``topic`` waiting to be processed, as far as the last
+        fetch answer tells (its high watermark); None before one."""
+        tp = TP(topic, partition)
         seen = progress.get((tp.topic, partition))
-        return input_caught_up(
-            highwater=highwater,
+        return input_backlog(
+            highwater=app.consumer.highwater(tp),
             processed=seen[0] if seen is not None else None,
             handed_out=_read_offset(app, tp),
             position=_fetch_position(app, tp),
         )
 
+    def _caught_up(partition: int) -> bool:
+        """Whether ``ui-events`` ``partition`` has nothing waiting to be processed."""
+        return _backlog(partition) == 0
+
+    def _live(partition: int, topic: str) -> bool:
+        """At most :data:`LIVE_BACKLOG_RECORDS` records behind: what it still holds (or will
+        forward) arrives about as soon as the events that come directly."""
+        backlog = _backlog(partition, topic)
+        return backlog is not None and backlog <= LIVE_BACKLOG_RECORDS
+
+    #: Input partitions that were behind at the last tick.
+    behind: set[int] = set()
+
+    def _watermarks() -> dict[str, int | None]:
+        """Each owned input partition's watermark: None while it is live (:func:`_live`),
+        else the stream time it has reached (0 before its first record).  A partition that
+        was behind at the last tick still reports its stream time at this one: the tail of
+        its backlog (live allows a few records) and what it forwarded from there get one more
+        tick to arrive before stream time is released."""
+        marks: dict[str, int | None] = {}
+        for tp in app.consumer.assignment():
+            if tp.topic != settings.topic_ui_events:
+                continue
+            was_behind = tp.partition in behind
+            if _live(tp.partition, tp.topic):
+                behind.discard(tp.partition)
+            else:
+                behind.add(tp.partition)
+            held = was_behind or tp.partition in behind
+            marks[str(tp.partition)] = ingest.source_time.get(tp.partition, 0) if held else None
+        return marks
+
+    def _forwarded_floor(partition: int) -> int | None:
+        """The rekeyed partition's own backlog holds forwarded events too (sent before a
+        restart, say, by sources now live): None while it is live, else the largest event
+        time forwarded to it that was processed (0 before the first)."""
+        if _live(partition, rekey_topic):
+            return None
+        return ingest.forwarded_time.get(partition, 0)
+
+    windows.forwarded_floor = _forwarded_floor
+
     async def _tick() -> None:
         """Idle close needs the wall clock *inside* each partition's stream: send it a tick,
-        saying whether the partition's input is caught up (only then may silence close)."""
+        saying whether the partition's input is caught up (only then may silence close).
+        And every partition, owned here or not, gets this worker's input partitions'
+        watermarks (worker.agents.windows.source_floor)."""
         now = str(clock.now_ms()).encode()
+        marks = _watermarks()
+        if marks:
+            value = orjson.dumps({"sources": marks})
+            for partition in range(settings.topic_partitions):
+                await topics[rekey_topic].send(
+                    key=b"watermark",
+                    value=value,
+                    partition=partition,
+                    headers=[(WATERMARK_HEADER, b"1")],
+                )
         for tp in app.consumer.assignment():
             if tp.topic == rekey_topic:
                 caught_up = b"1" if _caught_up(tp.partition) else b"0"
@@ -292,6 +364,11 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         windows.on_revoked({tp.partition for tp in revoked if tp.topic == rekey_topic})
         for tp in revoked:  # a later owner moves them on; stale offsets would look like lag
             progress.pop((tp.topic, tp.partition), None)
+            if tp.topic == settings.topic_ui_events:
+                ingest.source_time.pop(tp.partition, None)
+                behind.discard(tp.partition)
+            elif tp.topic == rekey_topic:
+                ingest.forwarded_time.pop(tp.partition, None)
         ingest.recent.clear()
 
     async def _recreate_lost_topics() -> None:
@@ -488,6 +565,20 @@ def _add_routes(
             return self.json(
                 {"ready": ready, "checks": checks}, status=200 if ready else 503
             )
+
+
+def _sources(value: bytes | None) -> dict[int, int | None]:
+    """The watermarks in a watermark record (:func:`build_app`'s ``_watermarks``); a record
+    this version cannot read counts as none (the sources' next ones will)."""
+    try:
+        sources = orjson.loads(value or b"{}")["sources"]
+        return {
+            int(partition): None if mark is None else int(mark)
+            for partition, mark in sources.items()
+        }
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        log.warning("ignoring an unreadable watermark record")
+        return {}
 
 
 def _credentials(settings: Settings) -> Any:

@@ -37,6 +37,7 @@ __all__ = [
     "client_kwargs",
     "delivery_retry_topic_name",
     "ensure_topics",
+    "input_backlog",
     "input_caught_up",
     "partition_for",
     "rekey_topic_name",
@@ -78,14 +79,14 @@ def partition_for(key: bytes, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def input_caught_up(
+def input_backlog(
     *,
     highwater: int | None,
     processed: int | None,
     handed_out: int | None,
     position: int | None,
-) -> bool:
-    """Whether a partition has nothing left to process.
+) -> int | None:
+    """How many records of a partition are left to process (None while unknown).
 
     ``highwater``: the partition's end, from the last fetch answer (None before one).
     ``processed``: the offset of the last record the agent processed since the partition was
@@ -99,16 +100,30 @@ def input_caught_up(
     idle close fire on windows whose signals were still waiting there.
     """
     if highwater is None or highwater < 0:
-        return False
+        return None
     if processed is not None:
-        return processed + 1 >= highwater
+        return max(0, highwater - processed - 1)
     if handed_out is None:
-        # Nothing committed, and nothing handed out since: the fetch position tells whether
-        # anything is left (a fetch from a retention-trimmed start can return nothing).
-        return position is not None and position >= highwater
+        # Nothing committed, and nothing handed out since: the fetch position tells what is
+        # left (a fetch from a retention-trimmed start can return nothing).
+        return None if position is None else max(0, highwater - position)
     # Before the first record is handed out this is the committed offset, the next to read;
-    # after, it is a record's offset, which is always below the high watermark.
-    return handed_out >= highwater
+    # after, it is the offset of a record handed out and not yet processed.
+    return max(0, highwater - handed_out)
+
+
+def input_caught_up(
+    *,
+    highwater: int | None,
+    processed: int | None,
+    handed_out: int | None,
+    position: int | None,
+) -> bool:
+    """Whether a partition has nothing left to process (:func:`input_backlog` is 0)."""
+    backlog = input_backlog(
+        highwater=highwater, processed=processed, handed_out=handed_out, position=position
+    )
+    return backlog == 0
 
 
 def rekey_topic_name(settings: Settings) -> str:

@@ -397,7 +397,11 @@ class WindowEngine:
         self._closing = _DueIndex()  # windows to close and held events to settle
         self._purging = _DueIndex()  # tombstones to drop (by stream time only)
         self._open: dict[str, int] = dict.fromkeys(RULES, 0)
+        #: Stream time: what closing, lateness and purging are judged by.  It follows the
+        #: largest event time seen, except that it does not pass the floor (see :meth:`align`).
         self._stream_time = _NEVER
+        self._seen_max = _NEVER  # the largest event time seen
+        self._floor: int | None = None
         self._meta_stream_time = _NEVER
         self._last_event_wall_ms = clock.now_ms()
         self._ready = False
@@ -440,10 +444,9 @@ class WindowEngine:
         if event.event_id in state.ids:
             return Outcome(duplicates=1)
         t = accepted.event_time_ms
-        advanced = t > self._stream_time
-        if advanced:
-            self._stream_time = t
-            self._settle_due(t)
+        if t > self._seen_max:
+            self._seen_max = t
+        advanced = self._advance()
         state.ids.add(event.event_id)
         self._dirty[key] = state
         if spec.kind == "window":
@@ -460,6 +463,27 @@ class WindowEngine:
             self._settle(key, state, self._stream_time)
         return self._finish(advanced=advanced)
 
+    def align(self, floor_ms: int | None) -> Outcome:
+        """Hold stream time at or below ``floor_ms`` (None: no limit); return what closes.
+
+        Events that reach this partition by another path than its own input (forwarded from
+        the partitions their producer chose) can be far behind the events that arrive
+        directly while those partitions work off a backlog.  Stream time driven by the
+        direct events alone would close their windows first.  The adapter passes the
+        lowest stream time among the source partitions that are behind, so stream time
+        here waits for them.  Stream time never moves back: a floor below it holds it
+        where it is, and a window once closed stays closed.  While a floor is set the
+        wall clock closes nothing (:meth:`tick`): silence here says nothing about events
+        still on their way.
+        """
+        if not self._ready:
+            self.rebuild()
+        self._floor = floor_ms
+        self._now_ms = self._clock.now_ms()
+        if not self._advance():
+            return Outcome()
+        return self._finish(advanced=True)
+
     def tick(self, *, caught_up: bool = True) -> Outcome:
         """Wall-clock check: after ``idle_close_ms`` without events, close by the wall clock.
 
@@ -470,7 +494,11 @@ class WindowEngine:
         if not self._ready:
             self.rebuild()
         self._now_ms = now = self._clock.now_ms()
-        if not caught_up or now - self._last_event_wall_ms < self._idle_close:
+        if (
+            not caught_up
+            or self._floor is not None
+            or now - self._last_event_wall_ms < self._idle_close
+        ):
             return Outcome()
         self._settle_due(max(now, self._stream_time), purge=False)
         return self._finish(advanced=False)
@@ -504,7 +532,7 @@ class WindowEngine:
                 self._cache[key] = state
         self._closing.reset(closing)
         self._purging.reset(purging)
-        self._stream_time = meta if meta != _NEVER else stamps
+        self._stream_time = self._seen_max = meta if meta != _NEVER else stamps
         self._meta_stream_time = meta
         self._last_event_wall_ms = self._clock.now_ms()
         self._ready = True
@@ -520,6 +548,16 @@ class WindowEngine:
         state = _decode(key, raw)[0] if raw is not None else _KeyState()
         self._cache[key] = state
         return state
+
+    def _advance(self) -> bool:
+        """Move stream time up to the largest event time seen, within the floor; settle what
+        that makes due.  True if it moved."""
+        target = self._seen_max if self._floor is None else min(self._seen_max, self._floor)
+        if target <= self._stream_time:
+            return False
+        self._stream_time = target
+        self._settle_due(target)
+        return True
 
     def _settle_due(self, horizon_ms: int, *, purge: bool = True) -> None:
         if self._closing.next_due_before(horizon_ms):

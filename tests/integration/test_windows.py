@@ -226,6 +226,31 @@ def test_late_events_go_to_the_late_topic_and_change_nothing(
     assert comparable(again) == comparable(first)
 
 
+def test_unkeyed_events_in_a_backlog_reach_their_windows_in_time(
+    kafka_bootstrap: str, topics: TestTopics, worker_factory: Any
+) -> None:
+    """A backlog (the worker starts after half a minute of events was published), a third
+    of the journeys sent without a key.  Their events take the rekeyed topic's detour while
+    the keyed ones arrive directly and drive stream time ahead; the sources' watermarks must
+    hold stream time back until the detour has delivered them, so none is late and every
+    window decides as its journey meant (worker.agents.windows.source_floor)."""
+    start = int(time.time() * 1000) - 60_000
+    journeys = generate(150, start_ms=start, spread_ms=30_000, windows=SHAPE, seed=21,
+                        kinds={"chat": 1, "code": 1, "search": 1})
+    unkeyed = {j.request_id for j in journeys[::3]}
+    records = [(None if rid.decode() in unkeyed else rid, value)
+               for rid, value in records_of(journeys)]
+    asyncio.run(produce(kafka_bootstrap, topics.ui_events, records))
+    worker: WorkerProcess = worker_factory(**SHORT_WINDOWS)
+    worker.wait_ready()
+    written = settled([worker], events=len(records))
+    assert worker.metric_sum("feedback_events_rekeyed_total") > 0
+    late = asyncio.run(read_topic(kafka_bootstrap, topics.late, expected=0, timeout_s=3))
+    assert [orjson.loads(r.value)["reason"] for r in late] == []
+    assert worker.metric_sum("feedback_events_late_total") == 0
+    assert_matches(journeys, decisions(kafka_bootstrap, topics.outbox, written))
+
+
 @pytest.mark.parametrize("keep_state", [True, False], ids=["with-state", "without-state"])
 def test_sigkill_with_open_windows_loses_none_and_decides_once(
     kafka_bootstrap: str, topics: TestTopics, worker_factory: Any, tmp_path: Any,

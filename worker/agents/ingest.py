@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -75,6 +75,11 @@ class Ingest:
     metrics: Metrics
     clock: Clock
     recent: RecentIds
+    #: Input partition -> the largest event time of its valid records processed since it was
+    #: assigned: its watermark while it is behind (worker.agents.windows.source_floor).
+    source_time: dict[int, int] = field(default_factory=dict)
+    #: Rekeyed partition -> the largest event time of the forwarded events processed there.
+    forwarded_time: dict[int, int] = field(default_factory=dict)
 
     async def on_input(
         self,
@@ -104,6 +109,8 @@ class Ingest:
             return
         self.metrics.events_by_type[result.event.type].inc()
         self.metrics.last_event_timestamp.set(result.event_time_ms / 1000)
+        if result.event_time_ms > self.source_time.get(partition, 0):
+            self.source_time[partition] = result.event_time_ms
         routing_key = result.key.encode()
         owner = partition_for(routing_key, self.partitions)
         if owner == partition:
@@ -144,7 +151,10 @@ class Ingest:
             )
             self.defer_ack(partition, ack)
             return
-        await self.next_stage(partition, Accepted(event, event_time_ms or timestamp_ms), ack)
+        accepted = Accepted(event, event_time_ms or timestamp_ms)
+        if accepted.event_time_ms > self.forwarded_time.get(partition, 0):
+            self.forwarded_time[partition] = accepted.event_time_ms
+        await self.next_stage(partition, accepted, ack)
 
     async def _reject(
         self,

@@ -49,7 +49,16 @@ if TYPE_CHECKING:
     from worker.metrics import Metrics
     from worker.rules import RuleConfig
 
-__all__ = ["CAUGHT_UP_HEADER", "TICK_HEADER", "PartitionStore", "TableIO", "Windows"]
+__all__ = [
+    "CAUGHT_UP_HEADER",
+    "HOLD",
+    "TICK_HEADER",
+    "WATERMARK_HEADER",
+    "PartitionStore",
+    "TableIO",
+    "Windows",
+    "source_floor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,13 @@ log = logging.getLogger(__name__)
 TICK_HEADER = "fw-tick"
 #: Tick header: b"1" if the partition's input had no backlog when the tick was sent.
 CAUGHT_UP_HEADER = "fw-caught-up"
+#: Header marking a watermark record on the rekeyed topic; its value is JSON
+#: ``{"sources": {"<input partition>": <its stream time in ms, or null when it is live>}}``.
+WATERMARK_HEADER = "fw-watermark"
+#: How long a source's watermark counts after it arrived (they are sent every second).
+WATERMARK_TTL_MS = 3_500
+#: A floor that holds stream time where it is (any time below it would).
+HOLD = -1
 
 #: Queues one record (topic, key, value); what it returns is awaited for the delivery.
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
@@ -140,6 +156,29 @@ class TableIO:
         )
 
 
+def source_floor(
+    reports: dict[int, tuple[int | None, int]], *, sources: int, now_ms: int, ttl_ms: int
+) -> int | None:
+    """The floor for a partition's stream time (:meth:`WindowEngine.align`) from the input
+    partitions' last watermarks, ``reports``: input partition -> (its stream time while it
+    is behind, None while it is live; the wall clock when the watermark arrived).
+
+    The lowest stream time among the sources that are behind; None when none is; and
+    :data:`HOLD` while any of the ``sources`` input partitions has no watermark younger
+    than ``ttl_ms`` (at start-up, or while its owner changes), since then nothing is known
+    about what it may still forward.
+    """
+    floor: int | None = None
+    for source in range(sources):
+        report = reports.get(source)
+        if report is None or now_ms - report[1] > ttl_ms:
+            return HOLD
+        behind_at = report[0]
+        if behind_at is not None and (floor is None or behind_at < floor):
+            floor = behind_at
+    return floor
+
+
 class PartitionStore:
     """A :class:`~worker.windows.WindowStore` over one partition's keys of the table, with
     writes buffered until :meth:`flush` (module docstring)."""
@@ -207,6 +246,11 @@ class Windows:
     send: Send
     outbox_topic: str
     late_topic: str
+    #: Input partitions whose watermarks hold back stream time (TOPIC_PARTITIONS; 0: none).
+    sources: int = 0
+    #: Partition -> how far its own backlog of forwarded events holds back its stream time
+    #: (None: not at all); set by the app, which knows the consumer's offsets.
+    forwarded_floor: Callable[[int], int | None] = lambda partition: None
     #: Called when the broker did not take a flush's records: the worker must stop (and
     #: replay from its last commit when it restarts) rather than go on without acking.
     on_failure: Callable[[BaseException], object] = lambda exc: None
@@ -231,6 +275,10 @@ class Windows:
     #: Partitions revoked and not (yet) assigned again: events of theirs still in flight are
     #: dropped, since the next owner replays them from the committed offset anyway.
     _revoked: set[int] = field(default_factory=set)
+    #: Per owned partition: input partition -> its last watermark (see :func:`source_floor`).
+    _watermarks: dict[int, dict[int, tuple[int | None, int]]] = field(default_factory=dict)
+    #: Per owned partition: the wall clock when its engine was built (after assignment).
+    _built_at: dict[int, int] = field(default_factory=dict)
 
     def engine(self, partition: int) -> WindowEngine:
         engine = self._engines.get(partition)
@@ -246,6 +294,8 @@ class Windows:
                 cache_size=self.cache_keys,
             )
             engine.rebuild()  # restored windows get back into the due index, and still close
+            self._built_at[partition] = self.clock.now_ms()
+            engine.align(self._floor(partition))  # held until the sources' watermarks arrive
             log.info("partition %d: window state loaded", partition)
         return engine
 
@@ -270,11 +320,51 @@ class Windows:
         if partition in self._revoked:
             return
         epoch = self._epochs.get(partition, 0)
-        await self._publish(partition, self.engine(partition).tick(caught_up=caught_up))
+        engine = self.engine(partition)
+        await self._publish(partition, engine.align(self._floor(partition)))  # they expire
+        await self._publish(partition, engine.tick(caught_up=caught_up))
         if self._epochs.get(partition, 0) != epoch:
             return
         self.hold(partition, ack)
         await self.flush(partition)
+
+    async def on_watermark(
+        self, partition: int, sources: dict[int, int | None], ack: Ack, *, sent_ms: int
+    ) -> None:
+        """Watermarks of input partitions (``sources``: partition -> its stream time while it
+        is behind, None while live), which hold back ``partition``'s stream time so events
+        they forward here are not judged by the events that came directly (see
+        :meth:`WindowEngine.align`).
+
+        Watermarks sent before this worker took the partition over are ignored: the ones
+        read again from before a crash said "live" about a time that has passed, and they
+        would have released stream time over the whole backlog."""
+        if partition in self._revoked:
+            return
+        epoch = self._epochs.get(partition, 0)
+        engine = self.engine(partition)
+        if sent_ms >= self._built_at.get(partition, 0):
+            now = self.clock.now_ms()
+            reports = self._watermarks.setdefault(partition, {})
+            for source, behind_at in sources.items():
+                reports[source] = (behind_at, now)
+        await self._publish(partition, engine.align(self._floor(partition)))
+        if self._epochs.get(partition, 0) != epoch:
+            return
+        self.hold(partition, ack)
+
+    def _floor(self, partition: int) -> int | None:
+        floors = [
+            source_floor(
+                self._watermarks.get(partition, {}),
+                sources=self.sources,
+                now_ms=self.clock.now_ms(),
+                ttl_ms=WATERMARK_TTL_MS,
+            ),
+            self.forwarded_floor(partition),
+        ]
+        known = [floor for floor in floors if floor is not None]
+        return min(known) if known else None
 
     def hold(self, partition: int, ack: Ack) -> None:
         """Acknowledge a record of ``partition`` at its next flush, after those before it.
@@ -372,6 +462,8 @@ class Windows:
             self._stores.pop(partition, None)
             self._held.pop(partition, None)
             self._inflight.pop(partition, None)
+            self._watermarks.pop(partition, None)
+            self._built_at.pop(partition, None)
             if self._engines.pop(partition, None) is not None:
                 log.info("partition %d: revoked", partition)
         self._update_open_gauge()

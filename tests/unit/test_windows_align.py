@@ -1,0 +1,241 @@
+"""WindowEngine.align: stream time waits for events that come the long way round.
+
+Events a producer did not key by request id reach their partition forwarded from another
+one.  While the partitions work off a backlog, the events that arrive directly drive stream
+time far ahead of the forwarded ones; without a floor their windows closed first and they
+were reported late (the soak's unkeyed journeys).  The adapter sets the floor to the lowest
+stream time among the sources that are behind (worker.agents.windows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import datetime
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.unit.rules.eventkit import (
+    OTHER_REQUEST,
+    T0,
+    Run,
+    comparable,
+    drain,
+    engine,
+    ev,
+    feed,
+)
+from worker.agents.windows import HOLD, Windows, source_floor
+from worker.clock import FakeClock
+from worker.devtools.traffic import generate
+from worker.events import UI_EVENT_ADAPTER
+from worker.ingest import Accepted
+from worker.metrics import Metrics
+from worker.rules import RuleConfig
+
+
+def test_a_floor_keeps_a_forwarded_signal_in_its_window() -> None:
+    shown = ev("suggestion_shown", 0)
+    accepted = ev("suggestion_accepted", 5_000)  # forwarded: arrives after the others
+    direct = [ev("response_shown", t, request_id=OTHER_REQUEST) for t in (10_000, 60_000)]
+
+    without = feed(engine(), [shown, *direct, accepted])
+    assert [late.reason for late in without.late] == ["window_closed"]
+
+    eng = engine()
+    run = Run()
+    run.add(eng.process(shown))
+    run.add(eng.align(T0 + 5_000))  # the forwarded event's source is at +5 s
+    feed(eng, direct, run)
+    feed(eng, [accepted], run)
+    assert run.late == [] and run.decisions == []  # nothing closed past the floor
+    run.add(eng.align(None))  # the source caught up
+    assert [(d.rule, d.rating) for d in run.decisions] == [("code_suggestion", True)]
+
+
+def test_stream_time_never_moves_back() -> None:
+    eng = engine()
+    run = feed(eng, [
+        ev("suggestion_shown", 0),
+        ev("suggestion_accepted", 5_000),
+        ev("response_shown", 60_000, request_id=OTHER_REQUEST),
+    ])
+    assert [d.rule for d in run.decisions] == ["code_suggestion"]
+    assert eng.align(T0 + 1_000).decisions == []  # below stream time: holds it, no reopening
+    assert eng.stream_time_ms == T0 + 60_000
+    again = eng.process(ev("suggestion_accepted", 6_000))
+    assert again.decisions == [] and [late.reason for late in again.late] == ["window_closed"]
+
+
+def test_no_idle_close_while_a_source_is_behind() -> None:
+    clock = FakeClock(T0)
+    eng = engine(clock=clock, idle_close_ms=1_000)
+    feed(eng, [ev("suggestion_shown", 0), ev("suggestion_accepted", 5_000)])
+    eng.align(T0)
+    clock.advance(60)
+    assert eng.tick(caught_up=True).decisions == []  # silence here proves nothing
+    eng.align(None)
+    assert [d.rule for d in eng.tick(caught_up=True).decisions] == ["code_suggestion"]
+
+
+def _accepted(document: dict[str, object], t: int) -> Accepted:
+    return Accepted(UI_EVENT_ADAPTER.validate_json(orjson.dumps(document)), t)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), forwarded_share=st.floats(0.1, 0.9),
+       max_delay=st.integers(1, 400))
+def test_delayed_forwarded_events_decide_as_if_all_came_in_order(
+    seed: int, forwarded_share: float, max_delay: int
+) -> None:
+    """Journeys whose requests are either direct or forwarded; every forwarded event is
+    delayed by up to ``max_delay`` positions (the forwarded path keeps its own order), and
+    the floor is the time of the earliest forwarded event still on its way.  Nothing may be
+    late that is not late in time order, and the decisions must be those of time order."""
+    rng = random.Random(seed)
+    journeys = generate(40, start_ms=T0, spread_ms=120_000, seed=seed)
+    pairs = [(j.request_id, e) for j in journeys for e in j.events]
+    timed = sorted((_ms(e), i, e, rid) for i, (rid, e) in enumerate(pairs))
+    forwarded = {j.request_id for j in journeys if rng.random() < forwarded_share}
+    events = [(t, _accepted(e, t), rid in forwarded) for t, _, e, rid in timed]
+
+    in_order = engine()
+    reference = drain(in_order, feed(in_order, [a for _, a, _ in events]))
+
+    # Arrival order: direct events in time order; each forwarded one later by up to max_delay.
+    slots = [(pos + (rng.randint(0, max_delay) if fwd else 0), pos, fwd)
+             for pos, (_, _, fwd) in enumerate(events)]
+    order = [pos for _, pos, _ in sorted(slots)]
+    fwd_positions = [pos for pos in order if events[pos][2]]
+    # The forwarded path keeps its order: its slots go to its events in time order.
+    fwd_iter = iter(sorted(fwd_positions))
+    order = [next(fwd_iter) if events[pos][2] else pos for pos in order]
+
+    eng = engine()
+    run = Run()
+    on_the_way = sorted(pos for pos in order if events[pos][2])  # forwarded, in time order
+    delivered = 0  # forwarded events delivered so far: they arrive in that same order
+    for pos in order:
+        floor = events[on_the_way[delivered]][0] if delivered < len(on_the_way) else None
+        run.add(eng.align(floor))
+        run.add(eng.process(events[pos][1]))
+        delivered += events[pos][2]
+    run.add(eng.align(None))
+    drain(eng, run)
+    assert sorted(le.event_id for le in run.late) == sorted(le.event_id for le in reference.late)
+    assert comparable(run.decisions) == comparable(reference.decisions)
+
+
+def _ms(event: dict[str, object]) -> int:
+    return int(datetime.fromisoformat(str(event["occurred_at"])).timestamp() * 1000)
+
+
+def test_source_floor_is_the_slowest_source_behind() -> None:
+    now = 10_000
+    live = {0: (None, now), 1: (None, now - 1_000), 2: (None, now)}
+    assert source_floor(live, sources=3, now_ms=now, ttl_ms=3_500) is None
+    behind = {**live, 1: (T0 + 7_000, now), 2: (T0 + 5_000, now)}
+    assert source_floor(behind, sources=3, now_ms=now, ttl_ms=3_500) == T0 + 5_000
+
+
+def test_source_floor_holds_until_every_source_has_a_fresh_watermark() -> None:
+    now = 10_000
+    assert source_floor({}, sources=2, now_ms=now, ttl_ms=3_500) == HOLD  # at start-up
+    one = {0: (None, now)}
+    assert source_floor(one, sources=2, now_ms=now, ttl_ms=3_500) == HOLD
+    stale = {0: (None, now), 1: (None, now - 3_501)}  # its owner left; none took over yet
+    assert source_floor(stale, sources=2, now_ms=now, ttl_ms=3_500) == HOLD
+    assert HOLD < T0  # below any stream time: holds it where it is
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+class MemoryIO:
+    """Stands in for TableIO: one dict per partition; nothing is sent."""
+
+    def __init__(self) -> None:
+        self.data: dict[int, dict[str, bytes]] = {}
+
+    def get(self, partition: int, key: str) -> bytes | None:
+        return self.data.get(partition, {}).get(key)
+
+    def items(self, partition: int, prefix: str) -> list[tuple[str, bytes]]:
+        return [(k, v) for k, v in self.data.get(partition, {}).items() if k.startswith(prefix)]
+
+    def put_local(self, partition: int, entries: dict[str, bytes | None]) -> None:
+        table = self.data.setdefault(partition, {})
+        for key, value in entries.items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+
+    async def send_changelog(self, partition: int, entries: object, owned: object) -> list[object]:
+        return []
+
+    def committed(self, partition: int, offset: int) -> None:
+        pass
+
+
+def _adapter(clock: FakeClock, io: MemoryIO, sent: list[bytes]) -> Windows:
+    async def send(topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
+        if topic == "outbox":
+            sent.append(value)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    return Windows(
+        io=io,  # type: ignore[arg-type]
+        config=RuleConfig(), grace_ms=5_000, idle_close_ms=30_000, max_signals=200,
+        clock=clock, metrics=Metrics(), send=send, outbox_topic="outbox", late_topic="late",
+        sources=2,
+    )
+
+
+def test_the_adapter_holds_stream_time_to_the_sources_watermarks() -> None:
+    async def scenario() -> None:
+        clock = FakeClock(T0 + 1_000)
+        decided: list[bytes] = []
+        windows = _adapter(clock, MemoryIO(), decided)
+
+        async def ack() -> None:
+            pass
+
+        # No watermark yet: held, whatever arrives directly.
+        for accepted in (ev("suggestion_shown", 0), ev("suggestion_accepted", 2_000),
+                         ev("response_shown", 60_000, request_id=OTHER_REQUEST)):
+            await windows.on_event(0, accepted, ack)
+        assert decided == []
+        now = int(clock.now_ms())
+        await windows.on_watermark(0, {0: None, 1: T0 + 1_000}, ack, sent_ms=now)
+        assert decided == []  # input partition 1 is behind, at +1 s
+        await windows.on_watermark(0, {1: None}, ack, sent_ms=now)
+        assert [orjson.loads(d)["rule"] for d in decided] == ["code_suggestion"]
+
+    asyncio.run(scenario())
+
+
+def test_watermarks_from_before_a_restart_are_ignored() -> None:
+    async def scenario() -> None:
+        clock = FakeClock(T0 + 1_000)
+        decided: list[bytes] = []
+        windows = _adapter(clock, MemoryIO(), decided)
+
+        async def ack() -> None:
+            pass
+
+        before = int(clock.now_ms()) - 1  # read again from the rekeyed topic's backlog
+        await windows.on_watermark(0, {0: None, 1: None}, ack, sent_ms=before)
+        for accepted in (ev("suggestion_shown", 0), ev("suggestion_accepted", 2_000),
+                         ev("response_shown", 60_000, request_id=OTHER_REQUEST)):
+            await windows.on_event(0, accepted, ack)
+        assert decided == []  # still held: nothing is known about the sources
+        clock.advance(1)
+        await windows.on_watermark(0, {0: None, 1: None}, ack, sent_ms=int(clock.now_ms()))
+        assert len(decided) == 1
+
+    asyncio.run(scenario())
