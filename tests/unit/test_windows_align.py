@@ -196,24 +196,29 @@ def _adapter(clock: FakeClock, io: MemoryIO, sent: list[bytes]) -> Windows:
     )
 
 
+async def _ack() -> None:
+    pass
+
+
+async def _a_decided_journey_and_a_later_event(windows: Windows) -> None:
+    """A code suggestion accepted at +2 s, then another request's event at +60 s: without a
+    floor its window (30 s + 5 s grace) closes."""
+    for accepted in (ev("suggestion_shown", 0), ev("suggestion_accepted", 2_000),
+                     ev("response_shown", 60_000, request_id=OTHER_REQUEST)):
+        await windows.on_event(0, accepted, _ack)
+
+
 def test_the_adapter_holds_stream_time_to_the_sources_watermarks() -> None:
     async def scenario() -> None:
         clock = FakeClock(T0 + 1_000)
         decided: list[bytes] = []
         windows = _adapter(clock, MemoryIO(), decided)
-
-        async def ack() -> None:
-            pass
-
-        # No watermark yet: held, whatever arrives directly.
-        for accepted in (ev("suggestion_shown", 0), ev("suggestion_accepted", 2_000),
-                         ev("response_shown", 60_000, request_id=OTHER_REQUEST)):
-            await windows.on_event(0, accepted, ack)
-        assert decided == []
+        await _a_decided_journey_and_a_later_event(windows)
+        assert decided == []  # no watermark yet: held, whatever arrives directly
         now = int(clock.now_ms())
-        await windows.on_watermark(0, {0: None, 1: T0 + 1_000}, ack, sent_ms=now)
+        await windows.on_watermark(0, {0: None, 1: T0 + 1_000}, _ack, sent_ms=now)
         assert decided == []  # input partition 1 is behind, at +1 s
-        await windows.on_watermark(0, {1: None}, ack, sent_ms=now)
+        await windows.on_watermark(0, {1: None}, _ack, sent_ms=now)
         assert [orjson.loads(d)["rule"] for d in decided] == ["code_suggestion"]
 
     asyncio.run(scenario())
@@ -224,18 +229,12 @@ def test_watermarks_from_before_a_restart_are_ignored() -> None:
         clock = FakeClock(T0 + 1_000)
         decided: list[bytes] = []
         windows = _adapter(clock, MemoryIO(), decided)
-
-        async def ack() -> None:
-            pass
-
         before = int(clock.now_ms()) - 1  # read again from the rekeyed topic's backlog
-        await windows.on_watermark(0, {0: None, 1: None}, ack, sent_ms=before)
-        for accepted in (ev("suggestion_shown", 0), ev("suggestion_accepted", 2_000),
-                         ev("response_shown", 60_000, request_id=OTHER_REQUEST)):
-            await windows.on_event(0, accepted, ack)
+        await windows.on_watermark(0, {0: None, 1: None}, _ack, sent_ms=before)
+        await _a_decided_journey_and_a_later_event(windows)
         assert decided == []  # still held: nothing is known about the sources
         clock.advance(1)
-        await windows.on_watermark(0, {0: None, 1: None}, ack, sent_ms=int(clock.now_ms()))
+        await windows.on_watermark(0, {0: None, 1: None}, _ack, sent_ms=int(clock.now_ms()))
         assert len(decided) == 1
 
     asyncio.run(scenario())
