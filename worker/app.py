@@ -438,7 +438,7 @@ def _set_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
 
 
 def _read_offset(app: faust.App, tp: TP) -> int | None:
-    """Faust's read offset of ``tp`` (see :func:`worker.kafka.input_caught_up`), or None."""
+    """Faust's read offset of ``tp`` (see :func:`worker.kafka.input_backlog`), or None."""
     read_offsets = getattr(app.consumer, "_read_offset", None)
     return read_offsets.get(tp) if isinstance(read_offsets, Mapping) else None
 

@@ -5,8 +5,8 @@
 * :func:`ensure_topics` creates the topics the worker needs with ``TOPIC_PARTITIONS`` partitions
   before Faust starts, and refuses to start when an existing input topic has another count:
   the window state is partitioned like the input, so the two must match (DESIGN 2).
-* :func:`input_caught_up` says whether a partition has nothing left to process, from offsets
-  alone, so idle close never fires on a backlog.
+* :func:`input_backlog` counts a partition's records left to process, from offsets alone,
+  so idle close and the watermarks never take a backlog for a live partition.
 * :func:`partition_for` is Kafka's default partitioner (murmur2, as the Java client, aiokafka
   and kafkajs use), so the worker can tell whether a record already sits on the partition that
   owns its request's state.
