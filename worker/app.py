@@ -43,7 +43,7 @@ from worker.kafka import (
     ssl_context,
 )
 from worker.metrics import CONTENT_TYPE_LATEST, Metrics
-from worker.rebalance import count_gaps, seek_before_fetch
+from worker.rebalance import count_gaps, keep_dropped_records, seek_before_fetch
 from worker.recovery import report_lost_changelogs
 from worker.rules import RuleConfig
 from worker.stores import rocksdb_memory
@@ -401,6 +401,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
 
     # Before the first rebalance: Faust's own order lets commits skip records (the module).
     seek_before_fetch(app)
+    keep_dropped_records(app)
     count_gaps(app, lambda topic, missing: metrics.offsets_skipped.labels(topic=topic).inc(missing))
     report_lost_changelogs(app, lambda *_: metrics.changelog_behind_store.inc())
 

@@ -1,4 +1,5 @@
-"""worker.rebalance: the order Faust resumes, seeks and fetches in after a rebalance.
+"""worker.rebalance: the order Faust resumes, seeks and fetches in after a rebalance, and
+what its fetch returns for partitions paused meanwhile.
 
 The Faust consumer here is a small stand-in with the same methods: what is tested is the
 wrapping (which call is held, which passes, what is released when).  The real
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from worker.rebalance import count_gaps, seek_before_fetch
+from worker.rebalance import count_gaps, keep_dropped_records, seek_before_fetch
 
 INPUT = [TP("ui-events", 0), TP("ui-events", 1)]
 CHANGELOG = TP("fw-windows-changelog", 0)
@@ -135,6 +136,9 @@ def test_an_unknown_faust_is_left_alone(caplog: pytest.LogCaptureFixture) -> Non
         assert not seek_before_fetch(app)
     assert "cannot hold stream partitions" in caplog.text
     assert not count_gaps(app, lambda topic, missing: None)
+    with caplog.at_level(logging.WARNING, logger="worker.rebalance"):
+        assert not keep_dropped_records(app)
+    assert "cannot be checked for dropped records" in caplog.text
 
 
 def test_gaps_in_stream_partitions_are_counted_and_still_recorded(
@@ -152,3 +156,117 @@ def test_gaps_in_stream_partitions_are_counted_and_still_recorded(
     assert counted == [("ui-events", 11)]  # changelog gaps are recovery's business
     assert "ui-events[0]: offsets 44..54 were never fetched" in caplog.text
     assert app.consumer.gaps == [(INPUT[0], 44, 55), (CHANGELOG, 3, 5)]
+
+
+class FakeAIOKafka:
+    """aiokafka's consumer as the hand-back sees it: assignment, positions, seeks."""
+
+    def __init__(self, positions: dict[TP, int]) -> None:
+        self.positions = positions
+        self.seeks: list[tuple[TP, int]] = []
+
+    def assignment(self) -> set[TP]:
+        return set(self.positions)
+
+    async def position(self, tp: TP) -> int:
+        return self.positions[tp]
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+        self.positions[tp] = offset
+
+
+class FakeThread:
+    def __init__(self, aiokafka: FakeAIOKafka) -> None:
+        self.aiokafka = aiokafka
+        self.calls = 0
+
+    def _ensure_consumer(self) -> FakeAIOKafka:
+        return self.aiokafka
+
+    async def call_thread(self, fun: Any, *args: Any) -> Any:
+        self.calls += 1
+        return await fun(*args)
+
+
+def records(first: int, after: int) -> list[Any]:
+    return [SimpleNamespace(offset=offset) for offset in range(first, after)]
+
+
+def fetching_app(fetched: dict[TP, list[Any]], *, during: Any = None) -> Any:
+    """A Faust consumer whose fetch returns ``fetched`` (and advances the positions past
+    it), calling ``during(asked)`` while it waits, as Faust's rebalance does meanwhile."""
+    aiokafka = FakeAIOKafka({tp: batch[-1].offset + 1 for tp, batch in fetched.items()})
+    consumer = SimpleNamespace(_thread=FakeThread(aiokafka), _buffered_partitions=set(),
+                               asked=[])
+
+    async def _getmany(active_partitions: set[TP], timeout: float) -> dict[TP, list[Any]]:
+        consumer.asked.append(active_partitions)
+        if during is not None:
+            during(active_partitions)
+        return fetched
+
+    consumer._getmany = _getmany
+    app = SimpleNamespace(consumer=consumer)
+    assert keep_dropped_records(app)
+    return app
+
+
+def test_records_of_a_partition_paused_during_the_fetch_are_handed_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    active = set(INPUT)
+    app = fetching_app({INPUT[0]: records(41, 92), INPUT[1]: records(7, 9)},
+                       during=lambda asked: active.discard(INPUT[0]))  # held by a rebalance
+    with caplog.at_level(logging.INFO, logger="worker.rebalance"):
+        got = asyncio.run(app.consumer._getmany(active, 1.0))
+    assert list(got) == [INPUT[1]]  # what Faust would drop is not passed on
+    assert app.consumer._thread.aiokafka.seeks == [(INPUT[0], 41)]  # fetched again later
+    assert "ui-events[0]: 51 fetched record(s) handed back" in caplog.text
+
+
+def test_the_fetch_gets_its_own_copy_of_the_active_partitions() -> None:
+    active = set(INPUT)
+    app = fetching_app({INPUT[1]: records(0, 3)}, during=lambda asked: active.clear())
+    asyncio.run(app.consumer._getmany(active, 1.0))
+    (asked,) = app.consumer.asked
+    assert asked == set(INPUT) and asked is not active  # Faust emptying its set meanwhile
+    # would have made aiokafka fetch every partition ("no partitions" means "all")
+
+
+def test_nothing_active_fetches_nothing() -> None:
+    app = fetching_app({INPUT[0]: records(0, 3)})
+    assert asyncio.run(app.consumer._getmany(set(), 1.0)) == {}
+    assert app.consumer.asked == []
+
+
+def test_a_partition_sought_meanwhile_keeps_the_position_of_the_seek() -> None:
+    active = set(INPUT)
+
+    def rebalance(asked: set[TP]) -> None:
+        active.discard(INPUT[0])
+
+    app = fetching_app({INPUT[0]: records(41, 92)}, during=rebalance)
+    app.consumer._thread.aiokafka.positions[INPUT[0]] = 30  # the seek came after the drain
+    assert asyncio.run(app.consumer._getmany(active, 1.0)) == {}
+    assert app.consumer._thread.aiokafka.seeks == []
+
+
+def test_revoked_and_buffered_partitions() -> None:
+    active = set(INPUT)
+
+    def rebalance(asked: set[TP]) -> None:
+        active.clear()
+        app.consumer._buffered_partitions.add(INPUT[1])  # Faust keeps a full buffer's records
+
+    app = fetching_app({INPUT[0]: records(5, 8), INPUT[1]: records(2, 4)}, during=rebalance)
+    del app.consumer._thread.aiokafka.positions[INPUT[0]]  # revoked: not assigned any more
+    got = asyncio.run(app.consumer._getmany(active, 1.0))
+    assert list(got) == [INPUT[1]]
+    assert app.consumer._thread.aiokafka.seeks == []
+
+
+def test_a_fetch_with_every_partition_still_active_goes_straight_through() -> None:
+    app = fetching_app({INPUT[0]: records(0, 3)})
+    got = asyncio.run(app.consumer._getmany(set(INPUT), 1.0))
+    assert list(got) == [INPUT[0]] and app.consumer._thread.calls == 0
