@@ -32,6 +32,7 @@ from worker.agents.windows import (
     WATERMARK_HEADER,
     TableIO,
     Windows,
+    source_watermark,
 )
 from worker.clock import Clock, SystemClock
 from worker.ingest import IngestLimits, RecentIds
@@ -57,11 +58,12 @@ log = logging.getLogger(__name__)
 
 #: How often each owned partition gets a tick (the resolution of idle close).
 TICK_INTERVAL_S = 1.0
-#: A partition at most this many records behind counts as live for the watermarks: a fetch
-#: answer's worth in flight under load, while a backlog after a restart is far larger.  A
-#: record count, not an age: on a quiet partition the last record processed can be old
-#: although nothing is waiting.
-LIVE_BACKLOG_RECORDS = 20
+#: How often each worker sends its input partitions' watermarks to every partition: a
+#: partition whose sources are behind closes windows this much later than it could.
+WATERMARK_INTERVAL_S = 0.25
+#: A rekeyed partition at most this many records behind counts as caught up on the
+#: forwarded events in its own backlog (ticks and watermarks keep a few waiting under load).
+REKEYED_LIVE_BACKLOG_RECORDS = 20
 
 
 def rule_config(settings: Settings) -> RuleConfig:
@@ -289,50 +291,42 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         """Whether ``ui-events`` ``partition`` has nothing waiting to be processed."""
         return _backlog(partition) == 0
 
-    def _live(partition: int, topic: str) -> bool:
-        """At most :data:`LIVE_BACKLOG_RECORDS` records behind: what it still holds (or will
-        forward) arrives about as soon as the events that come directly."""
-        backlog = _backlog(partition, topic)
-        return backlog is not None and backlog <= LIVE_BACKLOG_RECORDS
-
-    #: Input partitions that were behind at the last tick.
+    #: Input partitions that were behind at the last watermark.
     behind: set[int] = set()
 
     def _watermarks() -> dict[str, int | None]:
-        """Each owned input partition's watermark: None while it is live (:func:`_live`),
-        else the stream time it has reached (0 before its first record).  A partition that
-        was behind at the last tick still reports its stream time at this one: the tail of
-        its backlog (live allows a few records) and what it forwarded from there get one more
-        tick to arrive before stream time is released."""
+        """Each owned input partition's watermark (worker.agents.windows.source_watermark)."""
         marks: dict[str, int | None] = {}
         for tp in app.consumer.assignment():
             if tp.topic != settings.topic_ui_events:
                 continue
-            was_behind = tp.partition in behind
-            if _live(tp.partition, tp.topic):
-                behind.discard(tp.partition)
-            else:
+            mark, now_behind = source_watermark(
+                backlog=_backlog(tp.partition),
+                was_behind=tp.partition in behind,
+                stream_time=ingest.source_time.get(tp.partition),
+            )
+            if now_behind:
                 behind.add(tp.partition)
-            held = was_behind or tp.partition in behind
-            marks[str(tp.partition)] = ingest.source_time.get(tp.partition, 0) if held else None
+            else:
+                behind.discard(tp.partition)
+            marks[str(tp.partition)] = mark
         return marks
 
     def _forwarded_floor(partition: int) -> int | None:
         """The rekeyed partition's own backlog holds forwarded events too (sent before a
-        restart, say, by sources now live): None while it is live, else the largest event
-        time forwarded to it that was processed (0 before the first)."""
-        if _live(partition, rekey_topic):
+        restart, say, by sources now live): None while it is at most
+        :data:`REKEYED_LIVE_BACKLOG_RECORDS` behind, else the largest event time forwarded
+        to it that was processed (0 before the first)."""
+        backlog = _backlog(partition, rekey_topic)
+        if backlog is not None and backlog <= REKEYED_LIVE_BACKLOG_RECORDS:
             return None
         return ingest.forwarded_time.get(partition, 0)
 
     windows.forwarded_floor = _forwarded_floor
 
-    async def _tick() -> None:
-        """Idle close needs the wall clock *inside* each partition's stream: send it a tick,
-        saying whether the partition's input is caught up (only then may silence close).
-        And every partition, owned here or not, gets this worker's input partitions'
+    async def _send_watermarks() -> None:
+        """Every partition, owned here or not, gets this worker's input partitions'
         watermarks (worker.agents.windows.source_floor)."""
-        now = str(clock.now_ms()).encode()
         marks = _watermarks()
         if marks:
             value = orjson.dumps({"sources": marks})
@@ -343,6 +337,13 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
                     partition=partition,
                     headers=[(WATERMARK_HEADER, b"1")],
                 )
+
+    app.timer(interval=WATERMARK_INTERVAL_S)(_send_watermarks)
+
+    async def _tick() -> None:
+        """Idle close needs the wall clock *inside* each partition's stream: send it a tick,
+        saying whether the partition's input is caught up (only then may silence close)."""
+        now = str(clock.now_ms()).encode()
         for tp in app.consumer.assignment():
             if tp.topic == rekey_topic:
                 caught_up = b"1" if _caught_up(tp.partition) else b"0"

@@ -27,7 +27,7 @@ from tests.unit.rules.eventkit import (
     ev,
     feed,
 )
-from worker.agents.windows import HOLD, Windows, source_floor
+from worker.agents.windows import HOLD, Windows, source_floor, source_watermark
 from worker.clock import FakeClock
 from worker.devtools.traffic import generate
 from worker.events import UI_EVENT_ADAPTER
@@ -138,6 +138,21 @@ def test_source_floor_is_the_slowest_source_behind() -> None:
     assert source_floor(live, sources=3, now_ms=now, ttl_ms=3_500) is None
     behind = {**live, 1: (T0 + 7_000, now), 2: (T0 + 5_000, now)}
     assert source_floor(behind, sources=3, now_ms=now, ttl_ms=3_500) == T0 + 5_000
+
+
+def test_a_source_reports_its_stream_time_while_anything_waits() -> None:
+    # A single record waiting holds the others back: its forward may be on its way.  (The
+    # worker used to count 20 records as live; under a steady lag near the grace, events
+    # forwarded from that tail arrived after their window had closed.)
+    assert source_watermark(backlog=1, was_behind=False, stream_time=T0) == (T0, True)
+    assert source_watermark(backlog=None, was_behind=False, stream_time=None) == (0, True)
+    assert source_watermark(backlog=0, was_behind=False, stream_time=T0) == (None, False)
+
+
+def test_a_source_that_caught_up_reports_its_stream_time_once_more() -> None:
+    # The record being processed when it caught up may not have been forwarded yet.
+    assert source_watermark(backlog=0, was_behind=True, stream_time=T0) == (T0, False)
+    assert source_watermark(backlog=0, was_behind=False, stream_time=T0) == (None, False)
 
 
 def test_source_floor_holds_until_every_source_has_a_fresh_watermark() -> None:

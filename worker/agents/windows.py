@@ -58,6 +58,7 @@ __all__ = [
     "TableIO",
     "Windows",
     "source_floor",
+    "source_watermark",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,10 @@ TICK_HEADER = "fw-tick"
 #: Tick header: b"1" if the partition's input had no backlog when the tick was sent.
 CAUGHT_UP_HEADER = "fw-caught-up"
 #: Header marking a watermark record on the rekeyed topic; its value is JSON
-#: ``{"sources": {"<input partition>": <its stream time in ms, or null when it is live>}}``.
+#: ``{"sources": {"<input partition>": <its stream time in ms, or null when caught up>}}``.
 WATERMARK_HEADER = "fw-watermark"
-#: How long a source's watermark counts after it arrived (they are sent every second).
+#: How long a source's watermark counts after it arrived (they are sent 4 times a second;
+#: this covers an owner's start-up and a rebalance's pause).
 WATERMARK_TTL_MS = 3_500
 #: A floor that holds stream time where it is (any time below it would).
 HOLD = -1
@@ -156,12 +158,34 @@ class TableIO:
         )
 
 
+def source_watermark(
+    *, backlog: int | None, was_behind: bool, stream_time: int | None
+) -> tuple[int | None, bool]:
+    """An input partition's watermark (:func:`source_floor`) and whether it is behind now.
+
+    ``backlog``: its records waiting to be processed (None: not known yet, so behind);
+    ``was_behind``: whether it was at the last watermark; ``stream_time``: the largest
+    event time it has processed (None before the first).  The watermark is None while
+    nothing waits, else the stream time (0 before the first record).
+
+    Exact, not "nearly caught up": what a source forwarded before a watermark is ahead of
+    it on every rekeyed partition (one producer, one partition), so a partition that reads
+    "caught up" has read all the source forwarded.  A source a few records behind still
+    holds the others back, by about one watermark interval.  A source that was behind at
+    the last watermark still reports its stream time at this one: the record it was
+    processing when this one was sent may not have been forwarded yet.
+    """
+    behind = backlog != 0
+    held = behind or was_behind
+    return ((stream_time or 0) if held else None), behind
+
+
 def source_floor(
     reports: dict[int, tuple[int | None, int]], *, sources: int, now_ms: int, ttl_ms: int
 ) -> int | None:
     """The floor for a partition's stream time (:meth:`WindowEngine.align`) from the input
     partitions' last watermarks, ``reports``: input partition -> (its stream time while it
-    is behind, None while it is live; the wall clock when the watermark arrived).
+    is behind, None while it is caught up; the wall clock when the watermark arrived).
 
     The lowest stream time among the sources that are behind; None when none is; and
     :data:`HOLD` while any of the ``sources`` input partitions has no watermark younger
