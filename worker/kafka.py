@@ -38,7 +38,6 @@ __all__ = [
     "delivery_retry_topic_name",
     "ensure_topics",
     "input_backlog",
-    "input_caught_up",
     "partition_for",
     "rekey_topic_name",
     "topic_plan",
@@ -110,20 +109,6 @@ def input_backlog(
     # Before the first record is handed out this is the committed offset, the next to read;
     # after, it is the offset of a record handed out and not yet processed.
     return max(0, highwater - handed_out)
-
-
-def input_caught_up(
-    *,
-    highwater: int | None,
-    processed: int | None,
-    handed_out: int | None,
-    position: int | None,
-) -> bool:
-    """Whether a partition has nothing left to process (:func:`input_backlog` is 0)."""
-    backlog = input_backlog(
-        highwater=highwater, processed=processed, handed_out=handed_out, position=position
-    )
-    return backlog == 0
 
 
 def rekey_topic_name(settings: Settings) -> str:

@@ -1,4 +1,4 @@
-"""input_caught_up: idle close may fire only when nothing of the partition is left to process.
+"""Caught up (input_backlog == 0): idle close may fire only when nothing is left to process.
 
 The offsets are modelled as they move: a partition is assigned with a committed offset, the
 consumer fetches up to the high watermark (its position moves), Faust hands records to the
@@ -11,7 +11,12 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.kafka import input_caught_up
+from worker.kafka import input_backlog
+
+
+def input_caught_up(**offsets: int | None) -> bool:
+    """What the worker checks before idle close: nothing left to process."""
+    return input_backlog(**offsets) == 0
 
 
 def test_unknown_end_is_never_caught_up() -> None:
