@@ -17,6 +17,7 @@ import pytest
 
 from tests.fixtures.kafka import produce, read_topic
 from tests.fixtures.worker import TestTopics, WorkerProcess
+from worker.agents.ingest import EVENT_TIME_HEADER
 from worker.kafka import partition_for
 
 pytestmark = pytest.mark.integration
@@ -217,7 +218,8 @@ def test_events_keyed_elsewhere_are_forwarded_to_their_owner(
         if key != e["request_id"].encode()
     ]
     rekeyed = asyncio.run(read_topic(kafka_bootstrap, topics.rekeyed, expected=1, timeout_s=20))
-    forwarded = [r for r in rekeyed if "fw-tick" not in dict(r.headers)]  # not idle ticks
+    # Only forwarded events carry an event time; ticks and watermarks share the topic.
+    forwarded = [r for r in rekeyed if EVENT_TIME_HEADER in dict(r.headers)]
     by_event = {orjson.loads(r.value)["event_id"]: r for r in forwarded}
     moved = 0
     for event in expected_moves:
@@ -227,7 +229,7 @@ def test_events_keyed_elsewhere_are_forwarded_to_their_owner(
         moved += 1
         assert record.key == event["request_id"].encode()
         assert record.partition == partition_for(record.key, PARTITIONS)
-        assert dict(record.headers)["fw-event-time-ms"]
+        assert dict(record.headers)[EVENT_TIME_HEADER]
     assert moved == worker.metric_sum("feedback_events_rekeyed_total") > 0
 
 
