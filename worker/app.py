@@ -64,6 +64,9 @@ WATERMARK_INTERVAL_S = 0.25
 #: A rekeyed partition at most this many records behind counts as caught up on the
 #: forwarded events in its own backlog (ticks and watermarks keep a few waiting under load).
 REKEYED_LIVE_BACKLOG_RECORDS = 20
+#: An input partition that forwarded events to a partition this recently holds it back
+#: with its watermark even while caught up (worker.agents.windows.source_watermark).
+FORWARDING_MS = 2_000
 
 
 def rule_config(settings: Settings) -> RuleConfig:
@@ -294,22 +297,32 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     #: Input partitions that were behind at the last watermark.
     behind: set[int] = set()
 
-    def _watermarks() -> dict[str, int | None]:
-        """Each owned input partition's watermark (worker.agents.windows.source_watermark)."""
-        marks: dict[str, int | None] = {}
-        for tp in app.consumer.assignment():
-            if tp.topic != settings.topic_ui_events:
-                continue
-            mark, now_behind = source_watermark(
-                backlog=_backlog(tp.partition),
-                was_behind=tp.partition in behind,
-                stream_time=ingest.source_time.get(tp.partition),
-            )
-            if now_behind:
-                behind.add(tp.partition)
-            else:
-                behind.discard(tp.partition)
-            marks[str(tp.partition)] = mark
+    def _watermarks() -> dict[int, dict[str, int | None]]:
+        """Partition -> each owned input partition's watermark for it
+        (worker.agents.windows.source_watermark)."""
+        now = clock.now_ms()
+        sources = {
+            tp.partition: _backlog(tp.partition)
+            for tp in app.consumer.assignment()
+            if tp.topic == settings.topic_ui_events
+        }
+        marks: dict[int, dict[str, int | None]] = {}
+        now_behind: set[int] = set()
+        for partition in range(settings.topic_partitions):
+            marks[partition] = {}
+            for source, backlog in sources.items():
+                forwarded = ingest.forwarded_at.get((source, partition))
+                mark, is_behind = source_watermark(
+                    backlog=backlog,
+                    was_behind=source in behind,
+                    stream_time=ingest.source_time.get(source),
+                    forwarding=forwarded is not None and now - forwarded <= FORWARDING_MS,
+                )
+                marks[partition][str(source)] = mark
+                if is_behind:
+                    now_behind.add(source)
+        behind.clear()
+        behind.update(now_behind)
         return marks
 
     def _forwarded_floor(partition: int) -> int | None:
@@ -327,13 +340,11 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     async def _send_watermarks() -> None:
         """Every partition, owned here or not, gets this worker's input partitions'
         watermarks (worker.agents.windows.source_floor)."""
-        marks = _watermarks()
-        if marks:
-            value = orjson.dumps({"sources": marks})
-            for partition in range(settings.topic_partitions):
+        for partition, marks in _watermarks().items():
+            if marks:
                 await topics[rekey_topic].send(
                     key=b"watermark",
-                    value=value,
+                    value=orjson.dumps({"sources": marks}),
                     partition=partition,
                     headers=[(WATERMARK_HEADER, b"1")],
                 )
@@ -367,6 +378,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
             progress.pop((tp.topic, tp.partition), None)
             if tp.topic == settings.topic_ui_events:
                 ingest.source_time.pop(tp.partition, None)
+                for pair in [pair for pair in ingest.forwarded_at if pair[0] == tp.partition]:
+                    del ingest.forwarded_at[pair]
                 behind.discard(tp.partition)
             elif tp.topic == rekey_topic:
                 ingest.forwarded_time.pop(tp.partition, None)

@@ -155,6 +155,22 @@ def test_a_source_that_caught_up_reports_its_stream_time_once_more() -> None:
     assert source_watermark(backlog=0, was_behind=False, stream_time=T0) == (None, False)
 
 
+def test_a_caught_up_source_that_keeps_forwarding_reports_its_stream_time() -> None:
+    # Its next forwards travel behind this watermark: if the receiving partition's agent
+    # lags, the events that came directly must not carry stream time past them (the
+    # 10-minute soak reported such on-time events as late while it held "caught up").
+    assert source_watermark(
+        backlog=0, was_behind=False, stream_time=T0, forwarding=True
+    ) == (T0, False)
+    assert source_watermark(
+        backlog=0, was_behind=False, stream_time=None, forwarding=True
+    ) == (0, False)
+    # An idle source, or one forwarding elsewhere, holds nothing back.
+    assert source_watermark(
+        backlog=0, was_behind=False, stream_time=T0, forwarding=False
+    ) == (None, False)
+
+
 def test_source_floor_holds_until_every_source_has_a_fresh_watermark() -> None:
     now = 10_000
     assert source_floor({}, sources=2, now_ms=now, ttl_ms=3_500) == HOLD  # at start-up

@@ -80,6 +80,10 @@ class Ingest:
     source_time: dict[int, int] = field(default_factory=dict)
     #: Rekeyed partition -> the largest event time of the forwarded events processed there.
     forwarded_time: dict[int, int] = field(default_factory=dict)
+    #: (input partition, rekeyed partition) -> the wall clock when the input partition last
+    #: forwarded an event there: while lately, its watermark holds that partition back
+    #: (worker.agents.windows.source_watermark).
+    forwarded_at: dict[tuple[int, int], int] = field(default_factory=dict)
 
     async def on_input(
         self,
@@ -93,9 +97,8 @@ class Ingest:
     ) -> None:
         """Handle one record of the input topic; ``ack`` is called (here or by the next
         stage) once nothing about the record can be lost any more."""
-        result = inspect_record(
-            value, record_ts_ms=timestamp_ms, now_ms=self.clock.now_ms(), limits=self.limits
-        )
+        now_ms = self.clock.now_ms()
+        result = inspect_record(value, record_ts_ms=timestamp_ms, now_ms=now_ms, limits=self.limits)
         if isinstance(result, Invalid):
             await self._reject(
                 result, key=key, value=value, partition=partition, offset=offset,
@@ -117,6 +120,7 @@ class Ingest:
             await self.next_stage(partition, result, ack)
             return
         self.metrics.events_rekeyed.inc()
+        self.forwarded_at[partition, owner] = now_ms
         assert value is not None
         await self.send(
             self.rekey_topic,

@@ -68,7 +68,8 @@ TICK_HEADER = "fw-tick"
 #: Tick header: b"1" if the partition's input had no backlog when the tick was sent.
 CAUGHT_UP_HEADER = "fw-caught-up"
 #: Header marking a watermark record on the rekeyed topic; its value is JSON
-#: ``{"sources": {"<input partition>": <its stream time in ms, or null when caught up>}}``.
+#: ``{"sources": {"<input partition>": <its stream time in ms, or null>}}``, where null
+#: means it neither is behind nor forwarded here lately (:func:`source_watermark`).
 WATERMARK_HEADER = "fw-watermark"
 #: How long a source's watermark counts after it arrived (they are sent 4 times a second;
 #: this covers an owner's start-up and a rebalance's pause).
@@ -159,14 +160,16 @@ class TableIO:
 
 
 def source_watermark(
-    *, backlog: int | None, was_behind: bool, stream_time: int | None
+    *, backlog: int | None, was_behind: bool, stream_time: int | None, forwarding: bool = False
 ) -> tuple[int | None, bool]:
-    """An input partition's watermark (:func:`source_floor`) and whether it is behind now.
+    """An input partition's watermark for one partition (:func:`source_floor`), and whether
+    the input partition is behind now.
 
     ``backlog``: its records waiting to be processed (None: not known yet, so behind);
     ``was_behind``: whether it was at the last watermark; ``stream_time``: the largest
-    event time it has processed (None before the first).  The watermark is None while
-    nothing waits, else the stream time (0 before the first record).
+    event time it has processed (None before the first); ``forwarding``: whether it
+    forwarded events to the receiving partition lately.  The watermark is None while none
+    of that holds, else the stream time (0 before the first record).
 
     Exact, not "nearly caught up": what a source forwarded before a watermark is ahead of
     it on every rekeyed partition (one producer, one partition), so a partition that reads
@@ -174,9 +177,15 @@ def source_watermark(
     holds the others back, by about one watermark interval.  A source that was behind at
     the last watermark still reports its stream time at this one: the record it was
     processing when this one was sent may not have been forwarded yet.
+
+    A source that keeps forwarding to a partition reports its stream time there even while
+    it is caught up: the events it forwards next are on their way behind this watermark,
+    and if the receiving partition's own agent lags, the events that came to it directly
+    must not carry its stream time past them meanwhile.  (A source that is idle reports
+    None, so a quiet input partition never holds the others back.)
     """
     behind = backlog != 0
-    held = behind or was_behind
+    held = behind or was_behind or forwarding
     return ((stream_time or 0) if held else None), behind
 
 
@@ -185,9 +194,9 @@ def source_floor(
 ) -> int | None:
     """The floor for a partition's stream time (:meth:`WindowEngine.align`) from the input
     partitions' last watermarks, ``reports``: input partition -> (its stream time while it
-    is behind, None while it is caught up; the wall clock when the watermark arrived).
+    holds this partition back, else None; the wall clock when the watermark arrived).
 
-    The lowest stream time among the sources that are behind; None when none is; and
+    The lowest stream time among the sources that hold it back; None when none does; and
     :data:`HOLD` while any of the ``sources`` input partitions has no watermark younger
     than ``ttl_ms`` (at start-up, or while its owner changes), since then nothing is known
     about what it may still forward.
@@ -356,9 +365,9 @@ class Windows:
         self, partition: int, sources: dict[int, int | None], ack: Ack, *, sent_ms: int
     ) -> None:
         """Watermarks of input partitions (``sources``: partition -> its stream time while it
-        is behind, None while live), which hold back ``partition``'s stream time so events
-        they forward here are not judged by the events that came directly (see
-        :meth:`WindowEngine.align`).
+        is behind or forwarding here, else None), which hold back ``partition``'s stream
+        time so events they forward here are not judged by the events that came directly
+        (see :meth:`WindowEngine.align`).
 
         Watermarks sent before this worker took the partition over are ignored: the ones
         read again from before a crash said "live" about a time that has passed, and they
