@@ -297,33 +297,38 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     #: Input partitions that were behind at the last watermark.
     behind: set[int] = set()
 
-    def _watermarks() -> dict[int, dict[str, int | None]]:
-        """Partition -> each owned input partition's watermark for it
-        (worker.agents.windows.source_watermark)."""
+    def _watermarks() -> tuple[dict[str, int | None], dict[int, dict[str, int | None]]]:
+        """Each owned input partition's watermark (worker.agents.windows.source_watermark)
+        for every partition, and, per partition it forwarded to lately, the marks that
+        differ there.  Only the pairs that forwarded are visited, so the cost follows the
+        traffic, not partitions x sources."""
         now = clock.now_ms()
         sources = {
             tp.partition: _backlog(tp.partition)
             for tp in app.consumer.assignment()
             if tp.topic == settings.topic_ui_events
         }
-        marks: dict[int, dict[str, int | None]] = {}
-        now_behind: set[int] = set()
-        for partition in range(settings.topic_partitions):
-            marks[partition] = {}
-            for source, backlog in sources.items():
-                forwarded = ingest.forwarded_at.get((source, partition))
-                mark, is_behind = source_watermark(
-                    backlog=backlog,
-                    was_behind=source in behind,
-                    stream_time=ingest.source_time.get(source),
-                    forwarding=forwarded is not None and now - forwarded <= FORWARDING_MS,
-                )
-                marks[partition][str(source)] = mark
-                if is_behind:
-                    now_behind.add(source)
+
+        def mark(source: int, *, forwarding: bool) -> tuple[int | None, bool]:
+            return source_watermark(
+                backlog=sources[source],
+                was_behind=source in behind,
+                stream_time=ingest.source_time.get(source),
+                forwarding=forwarding,
+            )
+
+        marks = {str(source): mark(source, forwarding=False) for source in sources}
+        forwarding: dict[int, dict[str, int | None]] = {}
+        for (source, partition), at in list(ingest.forwarded_at.items()):
+            if now - at > FORWARDING_MS:
+                del ingest.forwarded_at[source, partition]  # it holds nothing back any more
+            elif source in sources:
+                forwarding.setdefault(partition, {})[str(source)] = mark(
+                    source, forwarding=True
+                )[0]
         behind.clear()
-        behind.update(now_behind)
-        return marks
+        behind.update(int(source) for source, (_, is_behind) in marks.items() if is_behind)
+        return {source: value for source, (value, _) in marks.items()}, forwarding
 
     def _forwarded_floor(partition: int) -> int | None:
         """The rekeyed partition's own backlog holds forwarded events too (sent before a
@@ -340,14 +345,18 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     async def _send_watermarks() -> None:
         """Every partition, owned here or not, gets this worker's input partitions'
         watermarks (worker.agents.windows.source_floor)."""
-        for partition, marks in _watermarks().items():
-            if marks:
-                await topics[rekey_topic].send(
-                    key=b"watermark",
-                    value=orjson.dumps({"sources": marks}),
-                    partition=partition,
-                    headers=[(WATERMARK_HEADER, b"1")],
-                )
+        marks, forwarding = _watermarks()
+        if not marks:
+            return
+        common = orjson.dumps({"sources": marks})
+        for partition in range(settings.topic_partitions):
+            held = forwarding.get(partition)
+            await topics[rekey_topic].send(
+                key=b"watermark",
+                value=orjson.dumps({"sources": marks | held}) if held else common,
+                partition=partition,
+                headers=[(WATERMARK_HEADER, b"1")],
+            )
 
     app.timer(interval=WATERMARK_INTERVAL_S)(_send_watermarks)
 
