@@ -25,7 +25,7 @@ from faust.types import TP
 from faust.web import Request, Response, View
 
 from worker.agents.deliver import install_delivery
-from worker.agents.ingest import Ingest
+from worker.agents.ingest import Ack, Ingest
 from worker.agents.windows import (
     CAUGHT_UP_HEADER,
     TICK_HEADER,
@@ -36,6 +36,7 @@ from worker.agents.windows import (
 )
 from worker.clock import Clock, SystemClock
 from worker.ingest import IngestLimits, RecentIds
+from worker.intake import Intake, install_intake
 from worker.kafka import (
     WINDOWS_TABLE,
     ensure_topics,
@@ -225,19 +226,16 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     #: (topic, partition) -> (offset, record timestamp in s) of the last record processed.
     progress: dict[tuple[str, int], tuple[int, float]] = {}
 
-    async def ingest_agent(agent_stream: faust.StreamT[bytes]) -> None:
-        manual = cast(faust.Stream[bytes], agent_stream).noack()
-        async for event in manual.events():
-            message = event.message
-            progress[message.topic, message.partition] = (message.offset, message.timestamp)
-            await ingest.on_input(
-                key=message.key,
-                value=message.value,
-                partition=message.partition,
-                offset=message.offset,
-                timestamp_ms=round(message.timestamp * 1000),
-                ack=partial(manual.ack, event),
-            )
+    async def on_input(message: Any, ack: Ack) -> None:
+        progress[message.topic, message.partition] = (message.offset, message.timestamp)
+        await ingest.on_input(
+            key=message.key,
+            value=message.value,
+            partition=message.partition,
+            offset=message.offset,
+            timestamp_ms=round(message.timestamp * 1000),
+            ack=ack,
+        )
 
     async def rekeyed_agent(agent_stream: faust.StreamT[bytes]) -> None:
         manual = cast(faust.Stream[bytes], agent_stream).noack()
@@ -269,9 +267,25 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
             )
 
     liveness = Liveness(clock=clock)
-    app.agent(topics[settings.topic_ui_events], name="ingest")(
-        _supervised("ingest", ingest_agent, liveness, metrics)
-    )
+
+    def ingest_crashed(exc: BaseException) -> None:
+        liveness.crashed()
+        metrics.agent_crashes.labels(agent="ingest").inc()
+
+    # The input topic skips Faust's per-record delivery (worker.intake); if this Faust
+    # version cannot, an ordinary agent consumes it.
+    intake = Intake(app, on_input, on_crash=ingest_crashed)
+    if install_intake(app, topics[settings.topic_ui_events], intake):
+        app.task(intake.run)
+    else:
+        async def ingest_agent(agent_stream: faust.StreamT[bytes]) -> None:
+            manual = cast(faust.Stream[bytes], agent_stream).noack()
+            async for event in manual.events():
+                await on_input(event.message, partial(manual.ack, event))
+
+        app.agent(topics[settings.topic_ui_events], name="ingest")(
+            _supervised("ingest", ingest_agent, liveness, metrics)
+        )
     app.agent(topics[rekey_topic_name(settings)], name="rekeyed")(
         _supervised("rekeyed", rekeyed_agent, liveness, metrics)
     )
@@ -383,6 +397,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked = args[0] if args else kwargs.get("revoked", ())
         windows.on_revoked({tp.partition for tp in revoked if tp.topic == rekey_topic})
+        intake.clear()  # fetched before the rebalance: the seek after it fetches them again
         for tp in revoked:  # a later owner moves them on; stale offsets would look like lag
             progress.pop((tp.topic, tp.partition), None)
             if tp.topic == settings.topic_ui_events:

@@ -1,0 +1,192 @@
+"""The input topic's records, taken off Faust's per-record path and handed on in batches.
+
+Why: Faust's fetch loop (``Consumer._drain_messages``) hands every record to its conductor
+through ``wait_first(callback(record), suspend_flow.wait())``: four futures and an
+``asyncio.wait`` per record, then a channel queue, an ``Event`` and a ``Stream`` step.  A
+profile of the worker under ``bench/pipeline.py`` spent about 55 % of its main thread there
+and in the event loop's handling of those futures, more per record than the worker's own
+validation, windows and rules together.
+
+What stays Faust's: the consumer, the group membership and assignment, the fetch (with
+:func:`worker.rebalance.keep_dropped_records`), the read offsets and gap bookkeeping, the
+acknowledgements and commits (``Consumer.track_message`` and ``Consumer.ack``, which decide
+what is committed), the rebalance order (:func:`worker.rebalance.seek_before_fetch`), and every
+other topic's records, which still go through the conductor to their agents.
+
+What changes: :func:`install_intake` replaces the fetch loop with a copy that differs in one
+step.  A record of the intake topic is appended to a batch instead of being passed to the
+conductor; batches go through a bounded queue (backpressure on the fetch, as Faust's full
+channel queue gives) to one task, :meth:`Intake.run`, which calls the handler for each record
+with an ack for it.  The task, not the fetch loop, runs the handler: Faust stops and restarts
+the fetch loop during rebalances, and a cancelled handler would leave a record half done.
+
+A record is handed to the handler only while the app's flow is active and the record was
+fetched in the current consumer generation, the same test Faust's ``Stream`` applies: a
+record fetched before a rebalance is dropped untracked, and the seek to the committed
+offsets that ends the rebalance fetches it again for whoever owns it now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+__all__ = ["Intake", "install_intake"]
+
+log = logging.getLogger(__name__)
+
+#: Records of the intake topic per batch handed from the fetch loop to the task.
+BATCH_RECORDS = 256
+#: Batches the queue holds before the fetch loop waits: with :data:`BATCH_RECORDS`, about
+#: Faust's own stream buffer (``stream_buffer_maxsize``, 4096 records).
+QUEUED_BATCHES = 16
+
+#: Called for each record: (Faust's consumer message, its ack).
+Handler = Callable[[Any, Callable[[], Awaitable[None]]], Awaitable[None]]
+
+
+@dataclass
+class Intake:
+    """The task side: takes batches off the queue and calls the handler per record."""
+
+    app: Any
+    handler: Handler
+    #: Called with the exception when the handler raised for a record (which stays
+    #: unacknowledged, so its partition's commits stop there until the next rebalance or
+    #: restart processes it again), the same as a crashed Faust agent.
+    on_crash: Callable[[BaseException], object] = lambda exc: None
+    queue: asyncio.Queue[list[Any]] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=QUEUED_BATCHES)
+    )
+
+    async def run(self) -> None:
+        """Process batches for as long as the app runs (started as an app task)."""
+        app = self.app
+        consumer = app.consumer
+        flow_active = app.flow_control.is_active
+        track = consumer.track_message
+        handler = self.handler
+        while True:
+            batch = await self.queue.get()
+            for message in batch:
+                if not flow_active() or message.generation_id != app.consumer_generation_id:
+                    continue  # fetched before a rebalance: fetched again after its seek
+                track(message)
+                try:
+                    await handler(message, _acker(consumer, app.sensors, message))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.exception("input record %s[%d]@%d crashed the ingest handler",
+                                  message.topic, message.partition, message.offset)
+                    self.on_crash(exc)
+
+    def clear(self) -> None:
+        """Drop the queued batches (on revocation: they would be dropped one by one)."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+
+
+def _acker(consumer: Any, sensors: Any, message: Any) -> Callable[[], Awaitable[None]]:
+    async def ack() -> None:
+        if consumer.ack(message):  # what a Stream's ack does once no other stream holds it
+            sensors.on_message_out(message.tp, message.offset, message)
+
+    return ack
+
+
+def install_intake(app: Any, topic: Any, intake: Intake) -> bool:
+    """Subscribe ``topic`` and route its records to ``intake`` (module docstring).
+
+    ``topic`` is the Faust topic (it must have acks enabled, as topics have by default);
+    the caller starts :meth:`Intake.run` as an app task.  Returns False, and changes
+    nothing, where this Faust version's consumer lacks what the copied fetch loop uses; the
+    caller then consumes ``topic`` with an ordinary agent."""
+    consumer = app.consumer
+    needed = ("_drain_messages", "getmany", "callback", "wait_first", "commit", "_add_gap",
+              "track_message", "ack", "sleep")
+    if not (
+        all(hasattr(consumer, name) for name in needed)
+        and hasattr(consumer, "_read_offset")
+        and hasattr(consumer, "suspend_flow")
+        and hasattr(app, "consumer_generation_id")
+    ):
+        log.warning("this faust version's fetch loop cannot be replaced; the input topic "
+                    "goes through an ordinary agent")
+        return False
+    app.topics.add(topic)  # what iterating it in an agent would do: the consumer subscribes
+    name = topic.get_topic_name()
+    consumer._drain_messages = _drain_messages(consumer, name, intake.queue)
+    return True
+
+
+def _drain_messages(
+    consumer: Any, intake_topic: str, queue: asyncio.Queue[list[Any]]
+) -> Callable[[Any], Awaitable[None]]:
+    """Faust's ``Consumer._drain_messages`` (faust-streaming 0.11 to 0.15), with records of
+    ``intake_topic`` batched onto ``queue`` instead of passed to the conductor one by one.
+    Everything else (the read offsets, gap detection, ``commit_every``, the yield every 100
+    records, the errors it lets through) is Faust's, line for line."""
+
+    async def drain_messages(fetcher: Any) -> None:
+        callback = consumer.callback
+        getmany = consumer.getmany
+        consumer_should_stop = consumer._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = consumer._read_offset.__getitem__
+        set_read_offset = consumer._read_offset.__setitem__
+        commit_every = consumer._commit_every
+        acks_enabled_for = consumer.app.topics.acks_enabled_for
+        yield_every = 100
+        num_since_yield = 0
+        sleep = asyncio.sleep
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                ait = getmany(timeout=1.0)
+                await consumer.sleep(0)
+                if consumer.should_stop:
+                    continue
+                batch: list[Any] = []
+                async for tp, message in ait:
+                    num_since_yield += 1
+                    if num_since_yield > yield_every:
+                        await sleep(0)
+                        num_since_yield = 0
+                    offset = message.offset
+                    r_offset = get_read_offset(tp)
+                    if r_offset is not None and offset < r_offset:
+                        continue  # Faust drops it too (already handed out)
+                    gap = offset - (r_offset or 0)
+                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                        await consumer._add_gap(tp, r_offset + 1, offset)
+                    if commit_every is not None and consumer._n_acked >= commit_every:
+                        consumer._n_acked = 0
+                        await consumer.commit()
+                    if tp.topic == intake_topic:
+                        batch.append(message)
+                        if len(batch) >= BATCH_RECORDS:
+                            await queue.put(batch)
+                            batch = []
+                    else:
+                        await consumer.wait_first(callback(message), consumer.suspend_flow.wait())
+                    set_read_offset(tp, offset)
+                if batch:
+                    await queue.put(batch)
+        except consumer.consumer_stopped_errors:
+            if consumer.transport.app.should_stop:
+                log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if consumer.transport.app.should_stop:
+                log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            log.exception("Drain messages raised: %r", exc)
+            raise
+
+    return cast(Callable[[Any], Awaitable[None]], drain_messages)
