@@ -1,9 +1,11 @@
 """The Faust application: topics, agents and web routes, wired from one :class:`Settings`.
 
 :func:`build_app` has no side effects at import time and builds everything from the settings it
-is given, so tests and the command line build apps the same way.  The agents are thin: each
-decodes the Faust event and calls an adapter (:class:`~worker.agents.ingest.Ingest`) that calls
-the pure core.
+is given, so tests and the command line build apps the same way.  The consumers are thin: the
+input topic's records come in batches from :mod:`worker.intake` (off Faust's per-record
+delivery), the rekeyed and outbox topics' through Faust agents, and each is handed to an
+adapter (:class:`~worker.agents.ingest.Ingest`, :class:`~worker.agents.windows.Windows`) that
+calls the pure core.
 """
 
 from __future__ import annotations
