@@ -70,6 +70,10 @@ class Intake:
         track = consumer.track_message
         handler = self.handler
         while True:
+            # A queue with batches in it returns one without suspending, and a handler that
+            # needs no I/O never suspends either: let the timers, the other agents and the
+            # producer's sender run between batches.
+            await asyncio.sleep(0)
             batch = await self.queue.get()
             for message in batch:
                 if not flow_active() or message.generation_id != app.consumer_generation_id:

@@ -90,8 +90,9 @@ class Metrics:
 
         self.agent_crashes = Counter(
             "feedback_agent_crashes",
-            "Stream agents that raised and were restarted by Faust, by agent; three within a "
-            "minute make /healthz fail.",
+            "Records that made a stream handler raise, by handler (ingest goes on with the "
+            "next record, Faust restarts the rekeyed agent); the record stays unacknowledged. "
+            "Three within a minute make /healthz fail.",
             ["agent"],
             registry=r,
         )
