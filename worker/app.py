@@ -223,8 +223,9 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         recent=RecentIds(settings.dedupe_cache_size),
     )
 
-    # Both agents acknowledge by hand: an event's ack waits until its window state is
-    # written (see worker.agents.windows), so a commit never covers state still in memory.
+    # The input's handler and the rekeyed agent acknowledge by hand: an event's ack waits
+    # until its window state is written (see worker.agents.windows), so a commit never
+    # covers state still in memory.
     #: (topic, partition) -> (offset, record timestamp in s) of the last record processed.
     progress: dict[tuple[str, int], tuple[int, float]] = {}
 
