@@ -271,13 +271,9 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
 
     liveness = Liveness(clock=clock)
 
-    def ingest_crashed(exc: BaseException) -> None:
-        liveness.crashed()
-        metrics.agent_crashes.labels(agent="ingest").inc()
-
     # The input topic skips Faust's per-record delivery (worker.intake); if this Faust
     # version cannot, an ordinary agent consumes it.
-    intake = Intake(app, on_input, on_crash=ingest_crashed)
+    intake = Intake(app, on_input, on_crash=lambda exc: _count_crash("ingest", liveness, metrics))
     if install_intake(app, topics[settings.topic_ui_events], intake):
         app.task(intake.run)
     else:
@@ -556,12 +552,17 @@ def _supervised(
         try:
             await agent(stream)
         except Exception:
-            liveness.crashed()
-            metrics.agent_crashes.labels(agent=name).inc()
+            _count_crash(name, liveness, metrics)
             raise
 
     supervised.__name__ = supervised.__qualname__ = f"{name}_agent"
     return supervised
+
+
+def _count_crash(name: str, liveness: Liveness, metrics: Metrics) -> None:
+    """A record made handler ``name`` raise: the metric, and ``/healthz``'s crash loop."""
+    liveness.crashed()
+    metrics.agent_crashes.labels(agent=name).inc()
 
 
 @dataclass

@@ -133,7 +133,8 @@ def _drain_messages(
     """Faust's ``Consumer._drain_messages`` (faust-streaming 0.11 to 0.15), with records of
     ``intake_topic`` batched onto ``queue`` instead of passed to the conductor one by one.
     Everything else (the read offsets, gap detection, ``commit_every``, the yield every 100
-    records, the errors it lets through) is Faust's, line for line."""
+    records, the errors it lets through) is Faust's, line for line, except its diagnostic
+    "fetching" flag (``diag.set_flag``), which nothing in Faust or mode reads back."""
 
     async def drain_messages(fetcher: Any) -> None:
         callback = consumer.callback
