@@ -443,7 +443,13 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     report_lost_changelogs(app, lambda *_: metrics.changelog_behind_store.inc())
 
     install_delivery(
-        app, settings=settings, metrics=metrics, topics=topics, readiness=readiness, clock=clock
+        app,
+        settings=settings,
+        metrics=metrics,
+        topics=topics,
+        readiness_checks=readiness.checks,
+        clock=clock,
+        supervise=lambda name, agent: _supervised(name, agent, liveness, metrics),
     )
     _add_routes(app, metrics, readiness, liveness)
     return FeedbackApp(app, settings, metrics, ingest, windows, readiness, topics)

@@ -138,7 +138,15 @@ class Settings(BaseSettings):
     )
     delivery_dedupe_ttl_s: PositiveSeconds = Field(
         default=7 * 86_400.0,
-        description="Seconds a settled decision_id is remembered to skip duplicates.",
+        description="Seconds a delivered request's state is kept, so later decisions merge "
+        "into it and duplicates cost no call.",
+    )
+    helicone_rating_via: Literal["score", "feedback"] = Field(
+        default="score",
+        description="score: one /score call per change carrying the rating as "
+        "helicone-score-feedback and every score (DESIGN 5). feedback: /feedback then /score, "
+        "for self-hosted Helicone versions that keep feedback apart; on Helicone's scores "
+        "queue the second call can make it drop the rating.",
     )
 
     # ---- runtime

@@ -79,6 +79,7 @@ __all__ = [
     "HeliconeClient",
     "classify_exception",
     "classify_response",
+    "parse_rate_limit",
     "parse_retry_after",
 ]
 
@@ -132,6 +133,45 @@ def parse_retry_after(value: str | None, *, now_ms: int) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - now_ms / 1000)
+
+
+def parse_rate_limit(headers: Mapping[str, str]) -> tuple[int | None, float | None]:
+    """Calls left and seconds to the window's reset, from ``RateLimit-*`` headers, if any.
+
+    Helicone's limiter (``valhalla/jawn/src/middleware/ratelimitter.ts``, express-rate-limit
+    with standard headers) sends ``RateLimit-Remaining`` and ``RateLimit-Reset`` (seconds).
+    The combined form of the later IETF drafts, ``RateLimit: limit=10, remaining=3,
+    reset=20``, is read too.  Anything unreadable counts as absent, never as zero.
+    """
+    remaining = _int_or_none(_header(headers, "RateLimit-Remaining"))
+    reset = _float_or_none(_header(headers, "RateLimit-Reset"))
+    combined = _header(headers, "RateLimit")
+    if combined and (remaining is None or reset is None):
+        fields = dict(
+            part.strip().partition("=")[::2] for part in combined.replace(";", ",").split(",")
+        )
+        remaining = remaining if remaining is not None else _int_or_none(fields.get("remaining"))
+        reset = reset if reset is not None else _float_or_none(fields.get("reset"))
+    if remaining is not None and remaining < 0:
+        remaining = None
+    if reset is not None and not (0 <= reset <= 86_400):
+        reset = None
+    return remaining, reset
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value.strip()) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _float_or_none(value: str | None) -> float | None:
+    try:
+        number = float(value.strip()) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _excerpt(body: bytes | str) -> str:
@@ -432,16 +472,40 @@ class HeliconeClient:
             now_ms=self._clock.now_ms(),
         )
         self._redact(error)
-        record = self._observe(endpoint, error, duration_s, response.status_code)
+        remaining, reset_s = parse_rate_limit(response.headers)
+        record = self._observe(
+            endpoint,
+            error,
+            duration_s,
+            response.status_code,
+            rate_remaining=remaining,
+            rate_reset_s=reset_s,
+        )
         if error is not None:
             log.debug("%s (%.3f s)", error, duration_s)
             raise error
         return record
 
     def _observe(
-        self, endpoint: Endpoint, error: DeliveryError | None, duration_s: float, status: int | None
+        self,
+        endpoint: Endpoint,
+        error: DeliveryError | None,
+        duration_s: float,
+        status: int | None,
+        *,
+        rate_remaining: int | None = None,
+        rate_reset_s: float | None = None,
     ) -> DeliveryAttempted:
-        record = DeliveryAttempted(endpoint, outcome_of(error), duration_s, status)
+        retry_after_s = error.retry_after_s if isinstance(error, RetryableDelivery) else None
+        record = DeliveryAttempted(
+            endpoint,
+            outcome_of(error),
+            duration_s,
+            status,
+            rate_remaining=rate_remaining,
+            rate_reset_s=rate_reset_s,
+            retry_after_s=retry_after_s,
+        )
         if self._observer is not None:
             self._observer(record)
         return record

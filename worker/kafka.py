@@ -29,8 +29,7 @@ if TYPE_CHECKING:
     from worker.config import Settings
 
 __all__ = [
-    "DELIVERY_DONE_TABLE",
-    "DELIVERY_PENDING_TABLE",
+    "DELIVERY_STATE_TABLE",
     "DELIVERY_TABLES",
     "TopicPlan",
     "changelog_topic_name",
@@ -152,9 +151,9 @@ WINDOWS_TABLE = "windows"
 
 #: The deliver agent's tables: the retry state of waiting decisions, and the decision ids that
 #: are settled (delivered or dead-lettered), remembered for DELIVERY_DEDUPE_TTL_S.
-DELIVERY_PENDING_TABLE = "delivery-pending"
-DELIVERY_DONE_TABLE = "delivery-done"
-DELIVERY_TABLES = (DELIVERY_PENDING_TABLE, DELIVERY_DONE_TABLE)
+#: Each target's whole feedback state (worker.delivery_state), co-partitioned with the outbox.
+DELIVERY_STATE_TABLE = "delivery-state"
+DELIVERY_TABLES = (DELIVERY_STATE_TABLE,)
 
 _COMPACTED = {"cleanup.policy": "compact"}
 

@@ -187,21 +187,49 @@ class Metrics:
         )
         self.delivery_delivered = Counter(
             "feedback_delivery_delivered",
-            "Decisions whose every call succeeded (or was logged, in dry run), by target.",
+            "Decisions carried by a state Helicone accepted (or that was logged, in dry run), "
+            "by target.",
             ["target"],
             registry=r,
         )
         self.delivery_duplicates = Counter(
             "feedback_delivery_duplicates",
-            "Outbox records skipped because their decision was already delivered or is "
-            "already waiting for a retry, by which of the two.",
+            "Outbox records that changed nothing because their decision was already merged, "
+            "by whether its state was delivered or still waiting.",
             ["state"],
             registry=r,
         )
         self.delivery_retry_queue = Gauge(
             "feedback_delivery_retry_queue",
-            "Decisions waiting for a retry, the breaker or the auth pause, on this worker's "
+            "Requests and sessions waiting for a retry after a failed call, on this worker's "
             "partitions.",
+            registry=r,
+        )
+        self.delivery_backlog = Gauge(
+            "feedback_delivery_backlog",
+            "Requests and sessions whose latest feedback state is not delivered yet (waiting "
+            "or in flight), on this worker's partitions.",
+            registry=r,
+        )
+        self.delivery_backlog_age = Gauge(
+            "feedback_delivery_backlog_oldest_seconds",
+            "Age of the oldest change not delivered yet, in seconds (0 when none waits).",
+            registry=r,
+        )
+        self.delivery_drain = Gauge(
+            "feedback_delivery_drain_seconds",
+            "Seconds to deliver the backlog at the current rate.",
+            registry=r,
+        )
+        self.delivery_rate = Gauge(
+            "feedback_delivery_rate_per_second",
+            "Calls per second delivery allows itself now: at most DELIVERY_RATE_PER_S, lower "
+            "after 429s or when RateLimit-* headers ask for it.",
+            registry=r,
+        )
+        self.delivery_throttled = Counter(
+            "feedback_delivery_throttled",
+            "Calls Helicone answered 429 (rate limited).",
             registry=r,
         )
         self.delivery_dlq = Counter(

@@ -1,9 +1,9 @@
 """The delivery engine without Faust: dict tables, a scripted HTTP transport, a FakeClock.
 
 Each test drives :class:`~worker.agents.deliver.Delivery` the way the deliver agent and its
-timer do (``publish`` = an outbox record, ``pump`` = the retry-topic records it produced,
-``advance`` = time passing with the timer ticking), so the retry, dedupe, auth-pause and
-breaker rules are checked exactly and fast.  The same engine against the real receiver and
+sender do (``publish`` = an outbox record, ``settle`` = the sender starts what it may and the
+agent applies the results, ``advance`` = time passing), so whole-state sending, replacement,
+retries, dedupe, the auth pause, the breaker and the rate are checked exactly and fast.  The same engine against the real receiver and
 broker is in ``tests/integration/test_delivery*.py``.
 """
 
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -20,7 +22,7 @@ import pytest
 
 from tests.fixtures.delivery import EngineHarness, make_decision
 from worker.agents.deliver import KIND_HEADER, REDRIVE_HEADER
-from worker.delivery import BreakerState, RetryState, plan_calls
+from worker.delivery import BreakerState
 
 OK = {"data": None, "error": None}
 
@@ -81,70 +83,100 @@ def status(code: int, body: Any = None, **headers: str) -> httpx.Response:
     return httpx.Response(code, json=body if body is not None else {"error": "x"}, headers=headers)
 
 
-# --------------------------------------------------------------------------- planning
+def score_path(decision: Any) -> str:
+    return f"/v1/request/{decision.request_id}/score"
 
 
-def test_plan_calls_orders_rating_then_scores_and_refuses_session_scores() -> None:
-    assert plan_calls(target="request", rating=True, has_scores=True) == (
-        "request_feedback",
-        "request_score",
-    )
-    assert plan_calls(target="request", rating=None, has_scores=True) == ("request_score",)
-    assert plan_calls(target="request", rating=None, has_scores=False) == ()
-    assert plan_calls(target="session", rating=False, has_scores=False) == ("session_feedback",)
-    with pytest.raises(ValueError, match="session"):
-        plan_calls(target="session", rating=True, has_scores=True)
+async def publish_and_settle(harness: EngineHarness, *decisions: Any, **kwargs: Any) -> None:
+    for decision in decisions:
+        await harness.publish(decision, **kwargs)
+    await harness.settle()
 
 
-def test_retry_state_counts_only_failed_attempts() -> None:
-    from worker.delivery import RetryPolicy
-
-    policy = RetryPolicy(base_s=1, cap_s=10, jitter=0, max_attempts=2, max_age_s=100)
-    state = RetryState().started(1_000).succeeded("request_feedback")
-    waited = state.waiting(until_ms=5_000, waiting_for="auth")
-    assert (waited.attempts, waited.seq, waited.done) == (0, 1, ("request_feedback",))
-    failed, give_up = waited.failed(
-        policy, now_ms=2_000, endpoint="request_score", status=503, error="x"
-    )
-    assert give_up is None and failed.attempts == 1 and failed.next_at_ms == 3_000
-    assert failed.seq == 2 and failed.remaining(("request_feedback", "request_score")) == (
-        "request_score",
-    )
-    final, give_up = failed.failed(
-        policy, now_ms=3_000, endpoint="request_score", status=503, error="x"
-    )
-    assert give_up == "max_attempts" and final.attempts == 2
+# --------------------------------------------------------------------------- whole state
 
 
-# --------------------------------------------------------------------------- success, dedupe
-
-
-async def test_rating_and_scores_are_posted_once_each(
+async def test_a_rating_and_its_scores_go_in_one_call(
     harness: EngineHarness, script: Script
 ) -> None:
-    decision = make_decision(rating=True, scores={"a": 1, "b": 0})
-    await harness.publish(decision)
+    decision = make_decision(rule="engagement", rating=True, scores={"time_spent_s": 42})
+    await publish_and_settle(harness, decision)
     assert script.calls == [
-        (f"/v1/request/{decision.request_id}/feedback", {"rating": True}),
-        (f"/v1/request/{decision.request_id}/score", {"scores": {"a": 1, "b": 0}}),
+        (score_path(decision),
+         {"scores": {"time_spent_s": 42, "helicone-score-feedback": 1}}),
     ]
-    assert harness.pending == {}
-    assert len(harness.done) == 1
+    state = harness.state(decision.request_id or "")
+    assert state is not None and state["sent"] == state["version"] == 1
     assert harness.metric("feedback_delivery_delivered_total", target="request") == 1
+    assert harness.metric("feedback_delivery_backlog") == 0
 
 
-async def test_a_decision_written_twice_is_posted_once(
+async def test_rating_via_feedback_makes_the_two_older_calls(script: Script) -> None:
+    harness = EngineHarness(
+        transport=httpx.MockTransport(script.handler), rate_per_s=1000.0, rating_via="feedback"
+    )
+    decision = make_decision(rule="engagement", rating=False, scores={"time_spent_s": 3})
+    await publish_and_settle(harness, decision)
+    assert script.calls == [
+        (f"/v1/request/{decision.request_id}/feedback", {"rating": False}),
+        (score_path(decision), {"scores": {"time_spent_s": 3}}),
+    ]
+    await harness.aclose()
+
+
+async def test_every_later_call_carries_everything_decided_so_far(
     harness: EngineHarness, script: Script
 ) -> None:
-    decision = make_decision(rating=False)
-    await harness.publish(decision)
-    await harness.publish(decision)
-    assert len(script.calls) == 1
-    assert harness.metric("feedback_delivery_duplicates_total", state="delivered") == 1
+    request_id = str(uuid.uuid4())
+    engagement = make_decision(
+        request_id=request_id, rule="engagement", rating=True, scores={"time_spent_s": 40}
+    )
+    search = make_decision(
+        request_id=request_id, rule="search_clicks", rating=True,
+        scores={"click_through_rate": 50},
+    )
+    thumbs = make_decision(request_id=request_id, rule="explicit", rating=False)
+    for decision in (engagement, search, thumbs):
+        await publish_and_settle(harness, decision)
+    bodies = [body for _, body in script.calls]
+    assert bodies[-1] == {
+        "scores": {"click_through_rate": 50, "time_spent_s": 40, "helicone-score-feedback": 0}
+    }
+    assert all("time_spent_s" in body["scores"] for body in bodies)
 
 
-async def test_two_copies_in_flight_at_once_make_one_call(script: Script) -> None:
-    """Concurrent actors may hold two copies of one decision: the second waits, then skips."""
+async def test_a_state_changed_while_it_waits_is_sent_once_as_it_is_then(
+    harness: EngineHarness, script: Script
+) -> None:
+    request_id = str(uuid.uuid4())
+    implicit = make_decision(
+        request_id=request_id, rule="engagement", rating=True, scores={"time_spent_s": 8}
+    )
+    explicit = make_decision(request_id=request_id, rule="explicit", rating=False)
+    await harness.publish(implicit)
+    await harness.publish(explicit)  # before the sender ran: replaces, does not queue
+    await harness.settle()
+    assert script.calls == [
+        (score_path(implicit), {"scores": {"time_spent_s": 8, "helicone-score-feedback": 0}})
+    ]
+    assert harness.metric("feedback_delivery_delivered_total", target="request") == 2
+
+
+async def test_an_explicit_rating_beats_any_later_implicit_one(
+    harness: EngineHarness, script: Script
+) -> None:
+    request_id = str(uuid.uuid4())
+    explicit = make_decision(request_id=request_id, rule="explicit", rating=True)
+    implicit = make_decision(
+        request_id=request_id, rule="ticket_resolution", rating=False,
+        decided_at=datetime.now(UTC) + timedelta(hours=1),
+    )
+    await publish_and_settle(harness, explicit, implicit)
+    assert [body for _, body in script.calls] == [{"scores": {"helicone-score-feedback": 1}}]
+
+
+async def test_a_change_during_a_call_is_sent_after_it(script: Script) -> None:
+    """One call per target in flight; what changed meanwhile goes in the next call."""
     gate = asyncio.Event()
 
     async def slow(request: httpx.Request) -> httpx.Response:
@@ -153,15 +185,57 @@ async def test_two_copies_in_flight_at_once_make_one_call(script: Script) -> Non
         return httpx.Response(201, json=OK)
 
     harness = EngineHarness(transport=httpx.MockTransport(slow), rate_per_s=1000.0)
-    decision = make_decision()
-    first = asyncio.create_task(harness.publish(decision))
-    second = asyncio.create_task(harness.publish(decision))
+    request_id = str(uuid.uuid4())
+    first = make_decision(request_id=request_id, rule="engagement", rating=True)
+    second = make_decision(request_id=request_id, rule="scores", rating=None, scores={"eval": 7})
+    await harness.publish(first)
+    harness.delivery.dispatch()
     while not script.calls:
         await asyncio.sleep(0)
+    await harness.publish(second)
+    harness.delivery.dispatch()
+    await asyncio.sleep(0)
+    assert len(script.calls) == 1, "a second call of one target went out while one was in flight"
     gate.set()
-    await asyncio.gather(first, second)
-    assert len(script.calls) == 1
+    await harness.settle()
+    assert [body for _, body in script.calls] == [
+        {"scores": {"helicone-score-feedback": 1}},
+        {"scores": {"eval": 7, "helicone-score-feedback": 1}},
+    ]
+    state = harness.state(request_id)
+    assert state is not None and state["sent"] == state["version"] == 2
     await harness.aclose()
+
+
+async def test_merging_never_waits_for_helicone(script: Script) -> None:
+    """The agent's part returns at once however slow Helicone is: ingestion never waits."""
+    never = asyncio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await never.wait()
+        return httpx.Response(201, json=OK)
+
+    harness = EngineHarness(transport=httpx.MockTransport(hang), rate_per_s=1.0)
+    for _ in range(200):
+        await asyncio.wait_for(harness.publish(make_decision()), timeout=1.0)
+    harness.delivery.dispatch()
+    harness.delivery.update_gauges()
+    assert harness.metric("feedback_delivery_backlog") == 200
+    assert harness.metric("feedback_delivery_drain_seconds") == pytest.approx(200.0)
+    await harness.aclose()
+
+
+# --------------------------------------------------------------------------- dedupe, routing
+
+
+async def test_a_decision_written_twice_is_posted_once(
+    harness: EngineHarness, script: Script
+) -> None:
+    decision = make_decision(rating=False)
+    await publish_and_settle(harness, decision)
+    await publish_and_settle(harness, decision)
+    assert len(script.calls) == 1
+    assert harness.metric("feedback_delivery_duplicates_total", state="delivered") == 1
 
 
 async def test_a_decision_on_the_wrong_partition_is_forwarded_to_its_owner(
@@ -174,17 +248,19 @@ async def test_a_decision_on_the_wrong_partition_is_forwarded_to_its_owner(
     (topic, key, _value, partition, headers) = harness.sent[0]
     assert (topic, key, partition) == ("retry", decision.request_id.encode(), owner)  # type: ignore[union-attr]
     assert (KIND_HEADER, b"forward") in headers
-    assert await harness.pump() == 1
+    await harness.settle()
     assert len(script.calls) == 1
 
 
 async def test_dry_run_posts_nothing_and_settles(script: Script) -> None:
     harness = EngineHarness(
-        transport=httpx.MockTransport(script.handler), dry_run=True, rate_per_s=1000.0
+        transport=httpx.MockTransport(script.handler), dry_run=True, rate_per_s=0.001
     )
-    await harness.publish(make_decision(scores={"x": 1}))
+    decision = make_decision(scores={"x": 1})
+    await publish_and_settle(harness, decision)
     assert script.calls == []
-    assert [orjson.loads(v)["dry_run"] for v in harness.done.values()] == [True]
+    state = harness.state(decision.request_id or "")
+    assert state is not None and state["sent"] == 1
     assert harness.metric(
         "feedback_delivery_attempts_total", endpoint="request_score", outcome="dry_run"
     ) == 1
@@ -194,55 +270,47 @@ async def test_dry_run_posts_nothing_and_settles(script: Script) -> None:
 # --------------------------------------------------------------------------- retries
 
 
-async def test_a_retry_makes_only_the_calls_left(harness: EngineHarness, script: Script) -> None:
-    """Feedback went through, scores got a 500: the retry posts the scores only."""
-    decision = make_decision(rating=True, scores={"s": 3})
-    script.answer("/score", status(500))
-    await harness.publish(decision)
-    assert len(harness.pending) == 1
-    (state,) = [orjson.loads(v)["state"] for v in harness.pending.values()]
-    assert state["done"] == ["request_feedback"] and state["attempts"] == 1
-    await harness.advance(2.0)
-    assert script.paths("/feedback") == [f"/v1/request/{decision.request_id}/feedback"]
-    assert len(script.paths("/score")) == 2
-    assert harness.pending == {}
-    assert harness.metric("feedback_delivery_retry_queue") == 0
-
-
 async def test_retry_after_is_honoured(harness: EngineHarness, script: Script) -> None:
-    script.answer("/feedback", status(429, **{"Retry-After": "7"}))
-    await harness.publish(make_decision())
+    script.answer("/score", status(503, **{"Retry-After": "7"}))
+    decision = make_decision()
+    await harness.publish(decision)
     published_ms = harness.clock.now_ms()
     await harness.advance(6.9)
-    assert len(script.calls) == 1, "woken before Retry-After passed"
+    assert len(script.calls) == 1, "sent again before Retry-After passed"
     await harness.advance(0.2)
     assert len(script.calls) == 2
     assert script.times_ms[1] - published_ms >= 7_000
-    assert len(harness.done) == 1
+    state = harness.state(decision.request_id or "")
+    assert state is not None and state["sent"] == 1
 
 
-async def test_backoff_grows_and_ends_in_the_dlq_after_max_attempts(
+async def test_backoff_grows_and_every_decision_of_the_state_ends_in_the_dlq(
     harness: EngineHarness, script: Script
 ) -> None:
     script.default = lambda request: httpx.Response(503, text="x" * 5000)
-    decision = make_decision(scores={"a": 1})
-    await harness.publish(decision)
+    request_id = str(uuid.uuid4())
+    first = make_decision(request_id=request_id, rule="engagement", scores={"a": 1})
+    second = make_decision(request_id=request_id, rule="scores", rating=None, scores={"b": 2})
+    await harness.publish(first)
+    await harness.publish(second)
     for _ in range(200):
         await harness.advance(1.0)
-        if not harness.pending:
+        if harness.records("dlq"):
             break
     assert len(script.calls) == 5
     gaps = [b - a for a, b in zip(script.times_ms, script.times_ms[1:], strict=False)]
-    # 1 s, 2 s, 4 s, 8 s, each +-20 % and at most one 0.1 s tick late.
+    # 1 s, 2 s, 4 s, 8 s, each +-20 % and at most one 0.1 s step late.
     for gap, base in zip(gaps, (1_000, 2_000, 4_000, 8_000), strict=True):
         assert base * 0.8 <= gap <= base * 1.2 + 100, gaps
-    (dead,) = harness.records("dlq")
-    assert dead["reason"] == "max_attempts"
-    assert dead["attempts"] == 5 and dead["last_status"] == 503
-    assert dead["last_endpoint"] == "request_feedback"
-    assert len(dead["last_body"].encode()) <= 2048
-    assert dead["decision"]["decision_id"] == decision.decision_id
-    assert harness.metric("feedback_delivery_dlq_total", reason="max_attempts") == 1
+    dead = harness.records("dlq")
+    assert sorted(d["decision"]["decision_id"] for d in dead) == sorted(
+        [first.decision_id, second.decision_id]
+    )
+    assert all(d["reason"] == "max_attempts" and d["attempts"] == 5 for d in dead)
+    assert all(d["last_status"] == 503 and len(d["last_body"].encode()) <= 2048 for d in dead)
+    assert harness.metric("feedback_delivery_dlq_total", reason="max_attempts") == 2
+    state = harness.state(request_id)
+    assert state is not None and state["dead"] == state["version"] and state["unsent"] == []
 
 
 async def test_the_age_horizon_ends_in_the_dlq(script: Script) -> None:
@@ -262,23 +330,20 @@ async def test_the_age_horizon_ends_in_the_dlq(script: Script) -> None:
     await harness.aclose()
 
 
-async def test_a_rejected_call_goes_straight_to_the_dlq(
+async def test_a_rejected_state_goes_to_the_dlq_and_only_redrive_sends_it_again(
     harness: EngineHarness, script: Script
 ) -> None:
     script.answer("/score", status(422, {"message": "Validation Failed", "details": {}}))
     decision = make_decision(rating=True, scores={"a": 1})
-    await harness.publish(decision)
+    await publish_and_settle(harness, decision)
     (dead,) = harness.records("dlq")
     assert dead["reason"] == "rejected" and dead["last_status"] == 422
-    assert dead["attempts"] == 0 and dead["calls_done"] == ["request_feedback"]
+    assert dead["attempts"] == 0 and dead["last_endpoint"] == "request_score"
     assert "Validation Failed" in dead["last_body"]
-    # A second copy of the same decision is not tried again ...
-    await harness.publish(decision)
+    await publish_and_settle(harness, decision)  # a second copy changes nothing
+    assert len(script.calls) == 1
+    await publish_and_settle(harness, decision, headers=[(REDRIVE_HEADER, b"1")])
     assert len(script.calls) == 2
-    assert harness.metric("feedback_delivery_duplicates_total", state="dead_lettered") == 1
-    # ... unless `dlq redrive` put it back.
-    await harness.publish(decision, headers=[(REDRIVE_HEADER, b"1")])
-    assert len(script.calls) == 4
     assert [d["reason"] for d in harness.records("dlq")] == ["rejected"]
 
 
@@ -290,6 +355,7 @@ async def test_invalid_decisions_are_dead_lettered_without_a_call(
     await harness.publish(bad_id)
     await harness.publish(session_scores)
     await harness.publish(b"\xff not json", partition=2)
+    await harness.settle()
     assert script.calls == []
     reasons = [(d["reason"], d["decision_id"]) for d in harness.records("dlq")]
     assert reasons == [
@@ -302,68 +368,73 @@ async def test_invalid_decisions_are_dead_lettered_without_a_call(
     assert junk["source"]["partition"] == 2
 
 
-# --------------------------------------------------------------------------- waiting state
+async def test_session_decisions_post_the_latest_session_rating(
+    harness: EngineHarness, script: Script
+) -> None:
+    decision = make_decision(target="session", rule="session_feedback", rating=False)
+    await publish_and_settle(harness, decision)
+    assert script.calls == [(f"/v1/session/{decision.session_id}/feedback", {"rating": False})]
 
 
-async def test_wake_ups_survive_a_new_engine_and_stale_or_doubled_ones_are_ignored(
+# --------------------------------------------------------------------------- restarts
+
+
+async def test_a_new_engine_over_the_same_table_sends_what_was_due_once(
     script: Script,
 ) -> None:
-    """A restart: a new engine over the same tables rebuilds its due index and delivers once;
-    the old engine's wake-up records, replayed, change nothing."""
+    """A restart: the table says what is due; old result records replayed change nothing."""
     first = EngineHarness(transport=httpx.MockTransport(script.handler), rate_per_s=1000.0)
-    script.answer("/feedback", status(503), status(503))
+    script.answer("/score", status(503), status(503))
     decision = make_decision()
-    await first.publish(decision)
-    await first.advance(1.5)  # one wake-up, one more failure
-    assert len(script.calls) == 2 and len(first.pending) == 1
-    old_wakeups = [s for s in first.sent if s[0] == "retry"]
-    assert old_wakeups
+    await publish_and_settle(first, decision)
+    await first.advance(1.5)  # a retry, one more failure
+    assert len(script.calls) == 2
+    old_results = [s for s in first.sent if s[0] == "retry"]
+    assert old_results
 
     second = EngineHarness(
-        transport=httpx.MockTransport(script.handler), clock=first.clock, rate_per_s=1000.0
+        transport=httpx.MockTransport(script.handler), clock=first.clock, rate_per_s=1000.0,
+        states=dict(first.states),
     )
-    second.pending.update(first.pending)
-    second.done.update(first.done)
-    assert second.delivery.rebuild(list(second.pending.items()), set(range(4))) == 1
-    second.sent.extend(old_wakeups)  # stale wake-ups still on the topic
-    second.sent.extend(old_wakeups)
+    assert second.delivery.rebuild(list(second.states.items()), set(range(4))) == 1
+    second.sent.extend(old_results)  # stale results still on the topic
     await second.pump()
-    assert len(script.calls) == 2, "a stale wake-up was acted on"
     await second.advance(10.0)
-    assert len(script.calls) == 3 and second.pending == {}
-    (due,) = [s for s in second.sent if s[0] == "retry" and s not in old_wakeups]
-    second.sent.append(due)  # the same wake-up delivered twice
-    await second.pump()
+    assert len(script.calls) == 3
+    state = second.state(decision.request_id or "")
+    assert state is not None and state["sent"] == state["version"]
+    second.sent.extend(old_results)
+    await second.advance(10.0)
     assert len(script.calls) == 3
     await first.aclose()
     await second.aclose()
 
 
-async def test_revoked_partitions_are_not_woken(harness: EngineHarness, script: Script) -> None:
-    script.answer("/feedback", status(503))
+async def test_revoked_partitions_are_not_sent(harness: EngineHarness, script: Script) -> None:
+    script.answer("/score", status(503))
     decision = make_decision()
-    await harness.publish(decision)
-    harness.delivery.rebuild(list(harness.pending.items()), set(range(4)))
+    await publish_and_settle(harness, decision)
+    harness.delivery.rebuild(list(harness.states.items()), set(range(4)))
     harness.delivery.on_revoked({harness.owner(decision)})
-    assert harness.metric("feedback_delivery_retry_queue") == 0
     await harness.advance(5.0)
     assert len(script.calls) == 1
+    assert harness.metric("feedback_delivery_backlog") == 0
 
 
-async def test_settled_ids_are_forgotten_after_the_ttl(
+async def test_settled_states_are_forgotten_after_the_ttl(
     harness: EngineHarness, script: Script
 ) -> None:
     old, new = make_decision(), make_decision()
-    await harness.publish(old)
+    await publish_and_settle(harness, old)
     harness.clock.advance(3000)
-    await harness.publish(new)
-    assert len(harness.done) == 2
-    assert await harness.delivery.sweep(list(harness.done.items())) == 0
+    await publish_and_settle(harness, new)
+    assert len(harness.states) == 2
+    assert await harness.delivery.sweep(list(harness.states.items())) == 0
     harness.clock.advance(700)  # old is 3700 s old (ttl 3600), new 700 s
-    assert await harness.delivery.sweep(list(harness.done.items())) == 1
+    assert await harness.delivery.sweep(list(harness.states.items())) == 1
     await harness.pump()
-    assert len(harness.done) == 1
-    await harness.publish(new)
+    assert len(harness.states) == 1
+    await publish_and_settle(harness, new)
     assert len(script.calls) == 2  # new is still remembered
 
 
@@ -373,13 +444,13 @@ async def test_settled_ids_are_forgotten_after_the_ttl(
 async def test_401_pauses_everything_without_dead_letters_then_a_probe_resumes(
     harness: EngineHarness, script: Script
 ) -> None:
-    script.answer("/feedback", status(401), status(401))
+    script.answer("/score", status(401), status(401))
     decisions = [make_decision() for _ in range(5)]
-    await harness.publish(decisions[0])
+    await publish_and_settle(harness, decisions[0])
     assert harness.delivery.auth.paused
     assert harness.metric("feedback_delivery_auth_paused") == 1
     for decision in decisions[1:]:
-        await harness.publish(decision)
+        await publish_and_settle(harness, decision)
     assert len(script.calls) == 1, "calls went out while paused"
     await harness.advance(29.0)
     assert len(script.calls) == 1
@@ -391,41 +462,71 @@ async def test_401_pauses_everything_without_dead_letters_then_a_probe_resumes(
     assert not harness.delivery.auth.paused
     assert harness.records("dlq") == []
     assert all(
-        orjson.loads(v)["attempts"] == 1 for v in harness.done.values()
+        orjson.loads(v)["retry"]["attempts"] == 0 for v in harness.states.values()
     ), "waiting for auth used up retry attempts"
 
 
-async def test_the_breaker_opens_parks_new_decisions_and_probes(
+async def test_the_breaker_opens_holds_new_states_and_probes(
     harness: EngineHarness, script: Script
 ) -> None:
     script.default = lambda request: httpx.Response(503, json={"error": "down"})
     for _ in range(12):
-        await harness.publish(make_decision())
+        await publish_and_settle(harness, make_decision())
     assert harness.delivery.breaker.state is BreakerState.OPEN
     assert harness.metric("feedback_delivery_breaker_state") == 2
     calls_at_open = len(script.calls)
     assert calls_at_open == 10  # min_calls of the rolling window, all failed
     for _ in range(20):
-        await harness.publish(make_decision())
+        await publish_and_settle(harness, make_decision())
     await harness.advance(29.0)
     assert len(script.calls) == calls_at_open, "calls went out while the breaker was open"
     script.default = lambda request: httpx.Response(201, json=OK)
     await harness.advance(3.0)
     assert harness.metric("feedback_delivery_breaker_state") == BreakerState.CLOSED
-    # What waited for the breaker is woken at once, not at the end of its parking time.
     await harness.advance(1.0)
-    assert harness.pending == {}
-    assert len(harness.done) == 32
+    assert all(orjson.loads(v)["sent"] == 1 for v in harness.states.values())
+    assert len(harness.states) == 32
     assert harness.records("dlq") == []
     assert harness.metric("feedback_delivery_breaker_opened_total") == 1
 
 
-async def test_the_token_bucket_paces_calls(script: Script) -> None:
+# --------------------------------------------------------------------------- the rate
+
+
+async def test_calls_are_paced_at_the_budget(script: Script) -> None:
     harness = EngineHarness(transport=httpx.MockTransport(script.handler), rate_per_s=5.0)
-    start_ms = harness.clock.now_ms()
+    script.clock = harness.clock
     for _ in range(15):
         await harness.publish(make_decision())
+    await harness.advance(2.9, step_s=0.01)
     assert len(script.calls) == 15
-    # A full bucket of 5, then 10 more at 5 per second.
-    assert harness.clock.now_ms() - start_ms >= 1_990
+    gaps = [b - a for a, b in zip(script.times_ms, script.times_ms[1:], strict=False)]
+    assert min(gaps) >= 190, gaps  # 5 per second, no burst
+    await harness.aclose()
+
+
+async def test_a_429_slows_the_rate_and_retry_after_holds_every_call(script: Script) -> None:
+    harness = EngineHarness(transport=httpx.MockTransport(script.handler), rate_per_s=10.0)
+    script.answer("/score", status(429, **{"Retry-After": "3"}))
+    for _ in range(5):
+        await harness.publish(make_decision())
+    await harness.advance(2.9, step_s=0.01)
+    assert len(script.calls) == 1, "calls went out during Retry-After"
+    assert harness.delivery.rate.per_s == pytest.approx(5.0, abs=0.5)
+    assert harness.metric("feedback_delivery_throttled_total") == 1
+    await harness.advance(5.0, step_s=0.01)
+    assert len(script.calls) == 6
+    await harness.aclose()
+
+
+async def test_ratelimit_headers_spread_what_is_left_of_the_window(script: Script) -> None:
+    harness = EngineHarness(transport=httpx.MockTransport(script.handler), rate_per_s=100.0)
+    script.default = lambda request: httpx.Response(
+        201, json=OK, headers={"RateLimit-Remaining": "20", "RateLimit-Reset": "10"}
+    )
+    for _ in range(10):
+        await harness.publish(make_decision())
+    await harness.advance(2.0, step_s=0.01)
+    assert harness.delivery.rate.per_s == pytest.approx(2.0)
+    assert 4 <= len(script.calls) <= 6
     await harness.aclose()

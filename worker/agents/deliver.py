@@ -1,62 +1,56 @@
-"""The deliver adapter: each outbox decision's effect in Helicone, once (DESIGN 5 and 6).
+"""The deliver adapter: each target's whole feedback state into Helicone (DESIGN 5 and 6).
 
 Map of the module::
 
     DeliveryConfig        the delivery slice of the settings
-    Delivery              the engine: one call per record, state in two tables, a timer
-    install_delivery()    wires it into the Faust app: topics, tables, agent, timer, readiness
+    Delivery              the engine: merge decisions into states, send states, record outcomes
+    install_delivery()    wires it into the Faust app: topics, table, agent, sender task
     dead_letter_record()  the JSON document written to ``feedback-dlq``
     REDRIVE_HEADER        marks a decision put back on the outbox by ``dlq redrive``
 
-Records and state.  Everything about one decision lives on one partition number: the outbox
-is keyed by the decision's target id (request or session id), and delivery's own records go to
-``partition_for(target id)`` explicitly.  A decision found on another partition (a producer
-that keyed it otherwise) is first forwarded there.  Two changelogged tables, co-partitioned with
-the outbox, hold the state; their keys are ``b"<partition>/<decision_id>"`` so one partition's
-keys can be picked out after a rebalance:
+What is sent.  Per target (a request, or a session) one
+:class:`~worker.delivery_state.FeedbackState` holds the rating and every score decided so far;
+each change of it is sent as one call that carries all of it
+(:func:`~worker.delivery_state.calls_for`), so whichever scores message Helicone keeps of a
+batch is complete.  A state that changes while it waits is sent once, as it is by then.
 
-* ``delivery-pending``: the decision and its :class:`~worker.delivery.RetryState` (attempts,
-  calls already done, when to try next) while it waits for a retry, the breaker or the auth
-  pause;
-* ``delivery-done``: decision ids that are settled (delivered, or dead-lettered), with the
-  time, kept for ``DELIVERY_DEDUPE_TTL_S``.  A decision written to the outbox twice, or
-  redelivered after a crash, finds its id here and is skipped.  A dead-lettered id is skipped
-  too, unless the record carries :data:`REDRIVE_HEADER`.
+Two halves, so that Helicone can never hold ingestion back:
 
-Faust allows table writes only inside stream iteration (the event picks the partition), so
-the timer never writes state.  It produces small records to the internal retry topic
-``<group>-delivery-retry`` instead, and the deliver agent acts on them in context:
+* **The deliver agent** (in a Faust event, so it may write the table) only merges: each
+  outbox decision into its target's state in the changelogged table ``delivery-state``
+  (key ``b"<partition>/<r|s>:<id>"``, co-partitioned with the outbox: the outbox is keyed by
+  target id, and a decision found on another partition is first forwarded to its owner
+  through the internal topic ``<group>-delivery-retry``).  No HTTP, no sleeping: a record is
+  merged and acked in microseconds whatever Helicone does, so the outbox's buffer never fills
+  and never stops Faust's fetch loop, which also feeds the input topic.
+* **The sender** (one task, outside any event) takes due states from an in-memory index at
+  the rate :class:`~worker.delivery.AdaptiveRate` allows, at most ``DELIVERY_CONCURRENCY``
+  calls in flight and one per target (two calls of one target in flight could reach Helicone
+  out of order and the older one would win).  It reads the state, makes the call, and
+  reports the outcome for that *version* as a ``result`` record on the retry topic; the agent
+  applies it to the table in context (Faust allows table writes only there).
 
-* ``due``      ``{"id", "seq"}``: a waiting decision's time has come.  The record is acted on
-               only if the pending entry still has that ``seq``; a doubled or stale wake-up
-               (after a crash or a rebalance) is ignored;
-* ``forward``  an outbox decision moved to the partition that owns its target;
-* ``sweep``    ``{"ids"}``: settled ids past their TTL, to delete.
+Why this is at-least-once and idempotent: a state is durable (changelogged) before its
+outbox record is acked; its outcome is durable only once the ``result`` record is applied.
+A crash in between sends the whole state again, which Helicone overwrites key by key.  A
+result for an old version settles only that version (``FeedbackState.delivered``), so a change
+merged during a call is still sent.  Merging is commutative and idempotent, so duplicates,
+replays and redrives never double-count; a duplicate changes nothing and costs no call.
 
-Concurrency.  The agent runs ``DELIVERY_CONCURRENCY`` actors on the one stream of outbox and
-retry records; each actor makes at most one call at a time, so that is the bound of calls in
-flight, and each call runs inside its own event so the table writes after it are legal.  Faust
-commits only offsets below every unfinished event.  A waiting decision holds no actor: it is
-written to ``delivery-pending``, its event is acked, and an in-memory heap of due times (rebuilt
-from the table after every rebalance and recovery) tells the timer when to wake it.  So
-waiting retries survive a restart, and neither block other decisions nor the partition.  Only
-the token bucket (DELIVERY_RATE_PER_S) makes an actor sleep: that is the rate limit working as
-back-pressure on the outbox (at 10/s with 32 actors, about 3 s at most).  Two copies of one
-decision in flight at once are serialised per decision id.
+Retry-topic records (header :data:`KIND_HEADER`): ``forward`` (an outbox decision moved to its
+owner partition), ``result`` (``{"key", "version", "outcome", "retry"?}``) and ``sweep``
+(``{"keys"}``: settled states past ``DELIVERY_DEDUPE_TTL_S``, to delete).
 
 Failure policy (the classes are :mod:`worker.delivery`'s):
 
-* success: the call is noted in ``done``, and a retry never makes it again; when every call of
-  the decision is done it is settled as delivered;
+* success: the version is settled; the decisions it carried count as delivered;
 * retryable (timeouts, resets, 408/425/429/5xx): :class:`~worker.delivery.RetryPolicy` picks
-  the next attempt (backoff with jitter, Retry-After honoured), or says to dead-letter it
-  (``max_attempts`` / ``max_age``);
-* permanent (400/404/422, or found invalid before any call): dead-lettered at once;
-* 401/403: delivery pauses (:class:`~worker.delivery.AuthPause`), the decision waits without
-  using an attempt, and one decision is let through as a probe every
-  ``DELIVERY_AUTH_PROBE_INTERVAL_S``; nothing is dead-lettered for it;
-* the circuit breaker opens when most recent calls failed; while it is open, decisions wait
-  (durably) and the timer wakes one at a time as probes.
+  the next attempt (backoff with jitter, ``Retry-After`` honoured), or gives up;
+* permanent (400/404/422), or given up: every decision of the version goes to
+  ``feedback-dlq``; a later change of the state starts afresh;
+* 401/403: everything waits (:class:`~worker.delivery.AuthPause`), one probe per interval;
+* the circuit breaker stops calls when most recent ones failed; nothing is dropped;
+* a 429 or ``RateLimit-*`` headers slow the rate (:class:`~worker.delivery.AdaptiveRate`).
 """
 
 from __future__ import annotations
@@ -67,8 +61,7 @@ import contextlib
 import heapq
 import itertools
 import logging
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -77,6 +70,7 @@ import orjson
 from pydantic import ValidationError
 
 from worker.delivery import (
+    AdaptiveRate,
     AuthPause,
     AuthPauseChanged,
     BreakerState,
@@ -88,23 +82,15 @@ from worker.delivery import (
     Endpoint,
     RetryPolicy,
     RetryState,
-    TokenBucket,
-    WaitingFor,
-    plan_calls,
 )
+from worker.delivery_state import Call, FeedbackState, RatingVia, calls_for, merge, state_key
 from worker.errors import AuthRejected, ConfigError, PermanentDelivery, RetryableDelivery
 from worker.events import Decision, is_helicone_request_id
-from worker.kafka import (
-    DELIVERY_DONE_TABLE,
-    DELIVERY_PENDING_TABLE,
-    delivery_retry_topic_name,
-    partition_for,
-)
+from worker.kafka import DELIVERY_STATE_TABLE, delivery_retry_topic_name, partition_for
 
 if TYPE_CHECKING:
     import faust
 
-    from worker.app import Readiness
     from worker.clock import Clock
     from worker.config import Settings
     from worker.metrics import Metrics
@@ -121,35 +107,29 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Header naming what a retry-topic record is: ``due``, ``forward`` or ``sweep``.
+#: Header naming what a retry-topic record is: ``forward``, ``result`` or ``sweep``.
 KIND_HEADER = "fw-delivery"
-#: Header on outbox records written by ``feedback-worker dlq redrive``: a dead-lettered id may
-#: be tried again (a delivered one is still skipped).
+#: Header on outbox records written by ``feedback-worker dlq redrive``: the decision's state
+#: is sent again even if merging it changes nothing.
 REDRIVE_HEADER = "fw-redrive"
 #: Header on dead-letter records: the reason, so tools can filter without parsing.
 DLQ_REASON_HEADER = "fw-dlq-reason"
 
-#: How often the timer looks at the due heap (the resolution of retry times).
-TICK_INTERVAL_S = 0.1
-#: While the breaker is half-open or delivery is paused on auth, wake one decision (the probe)
-#: at most this often; the others stay where they are.
-_PROBE_RELEASE_GAP_MS = 1_000
-#: A woken decision whose wake-up was not acted on in this time is woken again (a lost record,
-#: a crashed actor); a doubled wake-up is harmless, see ``seq``.
-_WAKE_WATCHDOG_MS = 300_000
-#: After a failed send of a wake-up, try again this much later.
-_WAKE_RETRY_MS = 1_000
-#: A decision refused by the breaker or the auth pause waits at least this long.
+#: How often the timer refreshes the backlog metrics and looks for states to sweep.
+TICK_INTERVAL_S = 1.0
+#: The longest the sender sleeps without looking again (a kick wakes it sooner).
+_MAX_IDLE_S = 0.5
+#: While the breaker or the auth pause refuses calls, look again at least this often.
 _MIN_GATE_WAIT_MS = 100
-#: Largest number of decisions woken in one tick (beyond the release rate).
-_MAX_WAKE_BATCH = 1_000
-#: Settled ids deleted per sweep record.
+#: After a failed send of a result record, the state is due again this much later.
+_RESULT_RETRY_MS = 1_000
+#: Settled states deleted per sweep record.
 _SWEEP_BATCH = 500
 #: Raw bytes of an undecodable outbox record kept in its dead-letter record.
 _MAX_DLQ_VALUE_BYTES = 65_536
 _MAX_MESSAGE_CHARS = 1_000
 
-RecordKind = Literal["due", "forward", "sweep"]
+RecordKind = Literal["forward", "result", "sweep"]
 #: Sends one record and waits for the broker's acknowledgement:
 #: (topic, key, value, partition or None, headers).
 Send = Callable[[str, bytes, bytes, int | None, list[tuple[str, bytes]]], Awaitable[None]]
@@ -176,7 +156,8 @@ class Poster(Protocol):
 class KeyValueTable(Protocol):
     """What delivery needs of a table: a Faust table in the worker, a dict in tests.
 
-    Reads and writes must happen inside the event of the key's partition (Faust's rule).
+    Writes must happen inside the event of the key's partition (Faust's rule); reads may
+    happen anywhere.
     """
 
     def get(self, key: bytes, /) -> bytes | None:
@@ -208,6 +189,8 @@ class DeliveryConfig:
     breaker_cool_down_s: float = 30.0
     auth_probe_interval_s: float = 30.0
     dedupe_ttl_s: float = 7 * 86_400.0
+    rate_recovery_s: float = 60.0
+    rating_via: RatingVia = "score"
     dry_run: bool = False
 
     @classmethod
@@ -225,48 +208,45 @@ class DeliveryConfig:
             breaker_cool_down_s=settings.delivery_breaker_cool_down_s,
             auth_probe_interval_s=settings.delivery_auth_probe_interval_s,
             dedupe_ttl_s=settings.delivery_dedupe_ttl_s,
+            rating_via=settings.helicone_rating_via,
             dry_run=settings.feedback_dry_run,
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Waiting:
-    """A decision waiting on one of this worker's partitions (the in-memory index)."""
+@dataclass(slots=True)
+class _Due:
+    """A state waiting on one of this worker's partitions (the in-memory index)."""
 
-    seq: int
     partition: int
-    key: bytes
-    waiting_for: WaitingFor
+    due_ms: int
+    oldest_ms: int
 
 
 class Delivery:
     """The delivery engine; see the module docstring.  All methods run on the event loop.
 
     ``on_outbox`` and ``on_retry`` must be called inside the Faust event of the record they
-    handle (they write the tables); ``tick``, ``rebuild`` and ``on_revoked`` never write.
+    handle (they write the table); :meth:`dispatch`, :meth:`run`, :meth:`tick`,
+    :meth:`rebuild` and :meth:`on_revoked` never write it.
     """
 
     def __init__(
         self,
         config: DeliveryConfig,
         *,
-        pending: KeyValueTable,
-        done: KeyValueTable,
+        states: KeyValueTable,
         send: Send,
         metrics: Metrics,
         clock: Clock,
         poster: Poster | None = None,
         policy: RetryPolicy | None = None,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         self.config = config
         self.poster = poster
-        self.pending = pending
-        self.done = done
+        self.states = states
         self.metrics = metrics
         self.clock = clock
         self._send = send
-        self._sleep = sleep
         self.policy = policy or RetryPolicy(
             base_s=config.backoff_base_s,
             cap_s=config.backoff_cap_s,
@@ -281,50 +261,51 @@ class Delivery:
             probe_interval_s=config.auth_probe_interval_s,
             on_change=self._auth_changed,
         )
-        self.bucket = TokenBucket(rate_per_s=config.rate_per_s, clock=clock)
-        # Wakes decisions no faster than they can be sent, so a long outage's backlog is not
-        # dumped on the retry topic (and re-parked) all at once when it ends.
-        self._wake_bucket = TokenBucket(
-            rate_per_s=config.rate_per_s,
-            clock=clock,
-            burst=max(1.0, min(float(config.concurrency), config.rate_per_s * 60)),
+        self.rate = AdaptiveRate(
+            ceiling_per_s=config.rate_per_s, clock=clock, recovery_s=config.rate_recovery_s
         )
-        self._heap: list[tuple[int, int, str, int]] = []  # (due_ms, tie, decision_id, seq)
+        self._heap: list[tuple[int, int, bytes]] = []  # (due_ms, tie, table key)
         self._tie = itertools.count()
-        self._waiting: dict[str, _Waiting] = {}
-        #: Partitions whose waiting decisions this worker wakes; None until the first rebuild.
+        self._due: dict[bytes, _Due] = {}
+        self._inflight: dict[bytes, _Due] = {}
+        self._again: set[bytes] = set()  # became due while in flight: look again after
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Partitions whose states this worker sends; None until the first rebuild.
         self._owned: set[int] | None = None
-        self._inflight: dict[str, asyncio.Event] = {}
-        self._next_probe_wake_ms = 0
+        self._kick = asyncio.Event()
         self._dedupe_ttl_ms = int(config.dedupe_ttl_s * 1000)
         self._sweep_interval_ms = int(min(3_600.0, config.dedupe_ttl_s / 4) * 1000)
         self._next_sweep_ms = clock.now_ms() + self._sweep_interval_ms
 
     def __repr__(self) -> str:
         return (
-            f"Delivery(waiting={len(self._waiting)}, breaker={self.breaker.state.name}, "
-            f"auth_paused={self.auth.paused})"
+            f"Delivery(due={len(self._due)}, in_flight={len(self._inflight)}, "
+            f"breaker={self.breaker.state.name}, auth_paused={self.auth.paused})"
         )
 
     # ------------------------------------------------------------------ observers
 
     def observe(self, record: DeliveryAttempted) -> None:
-        """Every call that went on the wire: metrics, breaker and auth pause learn from it."""
+        """Every call that went on the wire: metrics, breaker, auth pause and rate learn."""
         self.metrics.observe_attempt(record)
         self.breaker.record(record.outcome)
         self.auth.record(record.outcome)
+        if record.status == 429:
+            self.metrics.delivery_throttled.inc()
+            self.rate.throttled(record.retry_after_s)
+        self.rate.answered(remaining=record.rate_remaining, reset_s=record.rate_reset_s)
 
     def _breaker_changed(self, change: BreakerStateChanged) -> None:
         self.metrics.observe_breaker(change)
         if change.current is BreakerState.OPEN:
             log.warning(
                 "circuit breaker open: most recent calls to Helicone failed; no calls for "
-                "%.0f s, then one probe (waiting decisions are kept)",
+                "%.0f s, then one probe (waiting states are kept)",
                 self.config.breaker_cool_down_s,
             )
         elif change.current is BreakerState.CLOSED:
             log.info("circuit breaker closed: a probe succeeded, delivery resumes")
-            self._wake_now("breaker")
+            self._kick.set()
 
     def _auth_changed(self, change: AuthPauseChanged) -> None:
         self.metrics.observe_auth_pause(change)
@@ -332,17 +313,17 @@ class Delivery:
             log.error(
                 "delivery paused: Helicone rejected the API key (401/403). Check "
                 "HELICONE_API_KEY (write access, right region). Nothing is dead-lettered; "
-                "one decision is tried as a probe every %.0f s",
+                "one state is tried as a probe every %.0f s",
                 self.config.auth_probe_interval_s,
             )
         else:
             log.warning("delivery resumed: Helicone accepted the API key again")
-            self._wake_now("auth")
+            self._kick.set()
 
     @property
-    def waiting_count(self) -> int:
-        """Decisions waiting on this worker's partitions (the retry-queue gauge)."""
-        return len(self._waiting)
+    def backlog(self) -> int:
+        """States waiting to be sent or in flight on this worker's partitions."""
+        return len(self._due) + len(self._inflight)
 
     # ------------------------------------------------------------------ records, in context
 
@@ -356,14 +337,14 @@ class Delivery:
         headers: list[tuple[str, bytes]] | None = None,
         topic: str = "outbox",
     ) -> None:
-        """One outbox record: deliver it now, or forward it to the partition that owns it."""
+        """One outbox record: merge it into its target's state, or forward it to its owner."""
         decision = _parse_decision(value)
         if decision is None:
             await self._dead_letter_unreadable(
                 key=key, value=value, topic=topic, partition=partition, offset=offset
             )
             return
-        target = _target_key(decision)
+        target = _target_bytes(decision)
         if target is not None:
             owner = partition_for(target, self.config.partitions)
             if owner != partition:
@@ -375,7 +356,7 @@ class Delivery:
                     [(KIND_HEADER, b"forward"), *_redrive_headers(headers)],
                 )
                 return
-        await self._start(decision, partition, redrive=_has_header(headers, REDRIVE_HEADER))
+        await self._merge(decision, partition, redrive=_has_header(headers, REDRIVE_HEADER))
 
     async def on_retry(
         self,
@@ -388,18 +369,7 @@ class Delivery:
     ) -> None:
         """One record of the internal retry topic (kinds in the module docstring)."""
         kind = _header(headers, KIND_HEADER)
-        if kind == b"due":
-            try:
-                wake = orjson.loads(value or b"{}")
-                decision_id, seq = str(wake["id"]), int(wake["seq"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                log.warning(
-                    "ignoring a malformed wake-up on %s[%d]@%d",
-                    self.config.retry_topic, partition, offset,
-                )
-                return
-            await self._on_due(decision_id, seq, partition)
-        elif kind == b"forward":
+        if kind == b"forward":
             decision = _parse_decision(value)
             if decision is None:
                 await self._dead_letter_unreadable(
@@ -410,233 +380,430 @@ class Delivery:
                     offset=offset,
                 )
                 return
-            await self._start(decision, partition, redrive=_has_header(headers, REDRIVE_HEADER))
+            await self._merge(decision, partition, redrive=_has_header(headers, REDRIVE_HEADER))
+        elif kind == b"result":
+            try:
+                document = orjson.loads(value or b"{}")
+                self._apply_result(document, partition)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                log.warning(
+                    "ignoring a malformed result on %s[%d]@%d",
+                    self.config.retry_topic, partition, offset,
+                )
         elif kind == b"sweep":
-            self._on_sweep(orjson.loads(value or b"{}").get("ids", []), partition)
+            self._on_sweep(orjson.loads(value or b"{}").get("keys", []), partition)
         else:
             log.warning(
                 "ignoring a record of unknown kind %r on %s[%d]@%d",
                 kind, self.config.retry_topic, partition, offset,
             )
 
-    async def _start(self, decision: Decision, partition: int, *, redrive: bool) -> None:
-        """A decision seen on the outbox (or forwarded): skip it if settled or waiting."""
-        decision_id = decision.decision_id
-        table_key = _table_key(partition, decision_id)
-        async with self._exclusive(decision_id):
-            settled = self.done.get(table_key)
-            if settled is not None:
-                outcome = orjson.loads(settled).get("outcome", "delivered")
-                if outcome == "delivered" or not redrive:
-                    self.metrics.delivery_duplicates.labels(state=outcome).inc()
-                    log.debug("decision %s already %s; skipped", decision_id, outcome)
-                    return
-            if self.pending.get(table_key) is not None:
-                self.metrics.delivery_duplicates.labels(state="pending").inc()
-                log.debug("decision %s is already waiting for a retry; skipped", decision_id)
-                return
-            problem = _problem(decision)
-            if problem is not None:
-                await self._dead_letter(
-                    decision, RetryState(), partition,
-                    reason="invalid", message=problem, stored=False,
-                )
-                return
-            await self._attempt(decision, RetryState(), partition, stored=False)
+    async def _merge(self, decision: Decision, partition: int, *, redrive: bool) -> None:
+        """A decision seen on its owner partition: fold it into the state; due if changed."""
+        problem = _problem(decision)
+        if problem is not None:
+            await self._dead_letter(
+                [decision.model_dump(mode="json")], RetryState(),
+                target=_target_bytes(decision) or decision.decision_id.encode(),
+                reason="invalid", message=problem,
+            )
+            return
+        key = state_key(decision)
+        assert key is not None  # _problem checked the target id
+        table_key = _table_key(partition, key)
+        raw = self.states.get(table_key)
+        before = FeedbackState.from_json(raw) if raw is not None else None
+        now_ms = self.clock.now_ms()
+        state, changed = merge(before, decision, now_ms=now_ms, force=redrive)
+        if not changed and before is not None and decision.decision_id in before.recent_ids:
+            self.metrics.delivery_duplicates.labels(
+                state="pending" if before.due else "delivered"
+            ).inc()
+        self.states[table_key] = state.to_json()
+        if state.due:
+            self._schedule(table_key, partition, state, keep_earlier=True)
 
-    async def _on_due(self, decision_id: str, seq: int, partition: int) -> None:
-        table_key = _table_key(partition, decision_id)
-        async with self._exclusive(decision_id):
-            raw = self.pending.get(table_key)
-            if raw is None:
-                log.debug("wake-up for %s: no longer waiting", decision_id)
-                return
-            decision, state = _decode_pending(raw)
-            if state.seq != seq:
-                log.debug("stale wake-up for %s (seq %d, now %d)", decision_id, seq, state.seq)
-                return
-            await self._attempt(decision, state, partition, stored=True)
+    def _apply_result(self, document: Mapping[str, Any], partition: int) -> None:
+        table_key = _table_key(partition, str(document["key"]))
+        raw = self.states.get(table_key)
+        if raw is None:
+            return  # swept meanwhile: nothing left to settle
+        state = FeedbackState.from_json(raw)
+        version, outcome = int(document["version"]), document["outcome"]
+        now_ms = self.clock.now_ms()
+        if outcome == "delivered":
+            state = state.delivered(version, now_ms=now_ms)
+        elif outcome == "dead":
+            state = state.given_up(version, now_ms=now_ms)
+        elif outcome == "failed" and state.due:
+            state = state.failed(_retry_from_json(document["retry"]), now_ms=now_ms)
+        else:
+            return
+        self.states[table_key] = state.to_json()
 
-    def _on_sweep(self, ids: Iterable[Any], partition: int) -> None:
+    def _on_sweep(self, keys: Iterable[Any], partition: int) -> None:
         cutoff_ms = self.clock.now_ms() - self._dedupe_ttl_ms
         removed = 0
-        for decision_id in ids:
-            table_key = _table_key(partition, str(decision_id))
-            raw = self.done.get(table_key)
-            if raw is not None and int(orjson.loads(raw).get("at", 0)) <= cutoff_ms:
+        for key in keys:
+            table_key = _table_key(partition, str(key))
+            raw = self.states.get(table_key)
+            if raw is None:
+                continue
+            state = FeedbackState.from_json(raw)
+            if not state.due and state.updated_at_ms <= cutoff_ms:
                 with contextlib.suppress(KeyError):
-                    del self.done[table_key]
+                    del self.states[table_key]
                 removed += 1
         if removed:
-            log.debug("forgot %d settled decision ids on partition %d", removed, partition)
+            log.debug("forgot %d settled states on partition %d", removed, partition)
 
-    # ------------------------------------------------------------------ one attempt
+    # ------------------------------------------------------------------ the sender
 
-    async def _attempt(
-        self, decision: Decision, state: RetryState, partition: int, *, stored: bool
-    ) -> None:
-        """Make the calls this decision still needs, then settle it or make it wait."""
-        calls = plan_calls(
-            target=decision.target, rating=decision.rating, has_scores=bool(decision.scores)
-        )
-        gate = self._gate()
-        if gate is not None:
-            until_ms, waiting_for = gate
-            self._wait(decision, state.waiting(until_ms=until_ms, waiting_for=waiting_for),
-                       partition)
+    async def run(self) -> None:
+        """The sender: dispatch due states for as long as the worker runs."""
+        try:
+            while True:
+                wait_ms = self.dispatch()
+                self._kick.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._kick.wait(), timeout=min(_MAX_IDLE_S, max(wait_ms, 1) / 1000)
+                    )
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+
+    def dispatch(self) -> int:
+        """Start the calls that may start now; the milliseconds until more may (a hint).
+
+        Stops at the first refusal, in this order: no state is due, every slot is busy, the
+        breaker or the auth pause refuses, the rate has no token.  Never blocks.
+        """
+        while True:
+            now_ms = self.clock.now_ms()
+            table_key = self._peek(now_ms)
+            if table_key is None:
+                return self._next_due_in(now_ms)
+            if len(self._inflight) >= self.config.concurrency:
+                return _MAX_IDLE_S_MS
+            gate_ms = max(self.auth.retry_in_ms(), self.breaker.retry_in_ms())
+            if gate_ms > 0 or not self.breaker.allow() or not self.auth.allow():
+                return max(gate_ms, _MIN_GATE_WAIT_MS)
+            if not self.config.dry_run:
+                wait_ms = self.rate.try_acquire()
+                if wait_ms > 0:
+                    return wait_ms
+            heapq.heappop(self._heap)
+            due = self._due.pop(table_key)
+            self._inflight[table_key] = due
+            task = asyncio.ensure_future(self._deliver(table_key, due))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _peek(self, now_ms: int) -> bytes | None:
+        """The earliest due state that may be sent now (stale heap entries dropped)."""
+        while self._heap:
+            due_ms, _, table_key = self._heap[0]
+            due = self._due.get(table_key)
+            if due is None or due.due_ms != due_ms:
+                heapq.heappop(self._heap)
+                continue
+            if self._owned is not None and due.partition not in self._owned:
+                heapq.heappop(self._heap)
+                del self._due[table_key]
+                continue
+            if table_key in self._inflight:
+                heapq.heappop(self._heap)
+                del self._due[table_key]
+                self._again.add(table_key)
+                continue
+            return table_key if due_ms <= now_ms else None
+        return None
+
+    def next_due_ms(self) -> int | None:
+        """When the earliest due state may go (stale index entries dropped), or None."""
+        self._peek(self.clock.now_ms())
+        return self._heap[0][0] if self._heap else None
+
+    def _next_due_in(self, now_ms: int) -> int:
+        return max(1, self._heap[0][0] - now_ms) if self._heap else _MAX_IDLE_S_MS
+
+    async def drain(self) -> None:
+        """Wait for every call in flight (tests, and shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _deliver(self, table_key: bytes, due: _Due) -> None:
+        """Send one state as it is now, and report the outcome of that version."""
+        try:
+            raw = self.states.get(table_key)
+            if raw is None:
+                return
+            state = FeedbackState.from_json(raw)
+            if not state.due:
+                return
+            await self._attempt(table_key, due, state)
+        except Exception:  # one state's bug must not stop the sender
+            log.exception("delivery of a state failed unexpectedly; trying it again later")
+            self._reschedule(table_key, due, self.clock.now_ms() + _RESULT_RETRY_MS)
+        finally:
+            self._inflight.pop(table_key, None)
+            if table_key in self._again:
+                self._again.discard(table_key)
+                raw = self.states.get(table_key)
+                if raw is not None and (state := FeedbackState.from_json(raw)).due:
+                    self._schedule(table_key, due.partition, state, keep_earlier=True)
+            self._kick.set()
+
+    async def _attempt(self, table_key: bytes, due: _Due, state: FeedbackState) -> None:
+        version, now_ms = state.version, self.clock.now_ms()
+        retry = state.retry.started(now_ms)
+        key = table_key.split(b"/", 1)[1].decode()
+        calls = calls_for(state, via=self.config.rating_via)
+        endpoint: Endpoint = calls[0].endpoint if calls else "request_score"
+        try:
+            for call in calls:
+                endpoint = call.endpoint
+                await self._call(call, state.target_id)
+        except AuthRejected as exc:
+            wait_ms = max(self.auth.retry_in_ms(), _MIN_GATE_WAIT_MS)
+            log.debug("state %s waits for the auth probe: %s", key, exc)
+            self._reschedule(table_key, due, self.clock.now_ms() + wait_ms)
             return
-        state = state.started(self.clock.now_ms())
-        for endpoint in state.remaining(calls):
-            await self._take_token()
-            try:
-                await self._call(endpoint, decision)
-            except AuthRejected as exc:
-                state = state.noted(
-                    endpoint=endpoint, status=exc.status, error=str(exc), body=exc.body_excerpt
-                )
-                until_ms = self.clock.now_ms() + max(self.auth.retry_in_ms(), _MIN_GATE_WAIT_MS)
-                self._wait(decision, state.waiting(until_ms=until_ms, waiting_for="auth"),
-                           partition)
+        except PermanentDelivery as exc:
+            retry = retry.noted(
+                endpoint=endpoint, status=exc.status, error=str(exc),
+                body=exc.body_excerpt,
+            )
+            reason: DeadLetterReason = "rejected" if exc.status is not None else "invalid"
+            await self._give_up(table_key, due, state, retry, reason=reason, message=str(exc))
+            return
+        except RetryableDelivery as exc:
+            retry, give_up = retry.failed(
+                self.policy,
+                now_ms=self.clock.now_ms(),
+                endpoint=endpoint,
+                status=exc.status,
+                error=str(exc),
+                body=exc.body_excerpt,
+                retry_after_s=exc.retry_after_s,
+            )
+            if give_up is not None:
+                await self._give_up(table_key, due, state, retry, reason=give_up,
+                                    message=str(exc))
                 return
-            except PermanentDelivery as exc:
-                state = state.noted(
-                    endpoint=endpoint, status=exc.status, error=str(exc), body=exc.body_excerpt
-                )
-                reason: DeadLetterReason = "rejected" if exc.status is not None else "invalid"
-                await self._dead_letter(
-                    decision, state, partition, reason=reason, message=str(exc), stored=stored
-                )
-                return
-            except RetryableDelivery as exc:
-                state, give_up = state.failed(
-                    self.policy,
-                    now_ms=self.clock.now_ms(),
-                    endpoint=endpoint,
-                    status=exc.status,
-                    error=str(exc),
-                    body=exc.body_excerpt,
-                    retry_after_s=exc.retry_after_s,
-                )
-                if give_up is None:
-                    log.info(
-                        "decision %s: %s (attempt %d); next attempt in %.1f s",
-                        decision.decision_id, exc, state.attempts,
-                        (state.next_at_ms - self.clock.now_ms()) / 1000,
-                    )
-                    self._wait(decision, state, partition)
-                else:
-                    await self._dead_letter(
-                        decision, state, partition,
-                        reason=give_up, message=str(exc), stored=stored,
-                    )
-                return
-            state = state.succeeded(endpoint)
-        self._settle_delivered(decision, state, partition, stored=stored)
+            log.info(
+                "state %s: %s (attempt %d); next attempt in %.1f s",
+                key, exc, retry.attempts, (retry.next_at_ms - self.clock.now_ms()) / 1000,
+            )
+            self._reschedule(table_key, due, retry.next_at_ms)
+            await self._report(due.partition, key, version, "failed", retry=retry)
+            return
+        now_ms = self.clock.now_ms()
+        for decision in state.settled_decisions(version):
+            decided_at = datetime.fromisoformat(decision["decided_at"]).timestamp()
+            self.metrics.observe_delivered(state.target, delay_s=now_ms / 1000 - decided_at)
+        await self._report(due.partition, key, version, "delivered")
 
-    def _gate(self) -> tuple[int, WaitingFor] | None:
-        """None: calls may go now (a probe slot is taken if one is needed).  Else until when
-        and for what the decision must wait."""
-        auth_ms = self.auth.retry_in_ms()
-        breaker_ms = self.breaker.retry_in_ms()
-        if auth_ms == 0 and breaker_ms == 0 and self.breaker.allow() and self.auth.allow():
-            return None
-        waiting_for: WaitingFor = "auth" if self.auth.paused else "breaker"
-        wait_ms = max(auth_ms, breaker_ms, _MIN_GATE_WAIT_MS)
-        return self.clock.now_ms() + wait_ms, waiting_for
+    async def _give_up(
+        self,
+        table_key: bytes,
+        due: _Due,
+        state: FeedbackState,
+        retry: RetryState,
+        *,
+        reason: DeadLetterReason,
+        message: str,
+    ) -> None:
+        key = table_key.split(b"/", 1)[1].decode()
+        await self._dead_letter(
+            state.settled_decisions(state.version), retry,
+            target=state.target_id.encode(), reason=reason, message=message,
+        )
+        await self._report(due.partition, key, state.version, "dead")
 
-    async def _take_token(self) -> None:
-        if self.config.dry_run:
-            return  # nothing goes to Helicone, so there is no rate to keep
-        while (wait_ms := self.bucket.try_acquire()) > 0:
-            await self._sleep(wait_ms / 1000)
+    async def _report(
+        self,
+        partition: int,
+        key: str,
+        version: int,
+        outcome: Literal["delivered", "failed", "dead"],
+        *,
+        retry: RetryState | None = None,
+    ) -> None:
+        """Make an outcome durable: a ``result`` record the agent applies to the table.
 
-    async def _call(self, endpoint: Endpoint, decision: Decision) -> None:
+        If it cannot be sent, the state is due again soon: sending a state twice is harmless.
+        """
+        document: dict[str, Any] = {"key": key, "version": version, "outcome": outcome}
+        if retry is not None:
+            document["retry"] = _retry_to_json(retry)
+        try:
+            await self._send(
+                self.config.retry_topic, key.encode(), orjson.dumps(document), partition,
+                [(KIND_HEADER, b"result")],
+            )
+        except Exception:
+            log.warning("could not record a delivery outcome; the state will be sent again")
+            table_key = _table_key(partition, key)
+            if table_key not in self._due:
+                self._again.add(table_key)
+
+    async def _call(self, call: Call, target_id: str) -> None:
         poster = self.poster
         if poster is None:
             raise ConfigError(
                 ["HELICONE_API_KEY: missing (expected a key with write access, sk-helicone-...; "
                  "or set FEEDBACK_DRY_RUN=true)"]
             )
-        rating = decision.rating
-        if endpoint == "request_feedback":
-            assert decision.request_id is not None and rating is not None
-            record = await poster.post_request_feedback(decision.request_id, rating)
-        elif endpoint == "request_score":
-            assert decision.request_id is not None
-            record = await poster.post_request_scores(decision.request_id, decision.scores)
+        if call.endpoint == "request_score":
+            record = await poster.post_request_scores(target_id, call.body["scores"])
+        elif call.endpoint == "request_feedback":
+            record = await poster.post_request_feedback(target_id, call.body["rating"])
         else:
-            assert decision.session_id is not None and rating is not None
-            record = await poster.post_session_feedback(decision.session_id, rating)
+            record = await poster.post_session_feedback(target_id, call.body["rating"])
         if record.outcome is DeliveryOutcome.DRY_RUN:
             # The client's observer sees only calls on the wire; count the stand-ins here.
             self.metrics.observe_attempt(record)
 
-    # ------------------------------------------------------------------ state transitions
+    # ------------------------------------------------------------------ the due index
 
-    def _wait(self, decision: Decision, state: RetryState, partition: int) -> None:
-        """Keep the decision durably and let the timer wake it at ``state.next_at_ms``."""
-        decision_id = decision.decision_id
-        target = _target_key(decision) or b""
-        self.pending[_table_key(partition, decision_id)] = _encode_pending(
-            decision, state, target
-        )
-        self._schedule(
-            decision_id, state.seq, partition, target, state.next_at_ms, state.waiting_for
-        )
-
-    def _settle_delivered(
-        self, decision: Decision, state: RetryState, partition: int, *, stored: bool
+    def _schedule(
+        self, table_key: bytes, partition: int, state: FeedbackState, *, keep_earlier: bool
     ) -> None:
+        """Make ``state`` due at its retry time (now if none); an entry already there stays.
+
+        A state that changes while it waits keeps its place: it is replaced, not queued.
+        """
         now_ms = self.clock.now_ms()
-        table_key = _table_key(partition, decision.decision_id)
-        self.done[table_key] = orjson.dumps(
-            {"outcome": "delivered", "at": now_ms, "attempts": state.attempts + 1,
-             "dry_run": self.config.dry_run}
+        if table_key in self._inflight:
+            self._again.add(table_key)
+            return
+        if keep_earlier and table_key in self._due:
+            return
+        due_ms = max(now_ms, state.retry.next_at_ms)
+        oldest = state.oldest_unsent_ms or now_ms
+        self._due[table_key] = _Due(partition, due_ms, oldest)
+        heapq.heappush(self._heap, (due_ms, next(self._tie), table_key))
+        self._kick.set()
+
+    def _reschedule(self, table_key: bytes, due: _Due, due_ms: int) -> None:
+        self._due[table_key] = _Due(due.partition, due_ms, due.oldest_ms)
+        heapq.heappush(self._heap, (due_ms, next(self._tie), table_key))
+
+    def rebuild(self, items: Iterable[tuple[bytes, bytes]], owned: set[int]) -> int:
+        """After a rebalance and recovery: index the due states of ``owned`` partitions.
+
+        ``items`` are the table's entries (every partition this worker holds).
+        """
+        self._owned = set(owned)
+        self._heap.clear()
+        self._due.clear()
+        for table_key, raw in items:
+            partition = _partition_of(table_key)
+            if partition not in owned or raw is None:
+                continue
+            state = FeedbackState.from_json(raw)
+            if state.due:
+                self._schedule(table_key, partition, state, keep_earlier=False)
+        log.info("delivery: %d due state(s) on partitions %s", len(self._due), sorted(owned))
+        self.update_gauges()
+        return len(self._due)
+
+    def on_revoked(self, partitions: set[int]) -> None:
+        """Partitions went to another worker: stop sending their states."""
+        if self._owned is not None:
+            self._owned -= partitions
+        for table_key, due in list(self._due.items()):
+            if due.partition in partitions:
+                del self._due[table_key]
+        self.update_gauges()
+
+    def update_gauges(self) -> None:
+        """Backlog, its oldest change, the time to drain it and the rate in force."""
+        now_ms = self.clock.now_ms()
+        waiting = [*self._due.values(), *self._inflight.values()]
+        oldest = min((d.oldest_ms for d in waiting), default=now_ms)
+        per_s = self.rate.per_s
+        self.metrics.delivery_backlog.set(len(waiting))
+        self.metrics.delivery_retry_queue.set(
+            sum(1 for d in self._due.values() if d.due_ms > now_ms)
         )
-        if stored:
-            with contextlib.suppress(KeyError):
-                del self.pending[table_key]
-        self._forget(decision.decision_id)
-        delay_s = now_ms / 1000 - decision.decided_at.timestamp()
-        self.metrics.observe_delivered(decision.target, delay_s=delay_s)
+        self.metrics.delivery_backlog_age.set(max(0.0, (now_ms - oldest) / 1000))
+        self.metrics.delivery_drain.set(0.0 if self.config.dry_run else len(waiting) / per_s)
+        self.metrics.delivery_rate.set(per_s)
+
+    async def tick(self, items: Callable[[], Iterable[tuple[bytes, bytes]]]) -> None:
+        """Run by the timer: refresh the gauges; now and then, sweep old settled states."""
+        self.update_gauges()
+        if self.clock.now_ms() >= self._next_sweep_ms:
+            self._next_sweep_ms = self.clock.now_ms() + self._sweep_interval_ms
+            await self.sweep(items())
+
+    async def sweep(self, items: Iterable[tuple[bytes, bytes]]) -> int:
+        """Find settled states past their TTL and send their partitions a ``sweep`` record.
+
+        Reads only (outside any event); the deletes happen in the agent, in context.
+        """
+        cutoff_ms = self.clock.now_ms() - self._dedupe_ttl_ms
+        expired: dict[int, list[str]] = {}
+        for index, (table_key, raw) in enumerate(items):
+            if index % 1_000 == 999:
+                await asyncio.sleep(0)  # a big table must not stall heartbeats
+            partition = _partition_of(table_key)
+            if self._owned is not None and partition not in self._owned:
+                continue
+            state = FeedbackState.from_json(raw)
+            if not state.due and state.updated_at_ms <= cutoff_ms:
+                expired.setdefault(partition, []).append(table_key.split(b"/", 1)[1].decode())
+        for partition, keys in expired.items():
+            for start in range(0, len(keys), _SWEEP_BATCH):
+                await self._send(
+                    self.config.retry_topic,
+                    b"sweep",
+                    orjson.dumps({"keys": keys[start : start + _SWEEP_BATCH]}),
+                    partition,
+                    [(KIND_HEADER, b"sweep")],
+                )
+        return sum(len(keys) for keys in expired.values())
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self.poster is not None:
+            await self.poster.aclose()
+
+    # ------------------------------------------------------------------ dead letters
 
     async def _dead_letter(
         self,
-        decision: Decision,
+        decisions: list[dict[str, Any]],
         state: RetryState,
-        partition: int,
         *,
+        target: bytes,
         reason: DeadLetterReason,
         message: str,
-        stored: bool,
     ) -> None:
-        """Write the dead-letter record (acknowledged first), then settle the decision."""
+        """One dead-letter record per decision (each acknowledged), so redrive can replay it."""
         now_ms = self.clock.now_ms()
-        record = dead_letter_record(
-            decision_id=decision.decision_id,
-            decision=decision.model_dump(mode="json"),
-            reason=reason,
-            message=message,
-            state=state,
-            now_ms=now_ms,
-        )
-        key = _target_key(decision) or decision.decision_id.encode()
-        await self._send(
-            self.config.dlq_topic, key, orjson.dumps(record), None,
-            [(DLQ_REASON_HEADER, reason.encode())],
-        )
-        table_key = _table_key(partition, decision.decision_id)
-        self.done[table_key] = orjson.dumps(
-            {"outcome": "dead_lettered", "at": now_ms, "reason": reason}
-        )
-        if stored:
-            with contextlib.suppress(KeyError):
-                del self.pending[table_key]
-        self._forget(decision.decision_id)
-        self.metrics.observe_dead_letter(reason)
+        for decision in decisions:
+            record = dead_letter_record(
+                decision_id=decision.get("decision_id"),
+                decision=decision,
+                reason=reason,
+                message=message,
+                state=state,
+                now_ms=now_ms,
+            )
+            await self._send(
+                self.config.dlq_topic, target, orjson.dumps(record), None,
+                [(DLQ_REASON_HEADER, reason.encode())],
+            )
+            self.metrics.observe_dead_letter(reason)
         log.warning(
-            "decision %s dead-lettered (%s) after %d attempt(s): %s",
-            decision.decision_id, reason, state.attempts, message,
+            "%d decision(s) for one target dead-lettered (%s) after %d attempt(s): %s",
+            len(decisions), reason, state.attempts, message,
         )
 
     async def _dead_letter_unreadable(
@@ -660,181 +827,8 @@ class Delivery:
         self.metrics.observe_dead_letter("invalid")
         log.warning("record %s[%d]@%d is not a decision; dead-lettered", topic, partition, offset)
 
-    @contextlib.asynccontextmanager
-    async def _exclusive(self, decision_id: str) -> AsyncIterator[None]:
-        """One actor at a time per decision (two copies of it may be in the stream at once)."""
-        while (busy := self._inflight.get(decision_id)) is not None:
-            await busy.wait()
-        event = self._inflight[decision_id] = asyncio.Event()
-        try:
-            yield
-        finally:
-            del self._inflight[decision_id]
-            event.set()
 
-    # ------------------------------------------------------------------ the due index
-
-    def _schedule(
-        self,
-        decision_id: str,
-        seq: int,
-        partition: int,
-        key: bytes,
-        due_ms: int,
-        waiting_for: WaitingFor,
-    ) -> None:
-        self._waiting[decision_id] = _Waiting(seq, partition, key, waiting_for)
-        heapq.heappush(self._heap, (due_ms, next(self._tie), decision_id, seq))
-        self.metrics.delivery_retry_queue.set(len(self._waiting))
-
-    def _wake_now(self, waiting_for: WaitingFor) -> None:
-        """The breaker closed or the key works again: what waited for it is due now (the
-        wake rate still paces them), not at the end of the cool-down it was parked for."""
-        now_ms = self.clock.now_ms()
-        for decision_id, waiting in self._waiting.items():
-            if waiting.waiting_for == waiting_for:
-                heapq.heappush(self._heap, (now_ms, next(self._tie), decision_id, waiting.seq))
-
-    def _forget(self, decision_id: str) -> None:
-        if self._waiting.pop(decision_id, None) is not None:
-            self.metrics.delivery_retry_queue.set(len(self._waiting))
-
-    def rebuild(self, items: Iterable[tuple[bytes, bytes]], owned: set[int]) -> int:
-        """After a rebalance and recovery: index the waiting decisions of ``owned`` partitions.
-
-        ``items`` are the pending table's entries (every partition this worker holds).
-        """
-        self._owned = set(owned)
-        self._heap.clear()
-        self._waiting.clear()
-        for table_key, raw in items:
-            partition, decision_id = _split_table_key(table_key)
-            if partition not in owned or raw is None:
-                continue
-            document = orjson.loads(raw)
-            state = _state_from_json(document["state"])
-            self._schedule(
-                decision_id,
-                state.seq,
-                partition,
-                document["key"].encode(),
-                state.next_at_ms,
-                state.waiting_for,
-            )
-        self.metrics.delivery_retry_queue.set(len(self._waiting))
-        log.info(
-            "delivery: %d waiting decision(s) on partitions %s",
-            len(self._waiting), sorted(owned),
-        )
-        return len(self._waiting)
-
-    def on_revoked(self, partitions: set[int]) -> None:
-        """Partitions went to another worker: stop waking their decisions."""
-        if self._owned is not None:
-            self._owned -= partitions
-        for decision_id, waiting in list(self._waiting.items()):
-            if waiting.partition in partitions:
-                del self._waiting[decision_id]
-        self.metrics.delivery_retry_queue.set(len(self._waiting))
-
-    def next_due_ms(self) -> int | None:
-        """When the earliest waiting decision is due (stale heap entries included)."""
-        return self._heap[0][0] if self._heap else None
-
-    async def wake_due(self) -> int:
-        """The timer's job: publish a wake-up for each waiting decision that is due.
-
-        Nothing is woken while the breaker is open or the auth pause waits for its next probe;
-        while probing, one decision per :data:`_PROBE_RELEASE_GAP_MS`.  Returns how many.
-        """
-        now_ms = self.clock.now_ms()
-        if self.breaker.retry_in_ms() > 0 or self.auth.retry_in_ms() > 0:
-            return 0
-        probing = self.breaker.state is not BreakerState.CLOSED or self.auth.paused
-        if probing and now_ms < self._next_probe_wake_ms:
-            return 0
-        limit = 1 if probing else _MAX_WAKE_BATCH
-        batch: list[tuple[str, _Waiting]] = []
-        while self._heap and self._heap[0][0] <= now_ms and len(batch) < limit:
-            decision_id, seq = self._heap[0][2], self._heap[0][3]
-            waiting = self._waiting.get(decision_id)
-            if waiting is None or waiting.seq != seq:
-                heapq.heappop(self._heap)  # stale: the decision moved on
-                continue
-            if self._owned is not None and waiting.partition not in self._owned:
-                heapq.heappop(self._heap)
-                self._forget(decision_id)
-                continue
-            if not probing and self._wake_bucket.try_acquire() > 0:
-                break  # the rest stay due; the next tick takes them at the send rate
-            heapq.heappop(self._heap)
-            batch.append((decision_id, waiting))
-        if not batch:
-            return 0
-        if probing:
-            self._next_probe_wake_ms = now_ms + _PROBE_RELEASE_GAP_MS
-        results = await asyncio.gather(
-            *(
-                self._send(
-                    self.config.retry_topic,
-                    waiting.key,
-                    orjson.dumps({"id": decision_id, "seq": waiting.seq}),
-                    waiting.partition,
-                    [(KIND_HEADER, b"due")],
-                )
-                for decision_id, waiting in batch
-            ),
-            return_exceptions=True,
-        )
-        failed = 0
-        for (decision_id, waiting), result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
-                failed += 1
-                again_ms = now_ms + _WAKE_RETRY_MS
-            else:
-                again_ms = now_ms + _WAKE_WATCHDOG_MS
-            heapq.heappush(self._heap, (again_ms, next(self._tie), decision_id, waiting.seq))
-        if failed:
-            log.warning("could not send %d of %d wake-ups; trying again", failed, len(batch))
-        return len(batch) - failed
-
-    async def tick(self, done_items: Callable[[], Iterable[tuple[bytes, bytes]]]) -> None:
-        """Run by the timer: wake due decisions; now and then, sweep expired settled ids."""
-        await self.wake_due()
-        if self.clock.now_ms() >= self._next_sweep_ms:
-            self._next_sweep_ms = self.clock.now_ms() + self._sweep_interval_ms
-            await self.sweep(done_items())
-
-    async def sweep(self, items: Iterable[tuple[bytes, bytes]]) -> int:
-        """Find settled ids past their TTL and send their partitions a ``sweep`` record.
-
-        Reads only (outside any event); the deletes happen in the agent, in context.
-        """
-        cutoff_ms = self.clock.now_ms() - self._dedupe_ttl_ms
-        expired: dict[int, list[str]] = defaultdict(list)
-        for index, (table_key, raw) in enumerate(items):
-            if index % 1_000 == 999:
-                await asyncio.sleep(0)  # a big table must not stall heartbeats
-            partition, decision_id = _split_table_key(table_key)
-            if self._owned is not None and partition not in self._owned:
-                continue
-            if raw is not None and int(orjson.loads(raw).get("at", 0)) <= cutoff_ms:
-                expired[partition].append(decision_id)
-        for partition, ids in expired.items():
-            for start in range(0, len(ids), _SWEEP_BATCH):
-                chunk = ids[start : start + _SWEEP_BATCH]
-                await self._send(
-                    self.config.retry_topic,
-                    b"sweep",
-                    orjson.dumps({"ids": chunk}),
-                    partition,
-                    [(KIND_HEADER, b"sweep")],
-                )
-        return sum(len(ids) for ids in expired.values())
-
-    async def aclose(self) -> None:
-        if self.poster is not None:
-            await self.poster.aclose()
+_MAX_IDLE_S_MS = int(_MAX_IDLE_S * 1000)
 
 
 # --------------------------------------------------------------------------- records
@@ -889,13 +883,12 @@ def _iso(ms: int | None) -> str | None:
 # --------------------------------------------------------------------------- helpers
 
 
-def _table_key(partition: int, decision_id: str) -> bytes:
-    return f"{partition}/{decision_id}".encode()
+def _table_key(partition: int, key: str) -> bytes:
+    return f"{partition}/{key}".encode()
 
 
-def _split_table_key(table_key: bytes) -> tuple[int, str]:
-    partition, _, decision_id = table_key.decode().partition("/")
-    return int(partition), decision_id
+def _partition_of(table_key: bytes) -> int:
+    return int(table_key.split(b"/", 1)[0])
 
 
 def _header(headers: list[tuple[str, bytes]] | None, name: str) -> bytes | None:
@@ -922,7 +915,7 @@ def _parse_decision(value: bytes | None) -> Decision | None:
         return None
 
 
-def _target_key(decision: Decision) -> bytes | None:
+def _target_bytes(decision: Decision) -> bytes | None:
     target = decision.request_id if decision.target == "request" else decision.session_id
     return target.encode() if target else None
 
@@ -934,45 +927,30 @@ def _problem(decision: Decision) -> str | None:
             return "target is request but request_id is null"
         if not is_helicone_request_id(decision.request_id):
             return "request_id is not a UUID v1-v5 (Helicone answers those with a 500)"
-    elif not decision.session_id or len(decision.session_id) > 128:
+        return None
+    if not decision.session_id or len(decision.session_id) > 128:
         return "target is session but session_id is missing or longer than 128 characters"
-    try:
-        plan_calls(
-            target=decision.target, rating=decision.rating, has_scores=bool(decision.scores)
-        )
-    except ValueError as exc:
-        return str(exc)
+    if decision.scores:
+        return "a session decision cannot carry scores (Helicone has no endpoint)"
     return None
 
 
-def _state_to_json(state: RetryState) -> dict[str, Any]:
+def _retry_to_json(state: RetryState) -> dict[str, Any]:
     document = asdict(state)
     document["done"] = list(state.done)
     return document
 
 
-def _state_from_json(document: Mapping[str, Any]) -> RetryState:
+def _retry_from_json(document: Mapping[str, Any]) -> RetryState:
     fields = dict(document)
     fields["done"] = tuple(fields.get("done", ()))
     return RetryState(**fields)
 
 
-def _encode_pending(decision: Decision, state: RetryState, target: bytes) -> bytes:
-    return orjson.dumps(
-        {
-            "key": target.decode(),
-            "decision": decision.model_dump(mode="json"),
-            "state": _state_to_json(state),
-        }
-    )
-
-
-def _decode_pending(raw: bytes) -> tuple[Decision, RetryState]:
-    document = orjson.loads(raw)
-    return Decision.model_validate(document["decision"]), _state_from_json(document["state"])
-
-
 # --------------------------------------------------------------------------- Faust wiring
+
+
+AgentFn = Callable[["faust.StreamT[bytes]"], Awaitable[None]]
 
 
 def install_delivery(
@@ -981,13 +959,15 @@ def install_delivery(
     settings: Settings,
     metrics: Metrics,
     topics: dict[str, faust.TopicT],
-    readiness: Readiness,
+    readiness_checks: dict[str, Callable[[], bool]],
     clock: Clock,
+    supervise: Callable[[str, AgentFn], AgentFn] = lambda name, agent: agent,
 ) -> Delivery:
-    """Add delivery to the app: retry topic, two tables, the deliver agent and its timer.
+    """Add delivery to the app: retry topic, state table, the deliver agent, the sender task.
 
     The HTTP client is created here (it connects lazily); without an API key and outside dry
     run there is none, and the first call raises :class:`ConfigError` (``run`` checks first).
+    ``supervise`` wraps the agent so its crashes are counted like the other agents'.
     """
     from worker.helicone import HeliconeClient
 
@@ -1001,23 +981,14 @@ def install_delivery(
         internal=False,
     )
     topics[config.retry_topic] = retry_topic
-    pending = app.Table(
-        DELIVERY_PENDING_TABLE,
+    states = app.Table(
+        DELIVERY_STATE_TABLE,
         default=None,
         partitions=partitions,
         key_type=bytes,
         value_type=bytes,
         options=settings.rocksdb_options,
-        help="Decisions waiting for a retry, the circuit breaker or the auth pause.",
-    )
-    done = app.Table(
-        DELIVERY_DONE_TABLE,
-        default=None,
-        partitions=partitions,
-        key_type=bytes,
-        value_type=bytes,
-        options=settings.rocksdb_options,
-        help="Settled decision ids (delivered or dead-lettered), for dedupe.",
+        help="Each request's and session's whole feedback state and how far delivery got.",
     )
 
     async def send(
@@ -1032,11 +1003,11 @@ def install_delivery(
         )
         await acked
 
-    delivery = Delivery(
-        config, pending=pending, done=done, send=send, metrics=metrics, clock=clock
-    )
+    poster: Poster | None = None
+    delivery = Delivery(config, states=states, send=send, metrics=metrics, clock=clock)
     if settings.feedback_dry_run or settings.helicone_api_key is not None:
-        delivery.poster = HeliconeClient.from_settings(settings, observer=delivery.observe)
+        poster = HeliconeClient.from_settings(settings, observer=delivery.observe)
+    delivery.poster = poster
 
     outbox_name = settings.topic_outbox
     channel = app.topic(outbox_name, config.retry_topic, key_type=bytes, value_type=bytes)
@@ -1056,32 +1027,38 @@ def install_delivery(
             else:
                 await delivery.on_outbox(topic=outbox_name, **arguments)
 
-    app.agent(channel, name="deliver", concurrency=settings.delivery_concurrency)(deliver_agent)
+    # One actor: merging takes microseconds, and one actor keeps a partition's merges and
+    # results in the order they were read.
+    app.agent(channel, name="deliver", concurrency=1)(supervise("deliver", deliver_agent))
 
     def owned_partitions() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == outbox_name}
 
     async def recovered() -> None:
-        delivery.rebuild(list(pending.items()), owned_partitions())
+        delivery.rebuild(list(states.items()), owned_partitions())
 
-    pending.on_recover(recovered)
+    states.on_recover(recovered)
 
     @app.on_partitions_revoked.connect
     def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked = args[0] if args else kwargs.get("revoked", ())
         delivery.on_revoked({tp.partition for tp in revoked if tp.topic == outbox_name})
 
-    async def timer() -> None:
+    async def sender() -> None:
         try:
-            while True:
-                await asyncio.sleep(TICK_INTERVAL_S)
-                try:
-                    await delivery.tick(done.items)
-                except Exception:  # the timer must outlive one bad tick
-                    log.exception("delivery timer tick failed; continuing")
+            await delivery.run()
         finally:
             await delivery.aclose()
 
+    async def timer() -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL_S)
+            try:
+                await delivery.tick(states.items)
+            except Exception:  # the timer must outlive one bad tick
+                log.exception("delivery timer tick failed; continuing")
+
+    app.task(sender)
     app.task(timer)
-    readiness.checks["delivery_not_paused"] = lambda: not delivery.auth.paused
+    readiness_checks["delivery_not_paused"] = lambda: not delivery.auth.paused
     return delivery
