@@ -1,11 +1,18 @@
-"""A Helicone-compatible HTTP server for tests and the demo, with fault injection (DESIGN 2, 6).
+"""A Helicone-compatible server for tests and the demo: answers, stores, misbehaves like it.
 
-It answers the three write calls the worker makes the way Helicone does, records every call it
-receives, and can be told to misbehave.  Checks run in Helicone's order::
+DESIGN 2, 5 and 6 say what it must do.
+
+Two parts with one job each: :class:`HeliconeStore`, a pure model of what Helicone ends up
+*storing* (no I/O, time passed in), and :class:`Receiver`, the aiohttp adapter that answers
+calls, records them, injects faults and runs the store's consumer on a timer.
+
+Answering the write calls.  Checks run in Helicone's order::
 
     injected fault        latency, then a forced status or a connection reset
     authentication        no/unknown key -> 401 {"error", "trace"}; read-only key -> 403
-    rate limit            over `rate_limit` calls per `rate_window_s` -> 429 + Retry-After
+    rate limit            over `rate_limit` calls per `rate_window_s` -> 429 + Retry-After;
+                          every answer from here on carries RateLimit-Policy/-Limit/-Remaining/
+                          -Reset (express-rate-limit `standardHeaders: true`, IETF draft 6)
     body validation       malformed JSON -> 400; wrong shape or extra field -> 422
                           {"message": "Validation Failed", "details": {...}}
     path id               request id not UUID v1-v5 -> 500 "Invalid requestId: ..."
@@ -14,6 +21,35 @@ receives, and can be told to misbehave.  Checks run in Helicone's order::
                           request feedback / score -> 201, session feedback -> 200,
                           body {"data": null, "error": null}
 
+Storing.  Each accepted request feedback or score call becomes a scores message
+``{request_id, scores: {key: int}, created_at_ms}``: ``/feedback {"rating": true}`` is
+``{"helicone-score-feedback": 1}``; ``/score`` keeps integer keys and stores a boolean ``k`` as
+``k-hcone-bool`` 1/0.  A message is visible to the consumer ``ingestion_delay_s`` after the call
+(Helicone: 10 minutes).  Every ``batch_interval_s`` the consumer takes the visible messages,
+keeps only the latest per request, drops those of unknown requests (answered 2xx all the same)
+and merges the rest into the stored scores; a kept message with ``helicone-score-feedback``
+sets the feedback rating.  So ``/feedback`` then ``/score`` in one batch loses the rating, and
+one ``/score`` that carries ``helicone-score-feedback`` stores both.  Session feedback is stored
+at once per session id.  ``GET /v1/request/{id}`` reads a request back (own limit, 600 per 5 min
+by default): ``{"data": {"request_id", "scores", "feedback_rating", "properties"}, "error":
+null}``, or 500 ``{"data": null, "error": "Request not found"}`` for an unknown request.
+
+Sources (Helicone/helicone on GitHub, read for this module):
+``valhalla/jawn/src/managers/score/ScoreManager.ts`` (``addScores``/``mapScores``: one message
+per call; ``procesScores``: the per-request dedupe with a strict ``createdAt <``, the
+``-hcone-bool`` suffix, the feedback upsert; ``addBatchScores``: the 10-minute delay);
+``valhalla/jawn/src/lib/stores/ScoreStore.ts`` (``putScoresIntoClickhouse``: new keys merged
+over the stored scores, requests older than 30 days or never logged not found);
+``valhalla/jawn/src/controllers/public/requestController.ts`` (routes, 201 for scores, every
+error a 500 with a ``Result`` body ``{data, error}``); ``RequestManager.ts`` (feedback needs the
+logged request); ``valhalla/jawn/src/middleware/ratelimitter.ts`` (express-rate-limit with
+``standardHeaders: true``: header names and format from express-rate-limit's
+``source/headers.ts`` ``setDraft6Headers``/``setRetryAfterHeader``).  The read-back shape
+follows the ``HeliconeRequest`` result of ``GET /v1/request/{requestId}`` in Helicone's
+published OpenAPI (docs.helicone.ai/rest/request/get-v1request); only the fields the stored
+state determines are sent.  The status of its not-found answer (500) is inferred from the
+controller pattern above, not read from that handler.
+
 In-process use (tests)::
 
     async with Receiver(rate_limit=2) as receiver:
@@ -21,12 +57,16 @@ In-process use (tests)::
         receiver.fail_next(2, status=503, retry_after=1)
         ...
         await receiver.wait_for(3, path_prefix="/v1/request/")   # a signal, not a sleep
+        await receiver.settle()                                  # consume what is queued now
+        assert receiver.stored()[request_id] == StoredRequest({...}, feedback=True)
 
 From another process (the demo, docker-compose) run :func:`serve` or
 ``python -m worker.devtools.receiver --port 8585`` and drive faults over HTTP:
 ``POST /_admin/faults`` with ``{"status": 429, "count": 3, "retry_after": "2"}``,
 ``{"reset": true}``, ``{"status": 503, "for_s": 10}`` or ``{"latency_s": 0.5}``;
-``DELETE /_admin/faults`` clears them; ``GET /_admin/records`` lists what was received.
+``DELETE /_admin/faults`` clears them; ``GET /_admin/records`` lists what was received;
+``GET /_admin/stored`` shows the stored state and counters, ``POST /_admin/settle`` consumes
+everything queued first, ``DELETE /_admin/stored`` forgets it.
 The admin routes are unauthenticated: bind the receiver to loopback or a private network only.
 """
 
