@@ -388,7 +388,7 @@ class FixedWindowLimiter:
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """One call to the API routes and how it was answered (``status=None``: connection reset).
+    """One write call and how it was answered (``status=None``: connection reset).
 
     The ``Authorization`` header is deliberately not kept.
     """
@@ -447,7 +447,11 @@ class Receiver:
     (Helicone: 10 minutes; 0 here by default, so stored state follows within a batch interval).
     ``known_requests``: the request ids Helicone has logged, as a collection or a predicate
     (None: every valid UUID); messages for others are answered 2xx and dropped at consumption.
+    It is consulted when a batch runs, so adding to a live set later makes a request known.
     ``clock``: drives the rate windows, fault time spans, record times and message times.
+
+    ``store`` is the :class:`HeliconeStore` behind it; :meth:`stored`, :meth:`settle`,
+    :meth:`wait_stored` and :attr:`counters` are the usual way in.
 
     ``history`` and the fault injection cover the write calls only: reading back is how tests
     look, so it neither consumes faults nor shows up in ``records``/``count``/``wait_for``.
@@ -478,6 +482,10 @@ class Receiver:
             raise ValueError("batch_interval_s must be > 0")
         if ingestion_delay_s < 0:
             raise ValueError("ingestion_delay_s must be >= 0")
+        if read_rate_limit is not None and read_rate_limit < 0:
+            raise ValueError("read_rate_limit must be >= 0")
+        if not read_rate_window_s > 0:
+            raise ValueError("read_rate_window_s must be > 0")
         self._host = host
         self._port = port
         self._api_keys = None if api_keys is None else frozenset(api_keys)
