@@ -1,6 +1,7 @@
 """HeliconeClient and the devtools receiver over real HTTP on loopback.
 
-No broker is needed.  Tests wait on the receiver's record count (``wait_for``), never on sleeps.
+No broker is needed.  Tests wait on the receiver's record count (``wait_for``) or stored state
+(``wait_stored``), or consume the queued scores at once (``settle``), never on sleeps.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from worker.clock import FakeClock
 from worker.delivery import DeliveryOutcome
-from worker.devtools.receiver import Receiver, serve
+from worker.devtools import receiver as receiver_module
+from worker.devtools.receiver import FEEDBACK_KEY, Receiver, StoredRequest, serve
 from worker.errors import AuthRejected, PermanentDelivery, RetryableDelivery
 from worker.helicone import HeliconeClient
 
@@ -47,6 +50,13 @@ async def raw_post(
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     async with httpx.AsyncClient(base_url=receiver.url) as http:
         return await http.post(path, json=body, headers=headers)
+
+
+async def read_back(receiver: Receiver, request_id: str, key: str | None = KEY) -> httpx.Response:
+    """``GET /v1/request/{id}``, as a test or an operator reads Helicone's stored state."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(base_url=receiver.url) as http:
+        return await http.get(f"/v1/request/{request_id}", headers=headers)
 
 
 # --------------------------------------------------------------------------- success
@@ -288,3 +298,279 @@ async def test_serve_runs_until_cancelled() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+# --------------------------------------------------------------------------- what Helicone stores
+
+
+async def test_feedback_then_score_in_one_batch_loses_the_rating() -> None:
+    """The trap of DESIGN 5: both calls are answered 201, but Helicone's consumer keeps only
+    the later message of the request in a batch, so the rating is never stored."""
+    clock = FakeClock(t_ms=1_700_000_000_000)
+    async with (
+        Receiver(clock=clock, ingestion_delay_s=600) as r,  # nothing is due before settle()
+        HeliconeClient(SecretStr(KEY), base_url=r.url) as c,
+    ):
+        request_id = rid()
+        assert (await c.post_request_feedback(request_id, True)).status == 201
+        clock.advance(0.005)
+        assert (await c.post_request_scores(request_id, {"time_spent_s": 31})).status == 201
+        assert r.stored() == {}  # queued, not stored: the ingestion delay has not passed
+
+        batch = await r.settle()
+        assert (batch.consumed, batch.kept, batch.superseded) == (2, 1, 1)
+        assert r.stored() == {request_id: StoredRequest({"time_spent_s": 31}, None)}
+        data = (await read_back(r, request_id)).json()["data"]
+        assert (data["scores"], data["feedback_rating"]) == ({"time_spent_s": 31}, None)
+
+
+async def test_one_score_call_with_the_feedback_key_stores_scores_and_rating(
+    receiver: Receiver, client: HeliconeClient
+) -> None:
+    """The delivery contract's form: the whole state in one call (consumed by the background
+    batches here, not settle())."""
+    request_id = rid()
+    await client.post_request_scores(request_id, {"time_spent_s": 31, FEEDBACK_KEY: 1})
+    stored = await receiver.wait_stored(request_id, lambda s: s.feedback is not None)
+    assert stored == StoredRequest({"time_spent_s": 31, FEEDBACK_KEY: 1}, True)
+
+
+async def test_boolean_scores_are_stored_as_hcone_bool(
+    receiver: Receiver, client: HeliconeClient
+) -> None:
+    request_id = rid()
+    await client.post_request_scores(request_id, {"k": 3, "b": True, FEEDBACK_KEY: False})
+    stored = await receiver.wait_stored(request_id)
+    assert stored == StoredRequest({"k": 3, "b-hcone-bool": 1, f"{FEEDBACK_KEY}-hcone-bool": 0})
+
+
+async def test_calls_in_separate_batches_merge(receiver: Receiver, client: HeliconeClient) -> None:
+    request_id = rid()
+    await client.post_request_feedback(request_id, False)
+    await receiver.wait_stored(request_id)
+    await client.post_request_scores(request_id, {"time_spent_s": 4})
+    stored = await receiver.wait_stored(request_id, lambda s: "time_spent_s" in s.scores)
+    assert stored == StoredRequest({FEEDBACK_KEY: 0, "time_spent_s": 4}, False)
+
+
+async def test_the_consumer_uses_the_injected_clock_for_the_ingestion_delay() -> None:
+    clock = FakeClock(t_ms=1_700_000_000_000)
+    async with (
+        Receiver(clock=clock, ingestion_delay_s=600, batch_interval_s=0.01) as r,
+        HeliconeClient(SecretStr(KEY), base_url=r.url) as c,
+    ):
+        request_id = rid()
+        await c.post_request_feedback(request_id, True)
+        with pytest.raises(TimeoutError, match="pending=1"):
+            await r.wait_stored(request_id, timeout_s=0.1)  # ten batches ran; not due yet
+        clock.advance(600)
+        assert (await r.wait_stored(request_id)).feedback is True
+
+
+async def test_unknown_request_is_answered_201_then_dropped() -> None:
+    known = rid()
+    async with (
+        Receiver(known_requests={known}) as r,
+        HeliconeClient(SecretStr(KEY), base_url=r.url) as c,
+    ):
+        ghost = rid()
+        assert (await c.post_request_feedback(ghost, True)).status == 201
+        await c.post_request_feedback(known, True)
+        await r.settle()
+        assert set(r.stored()) == {known}
+        assert (r.counters.queued, r.counters.kept, r.counters.dropped_unknown) == (2, 1, 1)
+        missing = await read_back(r, ghost)
+        assert missing.status_code == 500
+        assert missing.json() == {"data": None, "error": "Request not found"}
+
+
+async def test_session_feedback_is_stored_per_session(
+    receiver: Receiver, client: HeliconeClient
+) -> None:
+    await client.post_session_feedback("session-1", True)
+    await client.post_session_feedback("session-2", True)
+    await client.post_session_feedback("session-1", False)
+    with pytest.raises(RetryableDelivery):
+        await client.post_session_feedback("ghost", True)
+    assert receiver.stored_sessions() == {"session-1": False, "session-2": True}
+
+
+async def test_refused_and_injected_calls_store_nothing(
+    receiver: Receiver, client: HeliconeClient
+) -> None:
+    receiver.fail_next(1, status=201)  # an injected 2xx is not Helicone accepting it
+    await client.post_request_feedback(rid(), True)
+    await raw_post(receiver, f"/v1/request/{rid()}/score", {"scores": {"a": 0.5}})
+    await raw_post(receiver, f"/v1/request/{rid()}/feedback", {"rating": "yes"})
+    await receiver.settle()
+    assert receiver.stored() == {} and receiver.counters.queued == 0
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+async def test_read_back_has_helicones_result_shape(
+    receiver: Receiver, client: HeliconeClient
+) -> None:
+    request_id = rid()
+    await client.post_request_scores(request_id, {"x": 2, FEEDBACK_KEY: 1})
+    await receiver.settle()
+    response = await read_back(receiver, request_id)
+    assert response.status_code == 200
+    assert response.json() == {
+        "data": {
+            "request_id": request_id,
+            "scores": {"x": 2, FEEDBACK_KEY: 1},
+            "feedback_rating": True,
+            "properties": {},
+        },
+        "error": None,
+    }
+    # A known request with nothing stored yet reads back with no scores and no rating.
+    fresh = (await read_back(receiver, rid())).json()["data"]
+    assert (fresh["scores"], fresh["feedback_rating"]) == ({}, None)
+
+
+async def test_read_back_needs_a_key_and_a_read_only_key_is_enough(receiver: Receiver) -> None:
+    assert (await read_back(receiver, rid(), key=None)).status_code == 401
+    assert (await read_back(receiver, rid(), key="nope")).status_code == 401
+    assert (await read_back(receiver, rid(), key=READ_ONLY_KEY)).status_code == 200
+    assert receiver.attempts() == 0  # reads are not write calls: not in history
+
+
+async def test_read_back_is_not_hit_by_injected_faults(
+    receiver: Receiver, client: HeliconeClient
+) -> None:
+    receiver.fail_next(1, status=503)
+    assert (await read_back(receiver, rid())).status_code == 200
+    with pytest.raises(RetryableDelivery):  # the fault is still there for the write
+        await client.post_request_feedback(rid(), True)
+
+
+async def test_reads_have_their_own_limit() -> None:
+    async with (
+        Receiver(rate_limit=1, read_rate_limit=2, read_rate_window_s=60) as r,
+        HeliconeClient(SecretStr(KEY), base_url=r.url) as c,
+    ):
+        await c.post_request_feedback(rid(), True)  # uses up the write window
+        first = await read_back(r, rid())
+        assert first.status_code == 200
+        assert first.headers["RateLimit-Policy"] == "2;w=60"
+        assert first.headers["RateLimit-Remaining"] == "1"
+        assert (await read_back(r, rid())).status_code == 200
+        refused = await read_back(r, rid())
+        assert refused.status_code == 429
+        assert refused.json() == {"error": "Too many requests, please try again later."}
+        assert 59 <= int(refused.headers["Retry-After"]) <= 60
+        with pytest.raises(RetryableDelivery) as caught:
+            await c.post_request_feedback(rid(), True)
+        assert caught.value.status == 429  # and the write limit is its own too
+
+
+# --------------------------------------------------------------------------- rate limit headers
+
+
+async def test_write_answers_carry_ratelimit_headers() -> None:
+    async with Receiver(rate_limit=2, rate_window_s=30) as r:
+        first = await raw_post(r, f"/v1/request/{rid()}/feedback", {"rating": True})
+        assert first.status_code == 201
+        assert first.headers["RateLimit-Policy"] == "2;w=30"
+        assert first.headers["RateLimit-Limit"] == "2"
+        assert first.headers["RateLimit-Remaining"] == "1"
+        assert 29 <= int(first.headers["RateLimit-Reset"]) <= 30
+        assert "Retry-After" not in first.headers
+
+        invalid = await raw_post(r, f"/v1/request/{rid()}/feedback", {"rating": "yes"})
+        assert invalid.status_code == 422  # counted: the limiter runs before validation
+        assert invalid.headers["RateLimit-Remaining"] == "0"
+
+        refused = await raw_post(r, f"/v1/request/{rid()}/feedback", {"rating": True})
+        assert refused.status_code == 429
+        assert refused.headers["RateLimit-Remaining"] == "0"
+        assert refused.headers["Retry-After"] == refused.headers["RateLimit-Reset"]
+
+        unauthorised = await raw_post(r, f"/v1/request/{rid()}/feedback", {"rating": True}, None)
+        assert unauthorised.status_code == 401  # auth comes first: no limit headers
+        assert "RateLimit-Limit" not in unauthorised.headers
+
+
+async def test_without_a_write_limit_there_are_no_ratelimit_headers(receiver: Receiver) -> None:
+    response = await raw_post(receiver, f"/v1/request/{rid()}/feedback", {"rating": True})
+    assert response.status_code == 201 and "RateLimit-Limit" not in response.headers
+
+
+# --------------------------------------------------------------------------- admin and lifecycle
+
+
+async def test_stored_state_over_the_admin_routes(
+    receiver: Receiver, client: HeliconeClient
+) -> None:
+    request_id = rid()
+    await client.post_request_feedback(request_id, True)
+    await client.post_session_feedback("s", False)
+    async with httpx.AsyncClient(base_url=receiver.url) as admin:
+        settled = (await admin.post("/_admin/settle")).json()
+        assert settled["requests"] == {request_id: {"scores": {FEEDBACK_KEY: 1}, "feedback": True}}
+        assert settled["sessions"] == {"s": False}
+        assert settled["counters"]["kept"] == 1
+        assert set(settled["batch"]) == {"consumed", "kept", "superseded", "dropped_unknown"}
+        stored = (await admin.get("/_admin/stored")).json()
+        assert stored["requests"] == settled["requests"]
+        cleared = (await admin.delete("/_admin/stored")).json()
+        assert cleared["requests"] == {} and cleared["counters"]["queued"] == 0
+
+
+async def test_the_consumer_starts_and_stops_with_the_receiver_and_state_survives() -> None:
+    def consumers() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if t.get_name() == "receiver-consumer"]
+
+    r = Receiver(ingestion_delay_s=600)
+    assert consumers() == []
+    await r.start()
+    try:
+        assert len(consumers()) == 1
+        async with HeliconeClient(SecretStr(KEY), base_url=r.url) as c:
+            request_id = rid()
+            await c.post_request_feedback(request_id, True)
+        await r.stop()
+        assert consumers() == []
+        assert r.counters.pending == 1  # queued before the stop, still queued
+        await r.start()
+        assert len(consumers()) == 1
+        await r.settle()
+        assert r.stored()[request_id].feedback is True
+    finally:
+        await r.stop()
+    assert consumers() == []
+
+
+async def test_command_line_flags_reach_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    async def fake_serve(**options: Any) -> None:
+        seen.update(options)
+
+    monkeypatch.setattr(receiver_module, "serve", fake_serve)
+    await asyncio.to_thread(
+        receiver_module.main,
+        [
+            "--batch-interval-s", "0.5",
+            "--ingestion-delay-s", "600",
+            "--rate-limit", "100",
+            "--rate-window-s", "60",
+            "--read-rate-limit", "none",
+            "--known-request", "r-1",
+        ],
+    )  # fmt: skip
+    assert seen["batch_interval_s"] == 0.5 and seen["ingestion_delay_s"] == 600
+    assert (seen["rate_limit"], seen["rate_window_s"]) == (100, 60)
+    assert seen["read_rate_limit"] is None and seen["known_requests"] == ["r-1"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"batch_interval_s": 0}, {"ingestion_delay_s": -1}, {"read_rate_window_s": 0}],
+)
+def test_bad_options_are_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Receiver(**options)

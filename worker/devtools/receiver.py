@@ -1,11 +1,18 @@
-"""A Helicone-compatible HTTP server for tests and the demo, with fault injection (DESIGN 2, 6).
+"""A Helicone-compatible server for tests and the demo: answers, stores, misbehaves like it.
 
-It answers the three write calls the worker makes the way Helicone does, records every call it
-receives, and can be told to misbehave.  Checks run in Helicone's order::
+DESIGN 2, 5 and 6 say what it must do.
+
+Two parts with one job each: :class:`HeliconeStore`, a pure model of what Helicone ends up
+*storing* (no I/O, time passed in), and :class:`Receiver`, the aiohttp adapter that answers
+calls, records them, injects faults and runs the store's consumer on a timer.
+
+Answering the write calls.  Checks run in Helicone's order::
 
     injected fault        latency, then a forced status or a connection reset
     authentication        no/unknown key -> 401 {"error", "trace"}; read-only key -> 403
-    rate limit            over `rate_limit` calls per `rate_window_s` -> 429 + Retry-After
+    rate limit            over `rate_limit` calls per `rate_window_s` -> 429 + Retry-After;
+                          every answer from here on carries RateLimit-Policy/-Limit/-Remaining/
+                          -Reset (express-rate-limit `standardHeaders: true`, IETF draft 6)
     body validation       malformed JSON -> 400; wrong shape or extra field -> 422
                           {"message": "Validation Failed", "details": {...}}
     path id               request id not UUID v1-v5 -> 500 "Invalid requestId: ..."
@@ -14,6 +21,35 @@ receives, and can be told to misbehave.  Checks run in Helicone's order::
                           request feedback / score -> 201, session feedback -> 200,
                           body {"data": null, "error": null}
 
+Storing.  Each accepted request feedback or score call becomes a scores message
+``{request_id, scores: {key: int}, created_at_ms}``: ``/feedback {"rating": true}`` is
+``{"helicone-score-feedback": 1}``; ``/score`` keeps integer keys and stores a boolean ``k`` as
+``k-hcone-bool`` 1/0.  A message is visible to the consumer ``ingestion_delay_s`` after the call
+(Helicone: 10 minutes).  Every ``batch_interval_s`` the consumer takes the visible messages,
+keeps only the latest per request, drops those of unknown requests (answered 2xx all the same)
+and merges the rest into the stored scores; a kept message with ``helicone-score-feedback``
+sets the feedback rating.  So ``/feedback`` then ``/score`` in one batch loses the rating, and
+one ``/score`` that carries ``helicone-score-feedback`` stores both.  Session feedback is stored
+at once per session id.  ``GET /v1/request/{id}`` reads a request back (own limit, 600 per 5 min
+by default): ``{"data": {"request_id", "scores", "feedback_rating", "properties"}, "error":
+null}``, or 500 ``{"data": null, "error": "Request not found"}`` for an unknown request.
+
+Sources (Helicone/helicone on GitHub, read for this module):
+``valhalla/jawn/src/managers/score/ScoreManager.ts`` (``addScores``/``mapScores``: one message
+per call; ``procesScores``: the per-request dedupe with a strict ``createdAt <``, the
+``-hcone-bool`` suffix, the feedback upsert; ``addBatchScores``: the 10-minute delay);
+``valhalla/jawn/src/lib/stores/ScoreStore.ts`` (``putScoresIntoClickhouse``: new keys merged
+over the stored scores, requests older than 30 days or never logged not found);
+``valhalla/jawn/src/controllers/public/requestController.ts`` (routes, 201 for scores, every
+error a 500 with a ``Result`` body ``{data, error}``); ``RequestManager.ts`` (feedback needs the
+logged request); ``valhalla/jawn/src/middleware/ratelimitter.ts`` (express-rate-limit with
+``standardHeaders: true``: header names and format from express-rate-limit's
+``source/headers.ts`` ``setDraft6Headers``/``setRetryAfterHeader``).  The read-back shape
+follows the ``HeliconeRequest`` result of ``GET /v1/request/{requestId}`` in Helicone's
+published OpenAPI (docs.helicone.ai/rest/request/get-v1request); only the fields the stored
+state determines are sent.  The status of its not-found answer (500) is inferred from the
+controller pattern above, not read from that handler.
+
 In-process use (tests)::
 
     async with Receiver(rate_limit=2) as receiver:
@@ -21,12 +57,16 @@ In-process use (tests)::
         receiver.fail_next(2, status=503, retry_after=1)
         ...
         await receiver.wait_for(3, path_prefix="/v1/request/")   # a signal, not a sleep
+        await receiver.settle()                                  # consume what is queued now
+        assert receiver.stored()[request_id] == StoredRequest({...}, feedback=True)
 
 From another process (the demo, docker-compose) run :func:`serve` or
 ``python -m worker.devtools.receiver --port 8585`` and drive faults over HTTP:
 ``POST /_admin/faults`` with ``{"status": 429, "count": 3, "retry_after": "2"}``,
 ``{"reset": true}``, ``{"status": 503, "for_s": 10}`` or ``{"latency_s": 0.5}``;
-``DELETE /_admin/faults`` clears them; ``GET /_admin/records`` lists what was received.
+``DELETE /_admin/faults`` clears them; ``GET /_admin/records`` lists what was received;
+``GET /_admin/stored`` shows the stored state and counters, ``POST /_admin/settle`` consumes
+everything queued first, ``DELETE /_admin/stored`` forgets it.
 The admin routes are unauthenticated: bind the receiver to loopback or a private network only.
 """
 
@@ -36,9 +76,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import math
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -47,7 +88,27 @@ from aiohttp import web
 from worker.clock import Clock, SystemClock
 from worker.events import is_helicone_request_id
 
-__all__ = ["HELICONE_KEY_PREFIX", "Fault", "Received", "Receiver", "main", "serve"]
+__all__ = [
+    "BOOL_SUFFIX",
+    "FEEDBACK_KEY",
+    "HELICONE_KEY_PREFIX",
+    "BatchResult",
+    "Fault",
+    "FixedWindowLimiter",
+    "HeliconeStore",
+    "RateDecision",
+    "Received",
+    "Receiver",
+    "ScoresMessage",
+    "StoreCounters",
+    "StoredRequest",
+    "feedback_message",
+    "main",
+    "score_message",
+    "serve",
+]
+
+_log = logging.getLogger(__name__)
 
 #: With no explicit key list, any key with this prefix is accepted (EU keys included).
 HELICONE_KEY_PREFIX: Final = "sk-helicone-"
@@ -56,9 +117,278 @@ _OK: Final = {"data": None, "error": None}
 _API_PREFIX: Final = "/v1/"
 
 
+# --------------------------------------------------------------------------- what Helicone stores
+
+#: The score key Helicone's feedback endpoint writes, and the key that makes a score call feedback.
+FEEDBACK_KEY: Final = "helicone-score-feedback"
+#: Appended to the key of a boolean score (stored as 1/0), so ``{"b": true}`` is ``b-hcone-bool``.
+BOOL_SUFFIX: Final = "-hcone-bool"
+
+
+@dataclass(frozen=True, slots=True)
+class ScoresMessage:
+    """One accepted feedback or score call, as Helicone queues it (keys already mapped)."""
+
+    request_id: str
+    scores: Mapping[str, int]
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRequest:
+    """What Helicone holds for a request: its merged scores and the feedback row's rating.
+
+    ``scores`` keeps ``helicone-score-feedback`` too (Helicone merges it like any key);
+    ``feedback`` is None until a kept message carried that key.
+    """
+
+    scores: dict[str, int]
+    feedback: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """One consumer run: every consumed message is exactly one of kept, superseded, dropped."""
+
+    consumed: int = 0
+    kept: int = 0
+    superseded: int = 0
+    dropped_unknown: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCounters:
+    """Totals since the store was made.  ``queued == kept + superseded + dropped_unknown +
+    pending`` always holds."""
+
+    queued: int = 0
+    kept: int = 0
+    superseded: int = 0
+    dropped_unknown: int = 0
+    batches: int = 0
+    pending: int = 0
+
+
+def feedback_message(request_id: str, rating: bool, created_at_ms: int) -> ScoresMessage:
+    """``POST /v1/request/{id}/feedback``: a number score ``helicone-score-feedback`` 1/0."""
+    return ScoresMessage(request_id, {FEEDBACK_KEY: 1 if rating else 0}, created_at_ms)
+
+
+def score_message(
+    request_id: str, scores: Mapping[str, int | float | bool], created_at_ms: int
+) -> ScoresMessage:
+    """``POST /v1/request/{id}/score``: booleans become ``<key>-hcone-bool`` = 1/0.
+
+    Integral floats are stored as ints; other floats are left out, as Helicone's newer consumer
+    skips them (the receiver answers them with a 500 before this, as older versions did).
+    """
+    mapped: dict[str, int] = {}
+    for key, value in scores.items():
+        if isinstance(value, bool):
+            mapped[key + BOOL_SUFFIX] = int(value)
+        elif isinstance(value, int):
+            mapped[key] = value
+        elif float(value).is_integer():
+            mapped[key] = int(value)
+    return ScoresMessage(request_id, mapped, created_at_ms)
+
+
+KnownRequests = Callable[[str], bool] | Collection[str] | None
+
+
+class HeliconeStore:
+    """Helicone's scores pipeline without I/O: messages in, batches consumed, stored state out.
+
+    What holds, and why (ScoreManager.procesScores, ScoreStore.putScoresIntoClickhouse):
+
+    * a message becomes visible to the consumer ``ingestion_delay_ms`` after it was created
+      (Helicone sends it to its Kafka topic 10 minutes after the call);
+    * a batch takes every visible message; per request only the one with the latest
+      ``created_at_ms`` is kept (on a tie the earlier one in the batch stays, as Helicone
+      compares with a strict ``<``); the others are *superseded* and have no effect at all;
+    * a kept message of a request that is not known (never logged, or too old) is dropped
+      (Helicone's insert finds no row; the API had answered 2xx);
+    * a kept message's keys are merged over the stored scores (newer value per key wins), and
+      when it holds ``helicone-score-feedback`` the feedback rating becomes ``bool(value)``.
+
+    Consequently, one message per batch gives the merge of all messages, while in one batch a
+    ``/feedback`` followed by a ``/score`` without that key loses the rating.  Session feedback
+    is not queued (Helicone sets a property at once) and is kept per session id.
+
+    Time is passed in (``now_ms``), so the model needs no clock and no event loop.
+    """
+
+    def __init__(self, *, ingestion_delay_ms: int = 0, known_requests: KnownRequests = None):
+        if ingestion_delay_ms < 0:
+            raise ValueError("ingestion_delay_ms must be >= 0")
+        self._delay_ms = ingestion_delay_ms
+        self._known = known_requests
+        self._queue: list[ScoresMessage] = []
+        self._requests: dict[str, StoredRequest] = {}
+        self._sessions: dict[str, bool] = {}
+        self._counters = StoreCounters()
+
+    def is_known(self, request_id: str) -> bool:
+        """Whether Helicone has this request logged (None: every valid request id)."""
+        if self._known is None:
+            return is_helicone_request_id(request_id)
+        if callable(self._known):
+            return bool(self._known(request_id))
+        return request_id in self._known
+
+    # ---- in
+
+    def enqueue(self, message: ScoresMessage) -> None:
+        self._queue.append(message)
+        c = self._counters
+        self._counters = replace(c, queued=c.queued + 1, pending=c.pending + 1)
+
+    def set_session_feedback(self, session_id: str, rating: bool) -> None:
+        self._sessions[session_id] = rating
+
+    # ---- consuming
+
+    def pending(self) -> int:
+        """Messages queued and not consumed yet (visible or not)."""
+        return len(self._queue)
+
+    def consume(self, now_ms: int | None = None) -> BatchResult:
+        """Run one batch over the messages visible at ``now_ms`` (None: every queued message,
+        whatever the ingestion delay) and apply it."""
+        if now_ms is None:
+            batch, self._queue = self._queue, []
+        else:
+            due = now_ms - self._delay_ms
+            batch = [m for m in self._queue if m.created_at_ms <= due]
+            self._queue = [m for m in self._queue if m.created_at_ms > due]
+        if not batch:
+            return BatchResult()
+        latest: dict[str, ScoresMessage] = {}
+        for message in batch:
+            kept = latest.get(message.request_id)
+            if kept is None or kept.created_at_ms < message.created_at_ms:
+                latest[message.request_id] = message
+        dropped = 0
+        for request_id, message in latest.items():
+            if not self.is_known(request_id):
+                dropped += 1
+                continue
+            self._apply(message)
+        kept_n = len(latest) - dropped
+        result = BatchResult(len(batch), kept_n, len(batch) - len(latest), dropped)
+        c = self._counters
+        self._counters = replace(
+            c,
+            kept=c.kept + result.kept,
+            superseded=c.superseded + result.superseded,
+            dropped_unknown=c.dropped_unknown + result.dropped_unknown,
+            batches=c.batches + 1,
+            pending=len(self._queue),
+        )
+        return result
+
+    def _apply(self, message: ScoresMessage) -> None:
+        before = self._requests.get(message.request_id, StoredRequest({}))
+        scores = {**before.scores, **message.scores}
+        feedback = before.feedback
+        if FEEDBACK_KEY in message.scores:
+            feedback = bool(message.scores[FEEDBACK_KEY])
+        self._requests[message.request_id] = StoredRequest(scores, feedback)
+
+    # ---- out
+
+    def request(self, request_id: str) -> StoredRequest | None:
+        """The stored state of one request (None: nothing stored for it)."""
+        stored = self._requests.get(request_id)
+        return None if stored is None else StoredRequest(dict(stored.scores), stored.feedback)
+
+    def stored(self) -> dict[str, StoredRequest]:
+        """Every request with stored scores (copies: changing them changes nothing here)."""
+        return {rid: StoredRequest(dict(s.scores), s.feedback) for rid, s in self._requests.items()}
+
+    def sessions(self) -> dict[str, bool]:
+        """Session id -> the last session rating given."""
+        return dict(self._sessions)
+
+    @property
+    def counters(self) -> StoreCounters:
+        return self._counters
+
+    def clear(self) -> None:
+        """Forget everything stored and queued, and the counters."""
+        self._queue.clear()
+        self._requests.clear()
+        self._sessions.clear()
+        self._counters = StoreCounters()
+
+
+# --------------------------------------------------------------------------- rate limit
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    """One call through a :class:`FixedWindowLimiter` and the headers to answer it with."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: int
+    window_s: int
+
+    def headers(self) -> dict[str, str]:
+        """express-rate-limit's ``standardHeaders: true`` (IETF draft 6), as Helicone sends.
+
+        ``RateLimit-Reset`` is in seconds from now; a refused call also gets ``Retry-After``.
+        """
+        headers = {
+            "RateLimit-Policy": f"{self.limit};w={self.window_s}",
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+        }
+        if self.reset_s:
+            headers["RateLimit-Reset"] = str(self.reset_s)
+        if not self.allowed:
+            headers["Retry-After"] = str(self.reset_s)
+        return headers
+
+
+class FixedWindowLimiter:
+    """``limit`` calls per fixed window of ``window_ms``, the window starting at its first call.
+
+    Every call counts, refused ones too (as express-rate-limit increments before it checks),
+    which does not change who is refused within a fixed window.
+    """
+
+    def __init__(self, limit: int, window_ms: int) -> None:
+        if limit < 0:
+            raise ValueError("rate limit must be >= 0")
+        if window_ms <= 0:
+            raise ValueError("rate window must be > 0")
+        self.limit = limit
+        self.window_ms = window_ms
+        self._start_ms: int | None = None
+        self._used = 0
+
+    def hit(self, now_ms: int) -> RateDecision:
+        if self._start_ms is None or now_ms >= self._start_ms + self.window_ms:
+            self._start_ms, self._used = now_ms, 0
+        self._used += 1
+        left_ms = self._start_ms + self.window_ms - now_ms
+        return RateDecision(
+            allowed=self._used <= self.limit,
+            limit=self.limit,
+            remaining=max(self.limit - self._used, 0),
+            reset_s=max(1, math.ceil(left_ms / 1000)),
+            window_s=math.ceil(self.window_ms / 1000),
+        )
+
+
+# --------------------------------------------------------------------------- the HTTP server
+
+
 @dataclass(frozen=True, slots=True)
 class Received:
-    """One call to the API routes and how it was answered (``status=None``: connection reset).
+    """One write call and how it was answered (``status=None``: connection reset).
 
     The ``Authorization`` header is deliberately not kept.
     """
@@ -109,8 +439,22 @@ class Receiver:
     ``api_keys``: the keys accepted for writes (None: any key starting ``sk-helicone-``).
     ``read_only_keys``: keys that authenticate but may not write (403).
     ``unknown_sessions``: session ids answered with Helicone's 500 "No request found".
-    ``rate_limit``: calls allowed per fixed window of ``rate_window_s`` (None: unlimited).
-    ``clock``: drives the rate window, fault time spans and record times.
+    ``rate_limit``: write calls allowed per fixed window of ``rate_window_s`` (None: unlimited).
+    ``read_rate_limit``: ``GET /v1/request/{id}`` calls per ``read_rate_window_s``, counted
+    apart from writes (Helicone: 600 per 5 minutes; None: unlimited).
+    ``batch_interval_s``: how often the consumer of scores messages runs (a real loop timer).
+    ``ingestion_delay_s``: how long after the call a message becomes visible to the consumer
+    (Helicone: 10 minutes; 0 here by default, so stored state follows within a batch interval).
+    ``known_requests``: the request ids Helicone has logged, as a collection or a predicate
+    (None: every valid UUID); messages for others are answered 2xx and dropped at consumption.
+    It is consulted when a batch runs, so adding to a live set later makes a request known.
+    ``clock``: drives the rate windows, fault time spans, record times and message times.
+
+    ``store`` is the :class:`HeliconeStore` behind it; :meth:`stored`, :meth:`settle`,
+    :meth:`wait_stored` and :attr:`counters` are the usual way in.
+
+    ``history`` and the fault injection cover the write calls only: reading back is how tests
+    look, so it neither consumes faults nor shows up in ``records``/``count``/``wait_for``.
     """
 
     def __init__(
@@ -124,24 +468,48 @@ class Receiver:
         rate_limit: int | None = None,
         rate_window_s: float = 300.0,
         clock: Clock | None = None,
+        read_rate_limit: int | None = 600,
+        read_rate_window_s: float = 300.0,
+        batch_interval_s: float = 0.05,
+        ingestion_delay_s: float = 0.0,
+        known_requests: KnownRequests = None,
     ) -> None:
         if rate_limit is not None and rate_limit < 0:
             raise ValueError("rate_limit must be >= 0")
         if not rate_window_s > 0:
             raise ValueError("rate_window_s must be > 0")
+        if not batch_interval_s > 0:
+            raise ValueError("batch_interval_s must be > 0")
+        if ingestion_delay_s < 0:
+            raise ValueError("ingestion_delay_s must be >= 0")
+        if read_rate_limit is not None and read_rate_limit < 0:
+            raise ValueError("read_rate_limit must be >= 0")
+        if not read_rate_window_s > 0:
+            raise ValueError("read_rate_window_s must be > 0")
         self._host = host
         self._port = port
         self._api_keys = None if api_keys is None else frozenset(api_keys)
         self._read_only_keys = frozenset(read_only_keys)
         self._unknown_sessions = frozenset(unknown_sessions)
-        self._rate_limit = rate_limit
-        self._rate_window_ms = math.ceil(rate_window_s * 1000)
+        self._write_limiter = (
+            None
+            if rate_limit is None
+            else FixedWindowLimiter(rate_limit, math.ceil(rate_window_s * 1000))
+        )
+        self._read_limiter = (
+            None
+            if read_rate_limit is None
+            else FixedWindowLimiter(read_rate_limit, math.ceil(read_rate_window_s * 1000))
+        )
+        self._batch_interval_s = batch_interval_s
+        self.store = HeliconeStore(
+            ingestion_delay_ms=math.ceil(ingestion_delay_s * 1000), known_requests=known_requests
+        )
+        self._consumer: asyncio.Task[None] | None = None
         self._clock: Clock = clock or SystemClock()
         self.history: list[Received] = []
         self._faults: list[Fault] = []
         self._latency_s = 0.0
-        self._window_start_ms: int | None = None
-        self._window_calls = 0
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
@@ -164,10 +532,14 @@ class Receiver:
         app.router.add_post("/v1/request/{request_id}/feedback", self._request_feedback)
         app.router.add_post("/v1/request/{request_id}/score", self._request_score)
         app.router.add_post("/v1/session/{session_id}/feedback", self._session_feedback)
+        app.router.add_get("/v1/request/{request_id}", self._read_request)
         app.router.add_post("/_admin/faults", self._admin_add_fault)
         app.router.add_delete("/_admin/faults", self._admin_clear_faults)
         app.router.add_get("/_admin/records", self._admin_records)
         app.router.add_delete("/_admin/records", self._admin_clear_records)
+        app.router.add_get("/_admin/stored", self._admin_stored)
+        app.router.add_post("/_admin/settle", self._admin_settle)
+        app.router.add_delete("/_admin/stored", self._admin_clear_stored)
         # A short shutdown timeout: a call parked in injected latency must not hold up stop().
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -178,12 +550,20 @@ class Receiver:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._consumer = asyncio.create_task(self._consume_forever(), name="receiver-consumer")
         host, port = runner.addresses[0][:2]
         host = f"[{host}]" if ":" in host else host
         self._url = f"http://{host}:{port}"
         return self._url
 
     async def stop(self) -> None:
+        """Stop listening and stop the consumer; what is stored or still queued is kept, so
+        :meth:`start` again carries on (like Helicone's queue across an API outage)."""
+        if self._consumer is not None:
+            self._consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._consumer
+            self._consumer = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -237,6 +617,80 @@ class Receiver:
 
     def clear_records(self) -> None:
         self.history.clear()
+
+    # ---- what Helicone stored
+
+    def stored(self) -> dict[str, StoredRequest]:
+        """Request id -> what Helicone holds for it after the batches consumed so far."""
+        return self.store.stored()
+
+    def stored_sessions(self) -> dict[str, bool]:
+        """Session id -> the session rating Helicone holds."""
+        return self.store.sessions()
+
+    @property
+    def counters(self) -> StoreCounters:
+        """Messages queued / kept / superseded in a batch / dropped unknown, batches, pending."""
+        return self.store.counters
+
+    async def settle(self) -> BatchResult:
+        """Consume every message queued so far as one batch, now, whatever the ingestion delay.
+
+        One batch means Helicone's dedupe applies across all of them: call it where a test
+        would otherwise wait for the delay, not between calls it expects to land apart.
+        """
+        result = self.store.consume(None)
+        await self._notify()
+        return result
+
+    async def wait_stored(
+        self,
+        request_id: str,
+        check: Callable[[StoredRequest], bool] = lambda _: True,
+        *,
+        timeout_s: float = 5.0,
+    ) -> StoredRequest:
+        """Wait until the stored state of ``request_id`` passes ``check``; return it.
+
+        Raises ``TimeoutError`` with the state it saw.
+        """
+
+        def ready() -> bool:
+            stored = self.store.request(request_id)
+            return stored is not None and check(stored)
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"waited {timeout_s} s for the stored state of {request_id}; it is "
+                    f"{self.store.request(request_id)!r} ({self.counters})"
+                ) from None
+        stored = self.store.request(request_id)
+        assert stored is not None
+        return stored
+
+    def clear_stored(self) -> None:
+        """Forget stored state, queued messages and counters (``history`` is kept)."""
+        self.store.clear()
+
+    async def _consume_forever(self) -> None:
+        """The consumer: one batch every ``batch_interval_s`` over the messages visible by the
+        receiver's clock.  A failing batch is logged and the loop goes on."""
+        while True:
+            await asyncio.sleep(self._batch_interval_s)
+            try:
+                result = self.store.consume(self._clock.now_ms())
+            except Exception:  # pragma: no cover - the store is pure; this is a safety net
+                _log.exception("the receiver's scores consumer failed a batch")
+                continue
+            if result.consumed:
+                await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     # ---- fault injection
 
@@ -299,18 +753,34 @@ class Receiver:
     # ---- API routes
 
     async def _request_feedback(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, _validate_rating, success=201)
+        def accept(body: dict[str, Any]) -> None:
+            message = feedback_message(
+                request.match_info["request_id"], body["rating"], self._clock.now_ms()
+            )
+            self.store.enqueue(message)
+
+        return await self._handle(request, _validate_rating, accept, success=201)
 
     async def _request_score(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, _validate_scores, success=201)
+        def accept(body: dict[str, Any]) -> None:
+            message = score_message(
+                request.match_info["request_id"], body["scores"], self._clock.now_ms()
+            )
+            self.store.enqueue(message)
+
+        return await self._handle(request, _validate_scores, accept, success=201)
 
     async def _session_feedback(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, _validate_rating, success=200)
+        def accept(body: dict[str, Any]) -> None:
+            self.store.set_session_feedback(request.match_info["session_id"], body["rating"])
+
+        return await self._handle(request, _validate_rating, accept, success=200)
 
     async def _handle(
         self,
         request: web.Request,
         validate: Callable[[Any], dict[str, Any]],
+        accept: Callable[[dict[str, Any]], None],
         *,
         success: int,
     ) -> web.StreamResponse:
@@ -324,7 +794,9 @@ class Receiver:
             malformed = False
         if self._latency_s:
             await asyncio.sleep(self._latency_s)
-        response = self._answer(request, body, malformed, validate, success)
+        response, accepted = self._answer(request, body, malformed, validate, success)
+        if accepted:  # Helicone's own 2xx (not an injected one): it queues what it was sent
+            accept(body)
         if response is None:  # an injected reset: hang up without a word
             if request.transport is not None:
                 request.transport.close()
@@ -335,8 +807,7 @@ class Receiver:
         self.history.append(
             Received(request.method, request.path, body, self._clock.now_ms(), status)
         )
-        async with self._changed:
-            self._changed.notify_all()
+        await self._notify()
         return response
 
     def _answer(
@@ -346,43 +817,83 @@ class Receiver:
         malformed: bool,
         validate: Callable[[Any], dict[str, Any]],
         success: int,
-    ) -> web.Response | None:
-        """The answer Helicone would give (or a fault's), or None for a connection reset."""
+    ) -> tuple[web.Response | None, bool]:
+        """The answer Helicone would give (or a fault's; None for a connection reset), and
+        whether Helicone accepted the call."""
         fault = self._take_fault(request.path)
         if fault is not None:
             if fault.reset:
-                return None
+                return None, False
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
             payload = fault.body if fault.body is not None else {"error": "injected fault"}
-            return web.json_response(payload, status=fault.status, headers=headers)
-        denied = self._authenticate(request.headers.get("Authorization"))
+            return web.json_response(payload, status=fault.status, headers=headers), False
+        denied = self._authenticate(request.headers.get("Authorization"), write=True)
         if denied is not None:
-            return denied
-        limited = self._rate_limited()
-        if limited is not None:
-            return limited
+            return denied, False
+        # Helicone's limiter runs after auth (it counts per organisation) and before the route,
+        # so every answer from here on carries the RateLimit-* headers.
+        limit = self._hit(self._write_limiter)
+        headers = limit.headers() if limit is not None else {}
+        if limit is not None and not limit.allowed:
+            return _too_many(headers), False
+        problem = self._problem(request, body, malformed, validate)
+        if problem is not None:
+            status, payload = problem
+            return web.json_response(payload, status=status, headers=headers), False
+        return web.json_response(_OK, status=success, headers=headers), True
+
+    def _problem(
+        self,
+        request: web.Request,
+        body: Any,
+        malformed: bool,
+        validate: Callable[[Any], dict[str, Any]],
+    ) -> tuple[int, Any] | None:
+        """Why Helicone would refuse this authorised call (status, body), or None."""
         if malformed:
-            return web.json_response({"message": "Malformed JSON body"}, status=400)
+            return 400, {"message": "Malformed JSON body"}
         details = validate(body)
         if details:
-            return web.json_response(
-                {"message": "Validation Failed", "details": details}, status=422
-            )
+            return 422, {"message": "Validation Failed", "details": details}
         request_id = request.match_info.get("request_id")
         if request_id is not None and not is_helicone_request_id(request_id):
-            return web.json_response(
-                {"data": None, "error": "Invalid requestId: must be a valid UUID"}, status=500
-            )
+            return 500, {"data": None, "error": "Invalid requestId: must be a valid UUID"}
         if request.match_info.get("session_id") in self._unknown_sessions:
-            return web.json_response({"data": None, "error": "No request found"}, status=500)
+            return 500, {"data": None, "error": "No request found"}
         scores = body.get("scores") if isinstance(body, dict) else None
         if isinstance(scores, dict) and any(
             isinstance(v, float) and not v.is_integer() for v in scores.values()
         ):
+            return 500, {"data": None, "error": "invalid input syntax for type integer"}
+        return None
+
+    async def _read_request(self, request: web.Request) -> web.Response:
+        """``GET /v1/request/{requestId}``: the request as Helicone returns it (``Result``).
+
+        Any key may read (read-only keys too); reads have their own limit; unknown requests get
+        Helicone's error result.  No faults, no latency, not recorded in ``history``.
+        """
+        denied = self._authenticate(request.headers.get("Authorization"), write=False)
+        if denied is not None:
+            return denied
+        limit = self._hit(self._read_limiter)
+        headers = limit.headers() if limit is not None else {}
+        if limit is not None and not limit.allowed:
+            return _too_many(headers)
+        request_id = request.match_info["request_id"]
+        if not self.store.is_known(request_id):
             return web.json_response(
-                {"data": None, "error": "invalid input syntax for type integer"}, status=500
+                {"data": None, "error": "Request not found"}, status=500, headers=headers
             )
-        return web.json_response(_OK, status=success)
+        stored = self.store.request(request_id) or StoredRequest({})
+        return web.json_response(
+            {"data": _helicone_request(request_id, stored), "error": None},
+            status=200,
+            headers=headers,
+        )
+
+    def _hit(self, limiter: FixedWindowLimiter | None) -> RateDecision | None:
+        return None if limiter is None else limiter.hit(self._clock.now_ms())
 
     def _take_fault(self, path: str) -> Fault | None:
         now_ms = self._clock.now_ms()
@@ -394,36 +905,19 @@ class Receiver:
                 return fault
         return None
 
-    def _authenticate(self, authorization: str | None) -> web.Response | None:
+    def _authenticate(self, authorization: str | None, *, write: bool) -> web.Response | None:
         scheme, _, key = (authorization or "").partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             return _auth_error(401, "Missing or malformed Authorization header")
         if key in self._read_only_keys:
-            return _auth_error(403, "This API key does not have write access")
+            return _auth_error(403, "This API key does not have write access") if write else None
         known = (
             key in self._api_keys
             if self._api_keys is not None
             else (key.startswith(HELICONE_KEY_PREFIX))
         )
         return None if known else _auth_error(401, "Invalid API key")
-
-    def _rate_limited(self) -> web.Response | None:
-        if self._rate_limit is None:
-            return None
-        now_ms = self._clock.now_ms()
-        if self._window_start_ms is None or now_ms >= self._window_start_ms + self._rate_window_ms:
-            self._window_start_ms, self._window_calls = now_ms, 0
-        if self._window_calls >= self._rate_limit:
-            left_ms = self._window_start_ms + self._rate_window_ms - now_ms
-            wait_s = max(1, math.ceil(left_ms / 1000))
-            return web.json_response(
-                {"error": "Too many requests, please try again later."},
-                status=429,
-                headers={"Retry-After": str(wait_s)},
-            )
-        self._window_calls += 1
-        return None
 
     # ---- admin routes (for a receiver in another process)
 
@@ -485,6 +979,25 @@ class Receiver:
         self.clear_records()
         return web.json_response({"records": []})
 
+    async def _admin_stored(self, request: web.Request) -> web.Response:
+        return web.json_response(self._stored_json())
+
+    async def _admin_settle(self, request: web.Request) -> web.Response:
+        batch = await self.settle()
+        return web.json_response({"batch": asdict(batch), **self._stored_json()})
+
+    async def _admin_clear_stored(self, request: web.Request) -> web.Response:
+        self.clear_stored()
+        return web.json_response(self._stored_json())
+
+    def _stored_json(self) -> dict[str, Any]:
+        """``{"requests": {id: {"scores", "feedback"}}, "sessions": {id: bool}, "counters"}``."""
+        return {
+            "requests": {rid: asdict(s) for rid, s in self.stored().items()},
+            "sessions": self.stored_sessions(),
+            "counters": asdict(self.counters),
+        }
+
 
 # --------------------------------------------------------------------------- validation
 
@@ -535,6 +1048,26 @@ def _extra_fields(body: Mapping[str, Any], allowed: set[str]) -> dict[str, Any]:
     }
 
 
+def _helicone_request(request_id: str, stored: StoredRequest) -> dict[str, Any]:
+    """The fields of Helicone's ``HeliconeRequest`` that the stored state determines.
+
+    Helicone returns many more (bodies, model, tokens, cost...); a fake has none of them, and
+    leaving them out beats inventing them.
+    """
+    return {
+        "request_id": request_id,
+        "scores": dict(stored.scores),
+        "feedback_rating": stored.feedback,
+        "properties": {},
+    }
+
+
+def _too_many(headers: Mapping[str, str]) -> web.Response:
+    return web.json_response(
+        {"error": "Too many requests, please try again later."}, status=429, headers=headers
+    )
+
+
 def _auth_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message, "trace": "auth.middleware"}, status=status)
 
@@ -560,6 +1093,11 @@ async def serve(
     rate_limit: int | None = None,
     rate_window_s: float = 300.0,
     on_ready: Callable[[Receiver], None] | None = None,
+    read_rate_limit: int | None = 600,
+    read_rate_window_s: float = 300.0,
+    batch_interval_s: float = 0.05,
+    ingestion_delay_s: float = 0.0,
+    known_requests: KnownRequests = None,
 ) -> None:
     """Run a receiver until cancelled; ``on_ready`` gets it once it listens (default: print)."""
     async with Receiver(
@@ -570,6 +1108,11 @@ async def serve(
         unknown_sessions=unknown_sessions,
         rate_limit=rate_limit,
         rate_window_s=rate_window_s,
+        read_rate_limit=read_rate_limit,
+        read_rate_window_s=read_rate_window_s,
+        batch_interval_s=batch_interval_s,
+        ingestion_delay_s=ingestion_delay_s,
+        known_requests=known_requests,
     ) as receiver:
         if on_ready is not None:
             on_ready(receiver)
@@ -591,11 +1134,37 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--read-only-key", action="append", default=[], dest="read_only_keys")
     parser.add_argument("--unknown-session", action="append", default=[], dest="unknown_sessions")
-    parser.add_argument("--rate-limit", type=int, default=None, help="calls per window")
+    parser.add_argument("--rate-limit", type=int, default=None, help="write calls per window")
     parser.add_argument("--rate-window-s", type=float, default=300.0)
+    parser.add_argument(
+        "--read-rate-limit",
+        type=_optional_int,
+        default=600,
+        help="GET /v1/request/{id} calls per read window (Helicone: 600); 'none': unlimited",
+    )
+    parser.add_argument("--read-rate-window-s", type=float, default=300.0)
+    parser.add_argument(
+        "--batch-interval-s", type=float, default=0.05, help="how often scores are consumed"
+    )
+    parser.add_argument(
+        "--ingestion-delay-s",
+        type=float,
+        default=0.0,
+        help="delay before a call's scores can be consumed (Helicone: 600)",
+    )
+    parser.add_argument(
+        "--known-request",
+        action="append",
+        dest="known_requests",
+        help="a request id Helicone has logged (repeatable); default: every valid UUID",
+    )
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it is meant to stop
         asyncio.run(serve(**vars(args)))
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
 
 
 if __name__ == "__main__":
