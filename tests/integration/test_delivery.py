@@ -57,36 +57,39 @@ def delivery_env(receiver: ReceiverThread, key: str, **overrides: str) -> dict[s
     return env
 
 
-def test_each_endpoint_delivers_once_and_duplicates_are_skipped(
+def test_each_state_is_one_call_and_helicone_stores_rating_and_scores(
     kafka_bootstrap: str,
     topics: TestTopics,
     worker_factory: Any,
     helicone_receiver: ReceiverThread,
 ) -> None:
-    """Request feedback, request scores (one POST with every key) and session feedback; the
-    same decisions written to the outbox again are not posted again."""
+    """A rating, a rating with scores, scores alone and a session rating: one call each, and
+    what the receiver *stores* (Helicone's batch dedupe applied) holds rating and scores; the
+    same decisions written to the outbox again cost no call."""
     worker: WorkerProcess = worker_factory(**delivery_env(helicone_receiver, api_key()))
     worker.wait_ready()
     rating_only = make_decision(rating=True)
-    both = make_decision(rating=False, scores={"time_spent_s": 42, "copied": 1})
+    both = make_decision(rating=False, scores={"time_spent_s": 42, "copied": 1}, rule="engagement")
     scores_only = make_decision(rating=None, scores={"click_through_rate": 50}, rule="scores")
     session = make_decision(target="session", rating=True, rule="session_feedback")
     publish(kafka_bootstrap, topics.outbox, [rating_only, both, scores_only, session])
 
-    helicone_receiver.wait_for(5)
-    calls = {(r.path, orjson.dumps(r.body)) for r in helicone_receiver.accepted()}
-    assert calls == {
-        (f"/v1/request/{rating_only.request_id}/feedback", b'{"rating":true}'),
-        (f"/v1/request/{both.request_id}/feedback", b'{"rating":false}'),
-        (f"/v1/request/{both.request_id}/score", b'{"scores":{"time_spent_s":42,"copied":1}}'),
-        (f"/v1/request/{scores_only.request_id}/score", b'{"scores":{"click_through_rate":50}}'),
-        (f"/v1/session/{session.session_id}/feedback", b'{"rating":true}'),
-    }
+    helicone_receiver.wait_for(4)
     worker.wait_metric("feedback_delivery_delivered_total", lambda v: v == 4)
+    assert len(helicone_receiver.history()) == 4
+    helicone_receiver.call_async(lambda r: r.settle())
+    stored = helicone_receiver.call(lambda r: r.stored())
+    assert stored[rating_only.request_id].feedback is True  # type: ignore[index]
+    assert stored[both.request_id].feedback is False  # type: ignore[index]
+    assert stored[both.request_id].scores == {  # type: ignore[index]
+        "time_spent_s": 42, "copied": 1, "helicone-score-feedback": 0,
+    }
+    assert stored[scores_only.request_id].scores == {"click_through_rate": 50}  # type: ignore[index]
+    assert helicone_receiver.call(lambda r: r.stored_sessions()) == {session.session_id: True}
 
     publish(kafka_bootstrap, topics.outbox, [rating_only, both, scores_only, session])
     worker.wait_metric("feedback_delivery_duplicates_total", lambda v: v == 4)
-    assert len(helicone_receiver.history()) == 5
+    assert len(helicone_receiver.history()) == 4
     assert read_all(kafka_bootstrap, topics.dlq) == []
 
 
@@ -141,13 +144,13 @@ def test_a_permanent_422_goes_to_the_dlq_with_attempts_status_and_a_cut_body(
     assert dead["reason"] == "rejected"
     assert dead["attempts"] == 0 and dead["last_status"] == 422
     assert dead["last_endpoint"] == "request_score"
-    assert dead["calls_done"] == ["request_feedback"]
+    assert dead["calls_done"] == []
     assert dead["last_body"].startswith('{"message": "Validation Failed"')
     assert 1_900 < len(dead["last_body"].encode()) <= 2_048  # the 5 KiB answer, cut
     assert dead["decision"] == orjson.loads(decision.model_dump_json())
     worker.wait_metric("feedback_delivery_dlq_total", lambda v: v == 1)
-    # Not retried: the feedback call and the one rejected score call, nothing more.
-    assert [r.status for r in helicone_receiver.history()] == [201, 422]
+    # Not retried: the one call carrying rating and scores, rejected, nothing more.
+    assert [r.status for r in helicone_receiver.history()] == [422]
 
 
 def test_401_pauses_delivery_without_dead_letters_and_a_probe_resumes_it(
@@ -201,12 +204,12 @@ def test_the_breaker_bounds_calls_during_an_outage_then_all_are_delivered_once(
     publish(kafka_bootstrap, topics.outbox, decisions)
 
     worker.wait_metric("feedback_delivery_breaker_opened_total", lambda v: v >= 1)
-    helicone_receiver.wait_for(80, timeout_s=60)
+    helicone_receiver.wait_for(40, timeout_s=60)
     history = helicone_receiver.history()
     failed = [r for r in history if r.status == 503]
     assert len(failed) <= 10 + 8 + 6 + 4, len(failed)
     accepted = Counter(r.path for r in history if r.accepted)
-    assert len(accepted) == 80 and set(accepted.values()) == {1}
+    assert len(accepted) == 40 and set(accepted.values()) == {1}
     worker.wait_metric("feedback_delivery_breaker_state", lambda v: v == 0)
     worker.wait_metric("feedback_delivery_retry_queue", lambda v: v == 0)
     assert read_all(kafka_bootstrap, topics.dlq) == []
@@ -241,7 +244,7 @@ def test_kill_9_while_retries_wait_then_every_decision_is_delivered_exactly_once
     first.wait_ready()
     delivered = [make_decision(scores={"k": 1}) for _ in range(10)]
     publish(kafka_bootstrap, topics.outbox, delivered)
-    helicone_receiver.wait_for(20)
+    helicone_receiver.wait_for(10)
 
     helicone_receiver.call(lambda r: r.fail_for(600, status=503))
     waiting = [make_decision() for _ in range(10)]
@@ -255,18 +258,18 @@ def test_kill_9_while_retries_wait_then_every_decision_is_delivered_exactly_once
     second: WorkerProcess = worker_factory(state_dir=tmp_path / "state-b", **env)
     second.wait_ready(timeout_s=120)
     # Restored from the changelog, not re-read from the outbox (its offsets were committed).
-    restored = re.findall(r"delivery: (\d+) waiting decision", second.logs())
+    restored = re.findall(r"delivery: (\d+) due state", second.logs())
     assert restored and max(map(int, restored)) > 0, second.logs()[-3000:]
-    helicone_receiver.wait_for(30, timeout_s=60)
+    helicone_receiver.wait_for(20, timeout_s=60)
     publish(kafka_bootstrap, topics.outbox, waiting + delivered)
     second.wait_metric("feedback_delivery_duplicates_total", lambda v: v == 20)
     second.wait_metric("feedback_delivery_retry_queue", lambda v: v == 0)
 
     accepted = Counter(r.path for r in helicone_receiver.history() if r.accepted)
-    assert len(accepted) == 30, accepted
+    assert len(accepted) == 20, accepted
     assert set(accepted.values()) == {1}, {p: n for p, n in accepted.items() if n != 1}
     for decision in waiting:
-        assert accepted[f"/v1/request/{decision.request_id}/feedback"] == 1
+        assert accepted[f"/v1/request/{decision.request_id}/score"] == 1
     assert read_all(kafka_bootstrap, topics.dlq) == []
 
 
@@ -298,7 +301,7 @@ def test_the_api_key_appears_in_no_log_metric_or_topic(
     decisions = [make_decision(scores={"x": 1}) for _ in range(5)]
     publish(kafka_bootstrap, topics.outbox, [echoed, *decisions])
 
-    helicone_receiver.wait_for(10, timeout_s=60)
+    helicone_receiver.wait_for(5, timeout_s=60)
     (record,) = read_until(kafka_bootstrap, topics.dlq, 1)
     assert "[redacted]" in orjson.loads(record.value)["last_body"]
     worker.wait_metric("feedback_delivery_delivered_total", lambda v: v == 5)
@@ -307,7 +310,7 @@ def test_the_api_key_appears_in_no_log_metric_or_topic(
     assert secret not in worker.log_path.read_bytes()
     assert secret not in httpx.get(worker.url("/metrics"), timeout=5).content
     ours = [t for t in list_topics(kafka_bootstrap) if topics.suffix in t]
-    assert any(t.endswith("-delivery-pending-changelog") for t in ours)
+    assert any(t.endswith("-delivery-state-changelog") for t in ours)
     for topic in ours:
         for r in read_all(kafka_bootstrap, topic):
             assert secret not in (r.value or b"") and secret not in (r.key or b""), topic
@@ -329,9 +332,9 @@ def test_dry_run_posts_nothing_and_needs_no_key(
     samples = worker.metrics()
     dry = sum(v for (n, labels), v in samples.items()
               if n == "feedback_delivery_attempts_total" and ("outcome", "dry_run") in labels)
-    assert dry == 6
+    assert dry == 3
     assert helicone_receiver.history() == []
-    assert worker.logs().count("dry run: would POST") == 6
+    assert worker.logs().count("dry run: would POST") == 3
 
 
 # --------------------------------------------------------------------------- simulated time
@@ -360,8 +363,15 @@ async def test_five_minutes_of_500_then_recovery_on_a_fake_clock() -> None:
 
         await harness.advance(120, step_s=0.5)
         accepted = Counter(r.path for r in receiver.records)
-        assert len(accepted) == 80 and set(accepted.values()) == {1}
-        assert harness.pending == {} and harness.records("dlq") == []
+        assert len(accepted) == 40 and set(accepted.values()) == {1}
+        await receiver.settle()
+        stored = receiver.stored()
+        for i, decision in enumerate(decisions):
+            assert stored[decision.request_id or ""].scores == {
+                "i": i, "helicone-score-feedback": 1 if i % 2 == 0 else 0,
+            }
+        assert all(not orjson.loads(v)["unsent"] for v in harness.states.values())
+        assert harness.records("dlq") == []
         assert harness.delivery.breaker.state is BreakerState.CLOSED
         await harness.aclose()
 

@@ -3,7 +3,8 @@
 Each test drives :class:`~worker.agents.deliver.Delivery` the way the deliver agent and its
 sender do (``publish`` = an outbox record, ``settle`` = the sender starts what it may and the
 agent applies the results, ``advance`` = time passing), so whole-state sending, replacement,
-retries, dedupe, the auth pause, the breaker and the rate are checked exactly and fast.  The same engine against the real receiver and
+retries, dedupe, the auth pause, the breaker and the rate are checked exactly and fast.
+The same engine against the real receiver and
 broker is in ``tests/integration/test_delivery*.py``.
 """
 

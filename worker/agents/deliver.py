@@ -220,6 +220,8 @@ class _Due:
     partition: int
     due_ms: int
     oldest_ms: int
+    #: True after a failed attempt (the ``feedback_delivery_retry_queue`` gauge).
+    retrying: bool = False
 
 
 class Delivery:
@@ -269,6 +271,9 @@ class Delivery:
         self._due: dict[bytes, _Due] = {}
         self._inflight: dict[bytes, _Due] = {}
         self._again: set[bytes] = set()  # became due while in flight: look again after
+        #: Versions settled (2xx or given up) whose result record the agent has not applied to
+        #: the table yet: until it has, the table still says "due", and must not be believed.
+        self._settled: dict[bytes, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: Partitions whose states this worker sends; None until the first rebuild.
         self._owned: set[int] | None = None
@@ -440,6 +445,8 @@ class Delivery:
         else:
             return
         self.states[table_key] = state.to_json()
+        if max(state.sent, state.dead) >= self._settled.get(table_key, 0):
+            self._settled.pop(table_key, None)
 
     def _on_sweep(self, keys: Iterable[Any], partition: int) -> None:
         cutoff_ms = self.clock.now_ms() - self._dedupe_ttl_ms
@@ -540,7 +547,7 @@ class Delivery:
             if raw is None:
                 return
             state = FeedbackState.from_json(raw)
-            if not state.due:
+            if not self._is_due(table_key, state):
                 return
             await self._attempt(table_key, due, state)
         except Exception:  # one state's bug must not stop the sender
@@ -596,13 +603,14 @@ class Delivery:
                 "state %s: %s (attempt %d); next attempt in %.1f s",
                 key, exc, retry.attempts, (retry.next_at_ms - self.clock.now_ms()) / 1000,
             )
-            self._reschedule(table_key, due, retry.next_at_ms)
+            self._reschedule(table_key, due, retry.next_at_ms, retrying=True)
             await self._report(due.partition, key, version, "failed", retry=retry)
             return
         now_ms = self.clock.now_ms()
         for decision in state.settled_decisions(version):
             decided_at = datetime.fromisoformat(decision["decided_at"]).timestamp()
             self.metrics.observe_delivered(state.target, delay_s=now_ms / 1000 - decided_at)
+        self._settled[table_key] = version
         await self._report(due.partition, key, version, "delivered")
 
     async def _give_up(
@@ -620,6 +628,7 @@ class Delivery:
             state.settled_decisions(state.version), retry,
             target=state.target_id.encode(), reason=reason, message=message,
         )
+        self._settled[table_key] = state.version
         await self._report(due.partition, key, state.version, "dead")
 
     async def _report(
@@ -679,16 +688,23 @@ class Delivery:
         if table_key in self._inflight:
             self._again.add(table_key)
             return
+        if not self._is_due(table_key, state):
+            return
         if keep_earlier and table_key in self._due:
             return
         due_ms = max(now_ms, state.retry.next_at_ms)
         oldest = state.oldest_unsent_ms or now_ms
-        self._due[table_key] = _Due(partition, due_ms, oldest)
+        self._due[table_key] = _Due(partition, due_ms, oldest, state.retry.attempts > 0)
         heapq.heappush(self._heap, (due_ms, next(self._tie), table_key))
         self._kick.set()
 
-    def _reschedule(self, table_key: bytes, due: _Due, due_ms: int) -> None:
-        self._due[table_key] = _Due(due.partition, due_ms, due.oldest_ms)
+    def _is_due(self, table_key: bytes, state: FeedbackState) -> bool:
+        return state.due and state.version > self._settled.get(table_key, 0)
+
+    def _reschedule(
+        self, table_key: bytes, due: _Due, due_ms: int, *, retrying: bool = False
+    ) -> None:
+        self._due[table_key] = _Due(due.partition, due_ms, due.oldest_ms, retrying)
         heapq.heappush(self._heap, (due_ms, next(self._tie), table_key))
 
     def rebuild(self, items: Iterable[tuple[bytes, bytes]], owned: set[int]) -> int:
@@ -726,9 +742,7 @@ class Delivery:
         oldest = min((d.oldest_ms for d in waiting), default=now_ms)
         per_s = self.rate.per_s
         self.metrics.delivery_backlog.set(len(waiting))
-        self.metrics.delivery_retry_queue.set(
-            sum(1 for d in self._due.values() if d.due_ms > now_ms)
-        )
+        self.metrics.delivery_retry_queue.set(sum(1 for d in self._due.values() if d.retrying))
         self.metrics.delivery_backlog_age.set(max(0.0, (now_ms - oldest) / 1000))
         self.metrics.delivery_drain.set(0.0 if self.config.dry_run else len(waiting) / per_s)
         self.metrics.delivery_rate.set(per_s)
