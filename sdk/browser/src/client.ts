@@ -47,8 +47,14 @@ export function createFeedback(o: FeedbackOptions): FeedbackClient {
   const kv = o.storage === undefined ? defaultStorage() : o.storage;
   const prefix = `${PREFIX}${o.writeKey}:`;
   const key = prefix + uuid();
-  const report =
-    o.onError || ((e: FeedbackError) => console.warn(`[feedback] ${e.message}`, e.events));
+  /** Tells the app; a throwing `onError` must not break tracking or the queue. */
+  const report = (e: FeedbackError) => {
+    try {
+      o.onError ? o.onError(e) : console.warn(`[feedback] ${e.message}`, e.events);
+    } catch {
+      // The app's callback failed; the queue stays consistent either way.
+    }
+  };
 
   let queue: FeedbackEvent[] = [];
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -112,9 +118,10 @@ export function createFeedback(o: FeedbackOptions): FeedbackClient {
       });
       return true;
     }
-    // Network error, 408, 429, 5xx: keep them and try again later.
+    // Network error, timeout, 408, 429, 5xx: keep them and try again later. A
+    // Retry-After is honoured, but never below one second (no tight loop on "0").
     const ra = retryAfterMs(a.retryAfter);
-    const wait = ra ?? Math.min(cap, base * 2 ** fails) * (0.5 + Math.random() / 2);
+    const wait = ra != null ? Math.max(ra, 1000) : Math.min(cap, base * 2 ** fails) * (0.5 + Math.random() / 2);
     fails++;
     retryAt = Date.now() + wait;
     if (timer !== undefined) clearTimeout(timer);

@@ -52,10 +52,18 @@ export interface Answer {
   invalid: number;
 }
 
+/** A request that hangs this long counts as failed, so one stuck request cannot stall the queue. */
+export const TIMEOUT_MS = 30000;
+
 /** POSTs one body with `fetch`; never throws. */
-export async function post(url: string, data: string, keepalive = false): Promise<Answer> {
+export async function post(url: string, data: string): Promise<Answer> {
   try {
-    const r = await fetch(url, { method: "POST", body: data, keepalive, credentials: "omit" });
+    const r = await fetch(url, {
+      method: "POST",
+      body: data,
+      credentials: "omit",
+      signal: typeof AbortSignal != "undefined" && AbortSignal.timeout ? AbortSignal.timeout(TIMEOUT_MS) : undefined,
+    });
     let invalid = 0;
     if (r.ok) {
       try {

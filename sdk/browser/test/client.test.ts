@@ -192,6 +192,54 @@ describe("retries", () => {
     expect(f).toHaveBeenCalledTimes(2);
   });
 
+  it("gives up on a request that hangs after 30 s and retries it", async () => {
+    const c = fakeCollector("hang");
+    vi.spyOn(Math, "random").mockReturnValue(0.999999);
+    // happy-dom's AbortSignal.timeout runs on real timers; put it on the fake clock.
+    vi.spyOn(AbortSignal, "timeout").mockImplementation((ms) => {
+      const ctl = new AbortController();
+      setTimeout(() => ctl.abort(new DOMException("timed out", "TimeoutError")), ms);
+      return ctl.signal;
+    });
+    const fb = make({ retryBaseMs: 1000 });
+    const id = fb.rate(RID, true);
+    void fb.flush();
+    await vi.advanceTimersByTimeAsync(29_999);
+    expect(c.sent).toHaveLength(1);
+    expect(fb.pending()).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1 + 1000);
+    expect(c.sent).toHaveLength(2);
+    expect(c.sent[1]!.batch.events[0]!.event_id).toBe(id);
+    expect(fb.pending()).toEqual([]);
+  });
+
+  it("waits at least a second on Retry-After: 0 (no tight loop)", async () => {
+    const c = fakeCollector({ status: 429, headers: { "Retry-After": "0" } });
+    const fb = make();
+    fb.rate(RID, true);
+    await fb.flush();
+    await vi.advanceTimersByTimeAsync(999);
+    expect(c.sent).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(c.sent).toHaveLength(2);
+  });
+
+  it("survives an onError that throws", async () => {
+    const c = fakeCollector(401);
+    const fb = make({
+      onError: () => {
+        throw new Error("app bug");
+      },
+    });
+    expect(fb.track("bad", "response_copied")).toBeNull();
+    fb.rate(RID, true);
+    await fb.flush();
+    fb.rate(RID, false);
+    await fb.flush();
+    expect(c.sent).toHaveLength(2);
+    expect(fb.pending()).toEqual([]);
+  });
+
   it("drops 400/401/403 without retrying and says what was refused", async () => {
     for (const status of [400, 401, 403]) {
       const c = fakeCollector(status);

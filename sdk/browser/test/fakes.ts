@@ -9,8 +9,11 @@ export interface Sent {
   batch: { sent_at: string; events: FeedbackEvent[] };
 }
 
-/** One scripted answer: a status (plus headers and JSON), or `"network"` for a failed request. */
-export type Reply = number | "network" | { status: number; headers?: Record<string, string>; json?: unknown };
+/**
+ * One scripted answer: a status (plus headers and JSON), `"network"` for a failed
+ * request, or `"hang"` for one that only ends when its signal aborts.
+ */
+export type Reply = number | "network" | "hang" | { status: number; headers?: Record<string, string>; json?: unknown };
 
 /**
  * Installs a fake `fetch`. Each request takes the next scripted reply; when the
@@ -23,6 +26,10 @@ export function fakeCollector(...script: Reply[]) {
     sent.push({ url, body, keepalive: !!init.keepalive, batch: JSON.parse(body) });
     const r = script.shift() ?? 202;
     if (r === "network") throw new TypeError("Failed to fetch");
+    if (r === "hang")
+      return new Promise<never>((_, reject) =>
+        init.signal?.addEventListener("abort", () => reject(new DOMException("timed out", "TimeoutError"))),
+      );
     const { status, headers = {}, json } = typeof r == "number" ? { status: r } : r;
     const events = JSON.parse(body).events.length;
     return {
