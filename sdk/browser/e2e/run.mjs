@@ -21,7 +21,7 @@ const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/ja
 export const CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"];
 
 /** Serves files under sdk/browser/ read-only on 127.0.0.1 (random port). */
-async function serveStatic() {
+export async function serveStatic() {
   const server = createServer(async (req, res) => {
     const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname));
     const file = ROOT + path.replace(/^[/\\]+/, "");
