@@ -25,6 +25,7 @@ describe.skipIf(!existsSync(CHROMIUM))("real browser: page hide beacon", () => {
     expect(result.errors).toEqual([]);
     expect(result.events.map((e) => e.type)).toEqual(["response_shown", "response_copied", "page_left"]);
     const ids = result.events.map((e) => e.event_id);
+    expect(new Set(ids).size).toBe(3);
 
     const arrived = await collector.waitFor(
       (rs) => new Set(rs.flatMap((r) => r.batch.events.map((e) => e.event_id))).size >= ids.length,
