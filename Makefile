@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install test test-chaos lint typecheck unit integration schemas clean demo bench soak
+.PHONY: help install test test-chaos lint typecheck unit integration schemas clean demo bench soak sdk-test
 
 help:
 	@echo "make demo    the whole system on this machine for a minute, checked end to end"
@@ -13,6 +13,7 @@ help:
 	@echo "make test-chaos  the long chaos scenarios (kills, rebalances, outages, broker restart)"
 	@echo "make soak    steady mixed load with faults for MINUTES (default 10); fails on growth"
 	@echo "make schemas regenerate schemas/ from the models"
+	@echo "make sdk-test the browser SDK: build, typecheck, unit tests, real-Chromium beacon test, size"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +53,10 @@ soak: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/feedback-worker schemas
+
+# Needs Node 20+ and npm; the real-browser test runs when /usr/bin/chromium exists.
+sdk-test:
+	cd sdk/browser && npm ci && npm test
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
