@@ -35,7 +35,7 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration tests/e2e -q
 
-test: lint typecheck $(STAMP)
+test: lint typecheck sdk-test $(STAMP)
 	$(BIN)/pytest -q
 
 demo: $(STAMP)

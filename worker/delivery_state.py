@@ -68,18 +68,22 @@ Rank = tuple[int, int, int, str]
 
 
 def rating_rank(decision: Decision) -> Rank:
-    """Where a decision's rating stands: explicit first, then later windows and decisions."""
+    """Where a decision's rating stands: explicit first, then the later window.
+
+    Only event-time fields and the (deterministic) decision id take part, never
+    ``decided_at``: a replay of the same input must store the same rating.
+    """
     return (
         1 if decision.rule == "explicit" or decision.rule == "session_feedback" else 0,
         _ms(decision.window_end),
-        _ms(decision.decided_at),
+        _ms(decision.window_start),
         decision.decision_id,
     )
 
 
 def score_rank(decision: Decision) -> Rank:
-    """Where a decision's scores stand: later windows and decisions win, key by key."""
-    return (0, _ms(decision.window_end), _ms(decision.decided_at), decision.decision_id)
+    """Where a decision's scores stand: the later window wins, key by key."""
+    return (0, _ms(decision.window_end), _ms(decision.window_start), decision.decision_id)
 
 
 def _ms(moment: Any) -> int:

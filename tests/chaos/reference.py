@@ -1,9 +1,8 @@
 """What a chaos scenario *should* have produced, computed by the pure core over the same input.
 
 The worker is a distributed, crash-prone way of running :class:`~worker.windows.WindowEngine`
-(one per partition) over the input topic and posting :func:`~worker.delivery.plan_calls` for
-each decision.  The reference runs the same pure engine in-process, over the records that are
-actually on the input topic (read back after the scenario, so partition, order and record
+(one per partition) over the input topic and delivering what the decisions imply to Helicone.
+The reference runs the same pure engine in-process, over the records that are actually on the input topic (read back after the scenario, so partition, order and record
 timestamps are the real ones), with a :class:`~worker.clock.FakeClock` that follows the record
 timestamps and never idles mid-stream; at the end every window is closed on the idle timer.
 
@@ -11,8 +10,8 @@ Two things come out:
 
 * :func:`expected_decisions`: decision id -> :class:`Decision` (ids are deterministic:
   :func:`~worker.events.decision_id_for`), the decisions the input implies;
-* :func:`expected_calls`: the HTTP calls those decisions imply, as a multiset of
-  ``(path, canonical JSON body)``, to compare with what the receiver accepted.
+* :func:`expected_stored`: what Helicone should end up storing for them (rating and scores
+  per request, rating per session), to compare with what the receiver stored.
 
 The reference is only the ideal run when no partition's stream pauses for ``IDLE_CLOSE_S`` of
 wall clock in the middle of the input (then the worker would rightly close windows early on
@@ -25,6 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -32,7 +32,6 @@ import orjson
 from worker.app import rule_config
 from worker.clock import FakeClock
 from worker.config import Settings
-from worker.delivery import plan_calls
 from worker.events import Decision
 from worker.ingest import Accepted, IngestLimits, inspect_record
 from worker.kafka import partition_for
@@ -42,14 +41,16 @@ __all__ = [
     "Call",
     "InputRecord",
     "Reference",
-    "calls_of",
-    "expected_calls",
+    "Stored",
     "expected_decisions",
+    "expected_stored",
     "settings_from_env",
 ]
 
 #: One HTTP call as the receiver records it: (path, body as canonical JSON).
 Call = tuple[str, bytes]
+#: The score key Helicone stores feedback under.
+FEEDBACK_KEY = "helicone-score-feedback"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,26 +164,50 @@ def expected_decisions(records: Iterable[InputRecord], settings: Settings) -> Re
     return result
 
 
-def calls_of(decision: Decision) -> list[Call]:
-    """The calls delivery makes for ``decision`` (DESIGN 5, :func:`plan_calls`)."""
-    calls: list[Call] = []
-    for endpoint in plan_calls(
-        target=decision.target, rating=decision.rating, has_scores=bool(decision.scores)
-    ):
-        if endpoint == "request_feedback":
-            calls.append((f"/v1/request/{decision.request_id}/feedback",
-                          canonical({"rating": decision.rating})))
-        elif endpoint == "request_score":
-            calls.append((f"/v1/request/{decision.request_id}/score",
-                          canonical({"scores": decision.scores})))
-        else:
-            calls.append((f"/v1/session/{decision.session_id}/feedback",
-                          canonical({"rating": decision.rating})))
-    return calls
+@dataclass
+class Stored:
+    """What Helicone should end up storing for a set of decisions (DESIGN 5 and 6).
+
+    Written independently of :mod:`worker.delivery_state`, from the rules as DESIGN states
+    them: per request, the explicit rating if there is one, else the rating of the latest
+    window (by its end, then start, then decision id); each score as the latest window set it;
+    the rating stored as the score ``helicone-score-feedback`` 1/0.  Per session, the latest
+    session rating.
+    """
+
+    requests: dict[str, tuple[bool | None, dict[str, int]]] = field(default_factory=dict)
+    sessions: dict[str, bool] = field(default_factory=dict)
+    #: decisions per target id: each one is at most one change, hence at most one call
+    decisions_per_target: Counter[str] = field(default_factory=Counter)
 
 
-def expected_calls(decisions: Iterable[Decision]) -> Counter[Call]:
-    return Counter(call for decision in decisions for call in calls_of(decision))
+def expected_stored(decisions: Iterable[Decision]) -> Stored:
+    def order(d: Decision) -> tuple[datetime, datetime, str]:
+        return (d.window_end, d.window_start, d.decision_id)
+
+    by_target: dict[str, list[Decision]] = {}
+    for decision in decisions:
+        by_target.setdefault(decision.target_id, []).append(decision)
+    stored = Stored()
+    for target_id, group in by_target.items():
+        stored.decisions_per_target[target_id] = len(group)
+        group.sort(key=order)
+        rated = [d for d in group if d.rating is not None]
+        if group[0].target == "session":
+            if rated:
+                stored.sessions[target_id] = bool(rated[-1].rating)
+            continue
+        explicit = [d for d in rated if d.rule == "explicit"]
+        chosen = (explicit or rated)[-1] if rated else None
+        scores: dict[str, int] = {}
+        for d in group:  # later windows overwrite earlier ones, key by key
+            scores.update({k: v for k, v in d.scores.items() if k != FEEDBACK_KEY})
+        rating = chosen.rating if chosen is not None else None
+        if rating is not None:
+            scores[FEEDBACK_KEY] = 1 if rating else 0
+        if scores:
+            stored.requests[target_id] = (rating, scores)
+    return stored
 
 
 def canonical(body: Any) -> bytes:

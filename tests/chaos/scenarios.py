@@ -2,8 +2,8 @@
 that runs after each scenario.
 
 The check (:func:`verify`) reads back the input topic, computes the decisions it implies with
-the pure engine (:mod:`tests.chaos.reference`), waits until the receiver has accepted every
-call those decisions need, lets the system go quiet, and then asserts:
+the pure engine (:mod:`tests.chaos.reference`), waits until the receiver stores what those
+decisions mean, lets the system go quiet, and then asserts:
 
 * the outbox holds exactly the reference's decision ids (none missing, none extra), every copy
   of one id identical to the reference's decision (at-least-once may write a decision twice
@@ -11,11 +11,14 @@ call those decisions need, lets the system go quiet, and then asserts:
 * no window reopened: per (target, rule) the outbox has exactly the reference's decision ids;
 * the late topic holds exactly the events the reference reports late (none, for sorted input),
   so no event was lost to a window closed too early;
-* the receiver accepted exactly the reference's calls, each once (path and body), none extra;
-  where a worker was SIGKILLed, a call that was in flight at the kill may be accepted again
+* the receiver *stores* what the decisions mean (Helicone's batches and their dedupe per
+  request applied): per request the rating and every score, per session the rating; nothing
+  for requests no decision names;
+* at most one call per decision of a target (a state changes at most once per decision);
+  where a worker was SIGKILLed, a call that was in flight at the kill may be made again
   (``repeats_allowed``): Helicone has no idempotency key, so a worker killed between a 2xx and
-  its record of it must post again (DESIGN 5: at-least-once, and a repeat is the identical
-  body, which Helicone's last-write-wins makes harmless);
+  its record of it must post again (DESIGN 5: at-least-once, and a repeat carries the whole
+  state, which Helicone overwrites key by key);
 * nothing was dead-lettered and nothing was invalid.
 """
 
@@ -34,15 +37,17 @@ from tests.chaos.reference import (
     Call,
     InputRecord,
     Reference,
+    Stored,
     canonical,
-    expected_calls,
     expected_decisions,
+    expected_stored,
     settings_from_env,
 )
 from tests.fixtures.delivery import ReceiverThread, api_key, read_to_end
 from tests.fixtures.worker import WorkerProcess
 from tests.integration.test_delivery import delivery_env
 from tests.integration.test_windows import ONE_RECORD_PER_BATCH, SHAPE, SHORT_WINDOWS
+from worker.events import Decision
 
 __all__ = [
     "CHAOS_WINDOWS",
@@ -89,6 +94,8 @@ class Outcome:
     outbox: list[dict[str, Any]] = field(default_factory=list)
     calls: Counter[Call] = field(default_factory=Counter)
     history: list[Any] = field(default_factory=list)
+    #: every decision judged, those of input no longer on the broker included
+    decisions: list[Decision] = field(default_factory=list)
 
 
 def read_input(bootstrap: str, topic: str) -> list[InputRecord]:
@@ -98,6 +105,21 @@ def read_input(bootstrap: str, topic: str) -> list[InputRecord]:
 
 def accepted_calls(receiver: ReceiverThread) -> Counter[Call]:
     return Counter((r.path, canonical(r.body)) for r in receiver.accepted())
+
+
+def stored_now(receiver: ReceiverThread) -> Stored:
+    """What the receiver stores once every call accepted so far is consumed (Helicone's
+    batches, with their dedupe per request, applied)."""
+    receiver.call_async(lambda r: r.settle())
+    requests = receiver.call(lambda r: r.stored())
+    return Stored(
+        requests={k: (v.feedback, dict(v.scores)) for k, v in requests.items()},
+        sessions=dict(receiver.call(lambda r: r.stored_sessions())),
+    )
+
+
+def _target_of(path: str) -> str:
+    return path.split("/")[3]
 
 
 def verify(
@@ -110,27 +132,29 @@ def verify(
     seed: int,
     timeout_s: float = 150.0,
     records: list[InputRecord] | None = None,
-    also_expected: Counter[Call] | None = None,
+    also_decisions: list[Decision] | None = None,
     dump_to: Any = None,
     repeats_allowed: int = 0,
 ) -> Outcome:
-    """Wait for the scenario's implied calls at the receiver, then check everything (module
-    docstring).  ``workers``: those still running (their gauges must come to rest).
-    ``records``: the input to judge by (default: the input topic read back now);
-    ``also_expected``: calls implied by input that is no longer on the broker;
-    ``repeats_allowed``: how many implied calls may be accepted twice (SIGKILL only)."""
+    """Wait until the receiver stores what the scenario's decisions imply, then check
+    everything (module docstring).  ``workers``: those still running (their gauges must come
+    to rest).  ``records``: the input to judge by (default: the input topic read back now);
+    ``also_decisions``: decisions implied by input that is no longer on the broker;
+    ``repeats_allowed``: how many calls beyond one per decision may be accepted (SIGKILL)."""
     tag = f"[chaos seed {seed}]"
     records = records if records is not None else read_input(bootstrap, topics.ui_events)
     reference = expected_decisions(records, settings_from_env(env))
     assert reference.misplaced == 0 and reference.invalid == 0, f"{tag} bad input {reference}"
-    want = expected_calls(reference.decisions.values()) + (also_expected or Counter())
+    decisions = [*reference.decisions.values(), *(also_decisions or [])]
+    want = expected_stored(decisions)
 
-    # 1. every implied call has arrived (a signal with a generous timeout); if not, the
+    # 1. the receiver stores what was meant (a signal with a generous timeout); if not, the
     #    topic checks below say where the missing ones were lost
     deadline = time.monotonic() + timeout_s
     arrived = False
     while time.monotonic() < deadline:
-        if not want - accepted_calls(receiver):
+        got = stored_now(receiver)
+        if got.requests == want.requests and got.sessions == want.sessions:
             arrived = True
             break
         time.sleep(0.5)
@@ -173,30 +197,36 @@ def verify(
         assert dlq == [], f"{tag} dead-lettered: {[orjson.loads(r.value) for r in dlq][:2]}"
         assert invalid == [], f"{tag} invalid records: {len(invalid)}"
 
-        # 4. the receiver: each implied call exactly once, none extra
-        got = accepted_calls(receiver)
-        missing = want - got
-        if missing:
+        # 4. the receiver stores exactly what was meant, per request and session
+        got = stored_now(receiver)
+        wrong = {k: (got.requests.get(k), v) for k, v in want.requests.items()
+                 if got.requests.get(k) != v}
+        if wrong:
             logs = "\n".join(w.logs()[-2500:] for w in workers)
             raise AssertionError(
-                f"{tag} {sum(missing.values())} of {sum(want.values())} implied calls never "
-                f"reached the receiver, e.g. {list(missing)[:3]}\n{logs}"
-            )
-        twice = {c: n - want[c] for c, n in got.items() if want.get(c, 0) and n > want[c]}
-        unimplied = {c: n for c, n in got.items() if not want.get(c, 0)}
-        assert not unimplied, f"{tag} calls the input does not imply: {list(unimplied.items())[:3]}"
-        repeats = sum(twice.values())
+                f"{tag} {len(wrong)} of {len(want.requests)} requests not stored as meant "
+                f"(stored, meant), e.g. {list(wrong.items())[:3]}\n{logs}")
+        extra = got.requests.keys() - want.requests.keys()
+        assert not extra, f"{tag} stored for requests nothing implies: {sorted(extra)[:3]}"
+        assert got.sessions == want.sessions, f"{tag} sessions {got.sessions} != {want.sessions}"
+
+        # 5. calls: one per change at most (each decision changes a state at most once)
+        calls = accepted_calls(receiver)
+        per_target = Counter(_target_of(path) for path, _ in calls.elements())
+        excess = {t: n - want.decisions_per_target[t] for t, n in per_target.items()
+                  if n > want.decisions_per_target[t]}
+        repeats = sum(excess.values())
         if repeats_allowed:
-            print(f"{tag} {repeats} of {sum(want.values())} implied calls accepted again "
+            print(f"{tag} {repeats} calls beyond one per decision "
                   f"(at most {repeats_allowed} allowed)")
         assert repeats <= repeats_allowed, (
-            f"{tag} {repeats} calls accepted more than once (allowed {repeats_allowed}): "
-            f"{list(twice.items())[:3]}")
+            f"{tag} {repeats} calls beyond one per decision (allowed {repeats_allowed}): "
+            f"{list(excess.items())[:3]}")
     except AssertionError:
         if dump_to is not None:
             _dump(bootstrap, topics, dump_to)
         raise
-    return Outcome(reference, outbox, got, receiver.history())
+    return Outcome(reference, outbox, calls, receiver.history(), decisions)
 
 
 def _dump(bootstrap: str, topics: Any, path: Any) -> None:

@@ -76,7 +76,7 @@ def test_broker_restarted_on_the_same_port(
     start_ms = historical_start_ms(hours_ago=6)
     publish_wave(bootstrap, topics, start_ms=start_ms, seed=chaos_seed)
     delivered = verify(bootstrap=bootstrap, topics=topics, env=env, receiver=helicone_receiver,
-                       workers=[worker], seed=chaos_seed).calls
+                       workers=[worker], seed=chaos_seed).decisions
 
     for n in range(1, restarts + 1):
         own_broker.stop()
@@ -118,5 +118,5 @@ def test_broker_restarted_on_the_same_port(
         publish_wave(bootstrap, topics, start_ms=start_ms + n * 3_600_000, seed=chaos_seed + n)
         delivered = verify(bootstrap=bootstrap, topics=topics, env=env,
                            receiver=helicone_receiver, workers=[worker], seed=chaos_seed,
-                           also_expected=delivered).calls
+                           also_decisions=delivered).decisions
         alive(worker)

@@ -9,9 +9,8 @@ import pytest
 
 from tests.chaos.reference import (
     InputRecord,
-    calls_of,
-    expected_calls,
     expected_decisions,
+    expected_stored,
     settings_from_env,
 )
 from tests.chaos.scenarios import CHAOS_WINDOWS, SHAPE
@@ -61,16 +60,21 @@ def test_reference_agrees_with_the_intended_ratings_of_known_journeys() -> None:
         "engagement", "code_suggestion", "search_clicks", "ticket_resolution", "explicit"}
 
 
-def test_reference_calls_cover_scores_and_sessions_and_ignore_arrival_partition() -> None:
+def test_reference_stores_scores_and_sessions_and_ignores_arrival_partition() -> None:
     journeys = workload(300, start_ms=START_MS, spread_ms=60_000, windows=SHAPE, seed=7)
     settings = settings_from_env({**CHAOS_WINDOWS, "TOPIC_PARTITIONS": "4"})
     reference = expected_decisions(as_input(records_for(journeys)), settings)
-    calls = expected_calls(reference.decisions.values())
-    assert any(path.startswith("/v1/session/") for path, _ in calls)
-    assert any(path.endswith("/score") and b"groundedness" in body for path, body in calls)
-    # A decision with a rating and scores posts twice: the rating, then every score at once.
-    both = [d for d in reference.decisions.values() if d.rating is not None and d.scores]
-    assert both and all(len(calls_of(d)) == 2 for d in both)
+    stored = expected_stored(reference.decisions.values())
+    assert stored.sessions
+    assert any("groundedness" in scores for _, scores in stored.requests.values())
+    # A request with a rating and scores stores both: the rating as helicone-score-feedback.
+    both = [d for d in reference.decisions.values() if d.rating is not None and d.scores
+            and d.target == "request"]
+    assert both
+    for d in both:
+        rating, scores = stored.requests[d.target_id]
+        assert rating is not None and scores["helicone-score-feedback"] == int(rating)
+        assert scores.keys() >= d.scores.keys()
     # The same input read back in another partition layout (a worker of 8 partitions) decides
     # the same: the reference depends on the events, not on where they sat.
     eight = settings_from_env({**CHAOS_WINDOWS, "TOPIC_PARTITIONS": "8"})

@@ -88,7 +88,7 @@ def test_explicit_wins_else_the_latest_implicit_rating(items: list[Decision]) ->
     explicit = [d for d in rated if d.rule == "explicit"]
     pool = explicit or rated
     expected = (
-        max(pool, key=lambda d: (d.window_end, d.decided_at, d.decision_id)).rating
+        max(pool, key=lambda d: (d.window_end, d.window_start, d.decision_id)).rating
         if pool
         else None
     )
