@@ -2,9 +2,10 @@
 
 The worker is a distributed, crash-prone way of running :class:`~worker.windows.WindowEngine`
 (one per partition) over the input topic and delivering what the decisions imply to Helicone.
-The reference runs the same pure engine in-process, over the records that are actually on the input topic (read back after the scenario, so partition, order and record
-timestamps are the real ones), with a :class:`~worker.clock.FakeClock` that follows the record
-timestamps and never idles mid-stream; at the end every window is closed on the idle timer.
+The reference runs the same pure engine in-process, over the records that are actually on
+the input topic (read back after the scenario, so partition, order and record timestamps
+are the real ones), with a :class:`~worker.clock.FakeClock` that follows the record timestamps
+and never idles mid-stream; at the end every window is closed on the idle timer.
 
 Two things come out:
 
