@@ -1,6 +1,6 @@
 """Delivery benchmark: outbox decisions delivered by the worker, against a bare httpx loop.
 
-Both sides post the same requests (per decision: the rating, then all scores in one call) to
+Both sides post the same requests (per decision: one call with its request's whole state) to
 the same local Helicone-compatible receiver, running as its own process, with the same
 concurrency, in the same run:
 
@@ -85,12 +85,11 @@ def make_decision(index: int, *, scores: bool) -> Decision:
 
 
 def calls_of(decision: Decision) -> list[tuple[str, dict[str, Any]]]:
-    calls: list[tuple[str, dict[str, Any]]] = []
+    """The one call the worker makes for a decision that is its request's whole state."""
+    scores = dict(decision.scores)
     if decision.rating is not None:
-        calls.append((f"/v1/request/{decision.request_id}/feedback", {"rating": decision.rating}))
-    if decision.scores:
-        calls.append((f"/v1/request/{decision.request_id}/score", {"scores": decision.scores}))
-    return calls
+        scores["helicone-score-feedback"] = 1 if decision.rating else 0
+    return [(f"/v1/request/{decision.request_id}/score", {"scores": scores})] if scores else []
 
 
 # --------------------------------------------------------------------------- receiver

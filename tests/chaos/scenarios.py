@@ -271,7 +271,7 @@ def _quiesce(receiver: ReceiverThread, workers: list[WorkerProcess], tag: str) -
             last, since = n, time.monotonic()
         try:
             busy = sum(w.metric_sum("feedback_windows_open")
-                       + w.metric_sum("feedback_delivery_retry_queue") for w in workers)
+                       + w.metric_sum("feedback_delivery_backlog") for w in workers)
         except Exception:  # a worker between restarts: ask again
             busy = 1
         if busy == 0 and time.monotonic() - since > 2:

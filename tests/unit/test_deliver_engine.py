@@ -531,3 +531,26 @@ async def test_ratelimit_headers_spread_what_is_left_of_the_window(script: Scrip
     assert harness.delivery.rate.per_s == pytest.approx(2.0)
     assert 4 <= len(script.calls) <= 6
     await harness.aclose()
+
+
+async def test_a_state_restored_after_a_handover_waits_for_its_previous_owners_result(
+    script: Script,
+) -> None:
+    """The old owner got its 2xx but its result record was not applied before the partition
+    moved: the new owner applies it within the settle time and sends nothing again."""
+    first = EngineHarness(transport=httpx.MockTransport(script.handler), rate_per_s=1000.0)
+    decision = make_decision()
+    await first.publish(decision)
+    first.delivery.dispatch()
+    await first.delivery.drain()  # the call is made; its result is on the topic, unapplied
+    assert len(script.calls) == 1
+    second = EngineHarness(
+        transport=httpx.MockTransport(script.handler), clock=first.clock, rate_per_s=1000.0,
+        states=dict(first.states),
+    )
+    assert second.delivery.rebuild(list(second.states.items()), set(range(4))) == 1
+    second.sent.extend(s for s in first.sent if s[0] == "retry")
+    await second.advance(10.0)
+    assert len(script.calls) == 1, "the new owner sent a state its old owner had delivered"
+    await first.aclose()
+    await second.aclose()

@@ -123,6 +123,13 @@ _MAX_IDLE_S = 0.5
 _MIN_GATE_WAIT_MS = 100
 #: After a failed send of a result record, the state is due again this much later.
 _RESULT_RETRY_MS = 1_000
+#: A state restored after a rebalance waits this long before it is sent, so that the agent
+#: can apply the result records the partition's previous owner wrote for it (they sit at the
+#: head of the retry topic).  Without the wait, a state whose 2xx came in just before the
+#: handover would be sent a second time by its new owner.
+RESTORE_SETTLE_MS = 3_000
+#: How long a revocation waits for the calls of its partitions still in flight.
+REVOKE_WAIT_S = 15.0
 #: Settled states deleted per sweep record.
 _SWEEP_BATCH = 500
 #: Raw bytes of an undecodable outbox record kept in its dead-letter record.
@@ -275,6 +282,7 @@ class Delivery:
         #: the table yet: until it has, the table still says "due", and must not be believed.
         self._settled: dict[bytes, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._task_of: dict[bytes, asyncio.Task[None]] = {}
         #: Partitions whose states this worker sends; None until the first rebuild.
         self._owned: set[int] | None = None
         self._kick = asyncio.Event()
@@ -505,6 +513,7 @@ class Delivery:
             self._inflight[table_key] = due
             task = asyncio.ensure_future(self._deliver(table_key, due))
             self._tasks.add(task)
+            self._task_of[table_key] = task
             task.add_done_callback(self._tasks.discard)
 
     def _peek(self, now_ms: int) -> bytes | None:
@@ -555,6 +564,7 @@ class Delivery:
             self._reschedule(table_key, due, self.clock.now_ms() + _RESULT_RETRY_MS)
         finally:
             self._inflight.pop(table_key, None)
+            self._task_of.pop(table_key, None)
             if table_key in self._again:
                 self._again.discard(table_key)
                 raw = self.states.get(table_key)
@@ -678,7 +688,13 @@ class Delivery:
     # ------------------------------------------------------------------ the due index
 
     def _schedule(
-        self, table_key: bytes, partition: int, state: FeedbackState, *, keep_earlier: bool
+        self,
+        table_key: bytes,
+        partition: int,
+        state: FeedbackState,
+        *,
+        keep_earlier: bool,
+        not_before_ms: int = 0,
     ) -> None:
         """Make ``state`` due at its retry time (now if none); an entry already there stays.
 
@@ -692,7 +708,7 @@ class Delivery:
             return
         if keep_earlier and table_key in self._due:
             return
-        due_ms = max(now_ms, state.retry.next_at_ms)
+        due_ms = max(now_ms, state.retry.next_at_ms, not_before_ms)
         oldest = state.oldest_unsent_ms or now_ms
         self._due[table_key] = _Due(partition, due_ms, oldest, state.retry.attempts > 0)
         heapq.heappush(self._heap, (due_ms, next(self._tie), table_key))
@@ -721,7 +737,10 @@ class Delivery:
                 continue
             state = FeedbackState.from_json(raw)
             if state.due:
-                self._schedule(table_key, partition, state, keep_earlier=False)
+                self._schedule(
+                    table_key, partition, state, keep_earlier=False,
+                    not_before_ms=self.clock.now_ms() + RESTORE_SETTLE_MS,
+                )
         log.info("delivery: %d due state(s) on partitions %s", len(self._due), sorted(owned))
         self.update_gauges()
         return len(self._due)
@@ -734,6 +753,17 @@ class Delivery:
             if due.partition in partitions:
                 del self._due[table_key]
         self.update_gauges()
+
+    async def wait_revoked(self, partitions: set[int], *, timeout_s: float = REVOKE_WAIT_S) -> None:
+        """Wait for the calls of ``partitions`` still in flight, and their result records.
+
+        Run while a rebalance revokes them, before their new owner restores them: a call
+        whose outcome is recorded is not made again there.
+        """
+        tasks = [task for key, task in self._task_of.items()
+                 if _partition_of(key) in partitions]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
 
     def update_gauges(self) -> None:
         """Backlog, its oldest change, the time to drain it and the rate in force."""
@@ -1054,9 +1084,11 @@ def install_delivery(
     states.on_recover(recovered)
 
     @app.on_partitions_revoked.connect
-    def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    async def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked = args[0] if args else kwargs.get("revoked", ())
-        delivery.on_revoked({tp.partition for tp in revoked if tp.topic == outbox_name})
+        partitions = {tp.partition for tp in revoked if tp.topic == outbox_name}
+        delivery.on_revoked(partitions)
+        await delivery.wait_revoked(partitions)
 
     async def sender() -> None:
         try:

@@ -38,7 +38,9 @@ from rich.table import Table
 from rich.text import Text
 
 from worker.config import Settings
+from worker.delivery_state import FeedbackState, calls_for, merge
 from worker.devtools.traffic import Journey, Windows, generate, hostile_record
+from worker.events import Decision
 
 __all__ = ["DEMO_SETTINGS", "demo"]
 
@@ -206,8 +208,15 @@ async def _run(
                     live.update(_live_view(progress, samples, metrics_url, receiver))
         console.print()
         found = await _read_outbox(settings)
+        stored_ok, stored_table = True, None
+        if receiver is not None:
+            await receiver.settle()  # Helicone's next batch, without its ingestion delay
+            stored_table, stored_ok = _stored_table(found, receiver)
     table, ok = _check_table(journeys, found)
     console.print(table)
+    if stored_table is not None:
+        console.print(stored_table)
+        ok = ok and stored_ok
     console.print(
         "[bold green]every intended rating was decided as intended"
         if ok
@@ -365,7 +374,7 @@ async def _settle(
             last, since = state, time.monotonic()
         idle = (
             _total(samples, "feedback_windows_open") == 0
-            and _total(samples, "feedback_delivery_retry_queue") == 0
+            and _total(samples, "feedback_delivery_backlog") == 0
         )
         if samples and idle and time.monotonic() - since >= 3:
             break
@@ -450,6 +459,37 @@ def _live_view(
               for r in ("true", "false", "none")),
         )
     return Group(summary, decisions, Text(f"metrics: {metrics_url}", style="dim"))
+
+
+def _stored_table(found: list[dict[str, Any]], receiver: Any) -> tuple[Table, bool]:
+    """What the local receiver stores (Helicone's batch dedupe applied) against what the
+    outbox decisions mean for each request: its rating and every score, in one state."""
+    meant: dict[str, FeedbackState] = {}
+    for document in found:
+        decision = Decision.model_validate(document)
+        if decision.target == "request" and decision.request_id:
+            meant[decision.request_id], _ = merge(
+                meant.get(decision.request_id), decision, now_ms=0
+            )
+    stored = receiver.stored()
+    counts: Counter[str] = Counter()
+    for request_id, state in meant.items():
+        scores = calls_for(state)[0].body["scores"] if calls_for(state) else {}
+        if not scores:
+            continue
+        counts["requests"] += 1
+        got = stored.get(request_id)
+        if got is None:
+            counts["missing"] += 1
+        elif got.scores == scores and got.feedback == state.rating:
+            counts["as meant"] += 1
+        else:
+            counts["different"] += 1
+    table = Table(title="final check: what Helicone stores vs. the decisions")
+    for column in ("requests", "as meant", "missing", "different"):
+        table.add_column(column, justify="right")
+    table.add_row(*(str(counts[c]) for c in ("requests", "as meant", "missing", "different")))
+    return table, counts["missing"] == counts["different"] == 0
 
 
 def _check_table(journeys: list[Journey], found: list[dict[str, Any]]) -> tuple[Table, bool]:
