@@ -109,7 +109,7 @@ def collect() -> None:
     /healthz and /readyz.  Creates its two topics at start like `run` does.  Stop it with
     SIGTERM or Ctrl-C.
     """
-    from worker.collector import serve
+    from worker.collector.server import serve
     from worker.kafka import ensure_topics
 
     settings = _settings()

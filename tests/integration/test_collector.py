@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from tests.fixtures.kafka import read_topic
-from worker.collector import RunningCollector, start_collector
+from worker.collector.server import RunningCollector, start_collector
 from worker.config import load_settings
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from worker.cli import main
-from worker.collector import RunningCollector, start_collector
+from worker.collector.server import RunningCollector, start_collector
 from worker.config import load_settings
 from worker.errors import ConfigError
 

@@ -10,8 +10,7 @@ Map of the package::
 
 Events are validated by :func:`worker.ingest.inspect_record`, the same function the ingest
 agent runs, so the collector and the worker never disagree about what is valid.
+
+This module imports nothing, so the pure core (``batch``, ``policy``) loads without aiohttp
+or aiokafka; start the service from :mod:`worker.collector.server`.
 """
-
-from worker.collector.server import RunningCollector, serve, start_collector
-
-__all__ = ["RunningCollector", "serve", "start_collector"]
