@@ -110,7 +110,6 @@ def collect() -> None:
     SIGTERM or Ctrl-C.
     """
     from worker.collector.server import serve
-    from worker.kafka import ensure_topics
 
     settings = _settings()
     try:
@@ -121,14 +120,13 @@ def collect() -> None:
             click.echo(f"  {problem}", err=True)
         sys.exit(2)
     _setup_logging(settings)
-    wanted = {settings.topic_ui_events, settings.topic_invalid}
     try:
-        asyncio.run(_with_retries(lambda: ensure_topics(settings, only=wanted)))
+        # Serves at once; topics are ensured as the producer connects (retried while the
+        # broker is away, which meanwhile is a 503, not a restart loop).
+        asyncio.run(serve(settings))
     except TopicMismatchError as exc:
         click.echo(f"feedback-worker: {exc}", err=True)
         sys.exit(2)
-    # Topics exist; a broker that goes away later only makes the collector answer 503.
-    asyncio.run(serve(settings, create_topics=False))
 
 
 async def _with_retries(

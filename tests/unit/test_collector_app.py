@@ -277,3 +277,23 @@ async def test_health_readiness_and_metrics(harness: Harness) -> None:
     metrics = await harness.client.get("/metrics")
     assert metrics.status == 200
     assert "feedback_collector_requests_total" in await metrics.text()
+
+
+async def test_unknown_paths_and_methods_get_typed_json(harness: Harness) -> None:
+    missing = await harness.client.get("/v1/nothing")
+    assert missing.status == 404 and (await missing.json())["error"] == "not_found"
+    wrong = await harness.client.get("/v1/events")
+    assert wrong.status == 405 and (await wrong.json())["error"] == "method_not_allowed"
+    assert "POST" in wrong.headers["Allow"]
+
+
+async def test_metrics_carry_no_ids_keys_or_addresses(harness: Harness) -> None:
+    documents = [event(), event(request_id="bad"), event(type="session_feedback_given",
+                 request_id=None, session_id="session-secret-9", properties={"rating": True})]
+    response = await harness.post({"events": documents}, headers={"Origin": ORIGIN})
+    assert response.status == 202
+    await harness.post({"events": []}, params={"key": "pk_guess_1234"})
+    text = harness.metrics.exposition().decode()
+    for value in (KEY, "pk_guess_1234", "127.0.0.1", ORIGIN, "session-secret-9",
+                  *(d["event_id"] for d in documents), documents[0]["request_id"]):
+        assert value not in text, value

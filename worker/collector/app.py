@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from worker.collector.batch import Batch, BatchLimits, Refusal, parse_batch, refusal
 from worker.collector.policy import Origins, RateLimiter, WriteKeys, presented_key
@@ -168,9 +169,23 @@ class Collector:
         )
 
 
+@web.middleware
+async def typed_routing_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Unknown paths and methods answer JSON with a typed ``error`` too (aiohttp's own
+    answers are plain text), so a misconfigured client can read what went wrong."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        error = "not_found" if exc.status == 404 else "method_not_allowed"
+        response = _json({"error": error, "message": exc.reason}, exc.status)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+
+
 def build_app(collector: Collector) -> web.Application:
     """The aiohttp application for ``collector``."""
-    app = web.Application()
+    app = web.Application(middlewares=[typed_routing_errors])
     app.router.add_post(EVENTS_PATH, collector.post_events)
     app.router.add_route("OPTIONS", EVENTS_PATH, collector.preflight)
     app.router.add_get("/healthz", collector.healthz)

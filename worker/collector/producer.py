@@ -76,6 +76,8 @@ class KafkaBatchWriter:
         self._connecting: asyncio.Task[None] | None = None
         #: Set when topic set-up found a partition mismatch: retrying cannot fix it.
         self.fatal: str | None = None
+        #: Set together with :attr:`fatal`, for whoever runs the collector to stop on.
+        self.failed = asyncio.Event()
         self._reachable_at = 0.0
 
     @property
@@ -138,6 +140,7 @@ class KafkaBatchWriter:
                 await producer.start()
             except TopicMismatchError as exc:
                 self.fatal = str(exc)
+                self.failed.set()
                 log.error("collector cannot write: %s", exc)
                 return
             except asyncio.CancelledError:

@@ -25,6 +25,7 @@ from worker.collector.batch import BatchLimits
 from worker.collector.policy import Origins, RateLimiter, WriteKeys
 from worker.collector.producer import KafkaBatchWriter
 from worker.config import Settings
+from worker.errors import TopicMismatchError
 from worker.ingest import IngestLimits
 from worker.metrics import CollectorMetrics
 
@@ -127,14 +128,30 @@ async def start_collector(
 
 
 async def serve(settings: Settings, *, create_topics: bool = True) -> None:
-    """Run the collector until SIGTERM or SIGINT, then stop cleanly."""
+    """Run the collector until SIGTERM or SIGINT, then stop cleanly.
+
+    It serves at once, also while the broker is down (``/healthz`` 200, the rest 503), so
+    a liveness probe does not restart it through a broker outage.  The one thing it does
+    not wait out is an input topic with the wrong partition count: it stops and raises
+    :class:`~worker.errors.TopicMismatchError`, which needs an operator.
+    """
     running = await start_collector(settings, create_topics=create_topics)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    waits = [
+        asyncio.ensure_future(stopping.wait()),
+        asyncio.ensure_future(running.writer.failed.wait()),
+    ]
     try:
-        await stopping.wait()
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for wait in waits:
+            wait.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
         log.info("collector stopping")
         await running.stop()
+    if running.writer.fatal is not None:
+        raise TopicMismatchError(running.writer.fatal)
