@@ -6,8 +6,10 @@ these tests show exactly what reaches Kafka for each request: for every refusal,
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
@@ -74,6 +78,12 @@ class Harness:
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
+    async with started_harness() as started:
+        yield started
+
+
+@asynccontextmanager
+async def started_harness() -> AsyncIterator[Harness]:
     writer, metrics, clock = FakeWriter(), CollectorMetrics(), FakeClock()
     collector = Collector(
         keys=WriteKeys([SecretStr(KEY), SecretStr("pk_test_other")]),
@@ -297,3 +307,38 @@ async def test_metrics_carry_no_ids_keys_or_addresses(harness: Harness) -> None:
     for value in (KEY, "pk_guess_1234", "127.0.0.1", ORIGIN, "session-secret-9",
                   *(d["event_id"] for d in documents), documents[0]["request_id"]):
         assert value not in text, value
+
+
+_event_bytes = st.sampled_from(
+    [orjson.dumps(event()), b"{}", b"[]", b"null", b'"x"', b"1e999", b"{" * 50]
+)
+_hostile_bodies = st.one_of(
+    st.binary(max_size=5_000),
+    st.lists(_event_bytes, max_size=12).map(
+        lambda items: b'{"events": [' + b",".join(items) + b"]}"
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies=st.lists(_hostile_bodies, min_size=1, max_size=4))
+def test_hostile_bodies_get_a_typed_json_answer_through_the_real_app(
+    bodies: list[bytes],
+) -> None:
+    """Whatever the body: 202 with counts, or a typed refusal and nothing written."""
+
+    async def post_all() -> None:
+        async with started_harness() as h:
+            for body in bodies:
+                h.clock.t += 10  # never rate limited here
+                written = len(h.writer.written)
+                response = await h.post(body, headers={"Content-Type": "text/plain"})
+                document = await response.json()
+                if response.status == 202:
+                    assert set(document) == {"accepted", "invalid"}
+                else:
+                    assert response.status in {400, 413}, (response.status, document)
+                    assert isinstance(document["error"], str)
+                    assert len(h.writer.written) == written
+
+    asyncio.run(post_all())

@@ -45,7 +45,8 @@ BROKER_RETRY_AFTER_S = 5
 
 @dataclass
 class Collector:
-    """Everything a request needs, built once by :func:`worker.collector.server`."""
+    """Everything a request needs, built once from the settings
+    (:func:`worker.collector.server.build_collector`)."""
 
     keys: WriteKeys
     origins: Origins
