@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from worker.config import Settings, load_settings
-from worker.metrics import Metrics
+from worker.metrics import CollectorMetrics, Metrics
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the deployment files")
 
@@ -66,9 +66,11 @@ _SUFFIXES = {
 
 
 def exported_metric_names() -> set[str]:
-    """Every series name ``/metrics`` can show, whether or not a child exists yet."""
+    """Every series name the worker's or the collector's ``/metrics`` can show, whether or
+    not a child exists yet."""
     names: set[str] = set()
-    for family in Metrics().registry.collect():
+    families = [*Metrics().registry.collect(), *CollectorMetrics().registry.collect()]
+    for family in families:
         names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
         names.update(sample.name for sample in family.samples)
     return names
@@ -415,6 +417,7 @@ def test_the_issue_alerts_exist() -> None:
     assert uses("feedback_delivery_breaker_state")
     assert uses("feedback_delivery_auth_paused")
     assert uses("feedback_events_total")
+    assert uses("feedback_collector_refused_total")
     regression = [
         name
         for name in uses("feedback_decisions_total")
