@@ -191,3 +191,27 @@ async def test_serve_stops_on_an_input_topic_with_another_partition_count(
     )
     with pytest.raises(TopicMismatchError, match="has 3 partitions"):
         await asyncio.wait_for(serve(load_settings({**base, "topic_partitions": 2})), 60)
+
+
+async def test_events_near_the_size_limit_and_over_it_are_written(
+    collector_factory: CollectorFactory, kafka_bootstrap: str
+) -> None:
+    """A valid event of ~60 KiB and a too_large one (whose invalid record carries 64 KiB
+    as base64) each exceed the producer's 16 KiB batch size; both must still be acked."""
+    # Unknown keys are ignored by the schema (frontends may add their own), so they pad.
+    big = event(padding="x" * 60_000)
+    huge = event(padding="y" * 70_000)
+    async with collector_factory() as (running, settings):
+        async with httpx.AsyncClient(base_url=running.url) as client:
+            response = await client.post(
+                "/v1/events", params={"key": KEY}, json={"events": [big, huge]}
+            )
+        assert response.status_code == 202, response.text
+        assert response.json() == {"accepted": 1, "invalid": 1}
+        valid = await read_topic(kafka_bootstrap, settings.topic_ui_events, expected=1)
+        invalid = await read_topic(kafka_bootstrap, settings.topic_invalid, expected=1)
+    assert [orjson.loads(r.value)["event_id"] for r in valid] == [big["event_id"]]
+    (document,) = [orjson.loads(r.value) for r in invalid]
+    assert document["reason"] == "too_large"
+    assert document["value_truncated"] is True
+    assert document["value_size"] > settings.max_event_bytes
