@@ -4,6 +4,7 @@ bodies).  Also the ``collect`` command's configuration checks."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import uuid
@@ -105,6 +106,26 @@ async def test_the_write_key_never_appears_in_logs_metrics_or_answers(
     ]
     assert any("/v1/events" in line for line in server_side), "the access log should run"
     assert [line for line in server_side if KEY in line] == []
+
+
+async def test_a_client_hanging_up_mid_body_is_counted_not_a_crash(
+    no_broker: RunningCollector,
+) -> None:
+    _reader, writer = await asyncio.open_connection("127.0.0.1", no_broker.port)
+    writer.write(
+        f"POST /v1/events?key={KEY} HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n".encode()
+        + b'{"events": ['
+    )
+    await writer.drain()
+    writer.close()
+    metrics = no_broker.collector.metrics
+    for _ in range(100):  # the server notices the hang-up asynchronously
+        text = metrics.exposition().decode()
+        if 'feedback_collector_refused_total{error="not_json"} 1.0' in text:
+            break
+        await asyncio.sleep(0.02)
+    assert 'feedback_collector_refused_total{error="not_json"} 1.0' in text
+    assert 'feedback_collector_requests_total{status="400"} 1.0' in text
 
 
 def test_collect_needs_write_keys() -> None:

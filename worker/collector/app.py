@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from worker.collector.batch import Batch, BatchLimits, Refusal, parse_batch, refusal
@@ -71,8 +72,8 @@ class Collector:
         outcome = await self._judge_and_write(request, origin)
         if isinstance(outcome, Refusal):
             response = error_response(outcome)
-            if outcome.error == "body_too_large":
-                response.force_close()  # the rest of the body is not read
+            if outcome.error in ("body_too_large", "not_json"):
+                response.force_close()  # the rest of the body may be unread
             error: str | None = outcome.error
         else:
             response = _json({"accepted": outcome.accepted, "invalid": outcome.invalid}, 202)
@@ -95,10 +96,8 @@ class Collector:
         if denied is not None:
             return denied
         body = await read_body(request, self.max_body_bytes)
-        if body is None:
-            return refusal(
-                "body_too_large", f"the body exceeds {self.max_body_bytes} bytes (split it)"
-            )
+        if isinstance(body, Refusal):
+            return body
         received_at_ms = self.clock_ms()
         batch = parse_batch(body, received_at_ms=received_at_ms, limits=self.limits)
         if isinstance(batch, Refusal):
@@ -195,23 +194,29 @@ def build_app(collector: Collector) -> web.Application:
     return app
 
 
-async def read_body(request: web.Request, max_bytes: int) -> bytes | None:
-    """The request body, or None as soon as it is known to exceed ``max_bytes``.
+async def read_body(request: web.Request, max_bytes: int) -> bytes | Refusal:
+    """The request body, or the refusal as soon as it is known to be unusable.
 
     A declared ``Content-Length`` over the limit is refused before reading; otherwise the
     body is read in chunks and reading stops at the first byte over, so a hostile client
     cannot make the collector buffer more than ``max_bytes`` (chunked or compressed bodies
-    included: the count is of the bytes the handler receives).
+    included: the count is of the bytes the handler receives).  A body that ends early (the
+    client hung up) or whose transfer or content encoding is broken is ``not_json``: what
+    arrived cannot be a whole JSON document.
     """
+    too_large = refusal("body_too_large", f"the body exceeds {max_bytes} bytes (split it)")
     if request.content_length is not None and request.content_length > max_bytes:
-        return None
+        return too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > max_bytes:
-            return None
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > max_bytes:
+                return too_large
+            chunks.append(chunk)
+    except (ConnectionError, HttpProcessingError) as exc:
+        return refusal("not_json", f"the body is incomplete ({type(exc).__name__})")
     return b"".join(chunks)
 
 

@@ -170,10 +170,15 @@ class KafkaBatchWriter:
                 self._send_all(producer, records, timestamp_ms), self._send_timeout_s
             )
         except TimeoutError as exc:
+            log.warning(
+                "a batch of %d records was not acknowledged within %g s",
+                len(records), self._send_timeout_s,
+            )
             raise BrokerUnavailable(
                 f"the broker did not acknowledge the batch within {self._send_timeout_s:g} s"
             ) from exc
         except Exception as exc:  # KafkaError and its kin: the batch is not whole
+            log.warning("a batch of %d records failed: %r", len(records), exc)
             raise BrokerUnavailable(f"the broker refused the batch ({type(exc).__name__})") from exc
 
     @staticmethod
