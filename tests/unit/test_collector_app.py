@@ -83,7 +83,7 @@ async def harness() -> AsyncIterator[Harness]:
 
 
 @asynccontextmanager
-async def started_harness() -> AsyncIterator[Harness]:
+async def started_harness(*, trust_forwarded_for: bool = False) -> AsyncIterator[Harness]:
     writer, metrics, clock = FakeWriter(), CollectorMetrics(), FakeClock()
     collector = Collector(
         keys=WriteKeys([SecretStr(KEY), SecretStr("pk_test_other")]),
@@ -96,6 +96,7 @@ async def started_harness() -> AsyncIterator[Harness]:
         events_topic="ui-events",
         invalid_topic="ui-events-invalid",
         clock_ms=lambda: int(datetime.now(UTC).timestamp() * 1000),
+        trust_forwarded_for=trust_forwarded_for,
     )
     client = TestClient(TestServer(build_app(collector)))
     await client.start_server()
@@ -342,3 +343,18 @@ def test_hostile_bodies_get_a_typed_json_answer_through_the_real_app(
                     assert len(h.writer.written) == written
 
     asyncio.run(post_all())
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_forwarded_for_picks_the_bucket_only_when_trusted(trusted: bool) -> None:
+    """Behind a proxy every peer is the proxy; the address it appends (the last entry) is
+    the client's.  Entries before it are whatever the client sent, so they never count."""
+    async with started_harness(trust_forwarded_for=trusted) as h:
+        statuses = []
+        for n in range(6):  # six clients behind one proxy, each with a forged first entry
+            response = await h.post(
+                {"events": []}, headers={"X-Forwarded-For": f"6.6.6.6, 10.0.0.{n}"}
+            )
+            statuses.append(response.status)
+    # 5 requests a second per address: trusted, six addresses; untrusted, one (the proxy).
+    assert statuses == ([202] * 6 if trusted else [202] * 5 + [429])

@@ -72,8 +72,8 @@ class Collector:
         outcome = await self._judge_and_write(request, origin)
         if isinstance(outcome, Refusal):
             response = error_response(outcome)
-            if outcome.error in ("body_too_large", "not_json"):
-                response.force_close()  # the rest of the body may be unread
+            if not request.content.is_eof():
+                response.force_close()  # the rest of the body is not read: drop it
             error: str | None = outcome.error
         else:
             response = _json({"accepted": outcome.accepted, "invalid": outcome.invalid}, 202)
