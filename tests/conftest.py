@@ -8,7 +8,12 @@ import pytest
 
 from worker.config import Settings
 
-pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.worker", "tests.fixtures.delivery"]
+pytest_plugins = [
+    "tests.fixtures.broker",
+    "tests.fixtures.worker",
+    "tests.fixtures.delivery",
+    "tests.fixtures.collector",
+]
 
 
 @pytest.fixture(autouse=True)

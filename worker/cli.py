@@ -98,6 +98,37 @@ def run() -> None:
     worker.execute_from_commandline()
 
 
+@main.command()
+def collect() -> None:
+    """Run the HTTP collector: browsers and backends POST events to /v1/events.
+
+    Validates each batch with the worker's own event checks and answers 202 only after the
+    broker acknowledged every record (valid ones to TOPIC_UI_EVENTS, invalid ones with their
+    reason to TOPIC_INVALID).  Needs COLLECTOR_WRITE_KEYS; listens on
+    COLLECTOR_HOST:COLLECTOR_PORT (default 0.0.0.0:8088), which also serves /metrics,
+    /healthz and /readyz.  Creates its two topics at start like `run` does.  Stop it with
+    SIGTERM or Ctrl-C.
+    """
+    from worker.collector.server import serve
+
+    settings = _settings()
+    try:
+        settings.require_write_keys()
+    except ConfigError as exc:
+        click.echo("feedback-worker: invalid configuration", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+    _setup_logging(settings)
+    try:
+        # Serves at once; topics are ensured as the producer connects (retried while the
+        # broker is away, which meanwhile is a 503, not a restart loop).
+        asyncio.run(serve(settings))
+    except TopicMismatchError as exc:
+        click.echo(f"feedback-worker: {exc}", err=True)
+        sys.exit(2)
+
+
 async def _with_retries(
     step: Callable[[], Any], *, attempts: int = 30, delay_s: float = 2.0
 ) -> Any:

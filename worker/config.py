@@ -9,6 +9,7 @@ repr, a log line nor an error message can show them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,8 @@ from worker.errors import ConfigError
 __all__ = ["Settings", "load_settings"]
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+#: What a browser sends as ``Origin``: scheme, host and an optional port, nothing else.
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 TopicName = Annotated[str, Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
 
 class Settings(BaseSettings):
@@ -162,6 +165,36 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
+    # ---- HTTP collector (DESIGN 11): `feedback-worker collect`
+    collector_host: str = "0.0.0.0"
+    collector_port: int = Field(default=8088, ge=0, le=65_535)
+    collector_write_keys: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated write keys; required by `collect`, never logged.",
+    )
+    collector_allowed_origins: str = Field(
+        default="",
+        description="Comma-separated origins such as https://app.example.com, or * for any",
+    )
+    collector_max_body_bytes: int = Field(default=512 * 1024, ge=1024, le=64 * 1024 * 1024)
+    collector_max_events: int = Field(default=500, ge=1, le=100_000)
+    collector_rate_per_s: float = Field(
+        default=20.0, gt=0, description="Requests per second per client address (token bucket)"
+    )
+    collector_trust_forwarded_for: bool = Field(
+        default=False,
+        description="Take the client address from the last X-Forwarded-For entry (behind one "
+        "trusted proxy, such as an Ingress); false uses the peer address",
+    )
+    collector_idempotent_producer: bool = Field(
+        default=True,
+        description="Idempotent producer (acks=all); false only for brokers without "
+        "InitProducerId, such as Tansu (DESIGN 2)",
+    )
+    collector_send_timeout_s: PositiveSeconds = Field(
+        default=10.0, description="Longest wait for the broker to acknowledge a batch"
+    )
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _host_port_list(cls, value: str) -> str:
@@ -200,6 +233,15 @@ class Settings(BaseSettings):
             raise ValueError("ENGAGEMENT_SHORT_READ_S must not exceed ENGAGEMENT_LONG_READ_S")
         return self
 
+    @field_validator("collector_allowed_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        origins = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        for origin in origins:
+            if origin != "*" and not _ORIGIN_RE.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port]) or *")
+        return ",".join(origins)
+
     @model_validator(mode="after")
     def _delivery_coherent(self) -> Settings:
         if self.delivery_backoff_cap_s < self.delivery_backoff_base_s:
@@ -230,6 +272,22 @@ class Settings(BaseSettings):
     @property
     def helicone_base(self) -> str:
         return str(self.helicone_base_url).rstrip("/")
+
+    @property
+    def collector_origins(self) -> frozenset[str]:
+        """The allowed ``Origin`` values; ``*`` in it allows any (only when set so)."""
+        return frozenset(o for o in self.collector_allowed_origins.split(",") if o)
+
+    def require_write_keys(self) -> tuple[SecretStr, ...]:
+        """The collector's write keys, or a :class:`ConfigError` saying how to provide them."""
+        raw = self.collector_write_keys.get_secret_value() if self.collector_write_keys else ""
+        keys = tuple(SecretStr(k.strip()) for k in raw.split(",") if k.strip())
+        if not keys:
+            raise ConfigError(
+                ["COLLECTOR_WRITE_KEYS: missing (expected one or more comma-separated keys "
+                 "that browsers and backends send with their events)"]
+            )
+        return keys
 
     def require_api_key(self) -> SecretStr:
         """The Helicone key, or a :class:`ConfigError` saying how to provide it."""

@@ -35,6 +35,7 @@ __all__ = [
     "Invalid",
     "InvalidReason",
     "RecentIds",
+    "collector_invalid_record",
     "compute_event_time_ms",
     "inspect_record",
     "invalid_record",
@@ -185,6 +186,40 @@ def invalid_record(
     ``max_value_bytes`` are kept (with the full size and a SHA-256), since copying a 10 MiB
     value would exceed the broker's message limit; the source offset points at the rest.
     """
+    source = {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "timestamp_ms": record_ts_ms,
+    }
+    return _invalid_document(
+        invalid, value=value, key=key, source=source, max_value_bytes=max_value_bytes
+    )
+
+
+def collector_invalid_record(
+    invalid: Invalid, *, value: bytes, received_at_ms: int, max_value_bytes: int
+) -> bytes:
+    """The invalid-topic record for an event the HTTP collector refused (DESIGN 11).
+
+    Same document as :func:`invalid_record`, with ``source`` naming the collector instead of
+    a topic position.  The client address is withheld on purpose: the invalid topic is read
+    by people debugging producers, and an address is personal data they do not need.
+    """
+    source = {"collector": True, "timestamp_ms": received_at_ms}
+    return _invalid_document(
+        invalid, value=value, key=None, source=source, max_value_bytes=max_value_bytes
+    )
+
+
+def _invalid_document(
+    invalid: Invalid,
+    *,
+    value: bytes | None,
+    key: bytes | None,
+    source: dict[str, Any],
+    max_value_bytes: int,
+) -> bytes:
     raw = value or b""
     kept = raw[:max_value_bytes]
     return orjson.dumps(
@@ -192,12 +227,7 @@ def invalid_record(
             "reason": invalid.reason,
             "message": invalid.message,
             "errors": [{"path": e.path, "message": e.message} for e in invalid.errors],
-            "source": {
-                "topic": topic,
-                "partition": partition,
-                "offset": offset,
-                "timestamp_ms": record_ts_ms,
-            },
+            "source": source,
             "key_b64": base64.b64encode(key).decode() if key is not None else None,
             "value_b64": base64.b64encode(kept).decode(),
             "value_size": len(raw),

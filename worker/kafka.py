@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -168,16 +169,23 @@ def changelog_topic_name(settings: Settings, table: str) -> str:
     return f"{settings.worker_group_id}-{table}-changelog"
 
 
-async def ensure_topics(settings: Settings, *, request_timeout_ms: int = 30_000) -> list[str]:
+async def ensure_topics(
+    settings: Settings,
+    *,
+    request_timeout_ms: int = 30_000,
+    only: Collection[str] | None = None,
+) -> list[str]:
     """Create the missing topics of :func:`topic_plan`; return the names created.
 
-    Raises :class:`TopicMismatchError` when a co-partitioned topic exists with another
-    partition count, naming the topic, both counts and what to do.
+    ``only`` limits the plan to those topic names (the collector ensures just the two it
+    writes, and leaves the worker's internal topics to the worker).  Raises
+    :class:`TopicMismatchError` when a co-partitioned topic exists with another partition
+    count, naming the topic, both counts and what to do.
     """
     admin = AIOKafkaAdminClient(request_timeout_ms=request_timeout_ms, **client_kwargs(settings))
     await admin.start()
     try:
-        plan = topic_plan(settings)
+        plan = [t for t in topic_plan(settings) if only is None or t.name in only]
         existing = await _partition_counts(admin, [t.name for t in plan])
         for topic in plan:
             have = existing.get(topic.name)

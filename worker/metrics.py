@@ -8,6 +8,8 @@ reasons, rule names, endpoints and outcomes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -31,7 +33,7 @@ from worker.delivery import (
 )
 from worker.events import EVENT_TYPES, Decision
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "CollectorMetrics", "Metrics"]
 
 _INVALID_REASONS = (
     "not_json",
@@ -324,4 +326,85 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format, for ``/metrics``."""
+        return generate_latest(self.registry)
+
+
+#: Statuses the collector answers on /v1/events (DESIGN 11), pre-created as label values.
+_COLLECTOR_STATUSES = ("202", "204", "400", "401", "403", "413", "429", "503")
+_COLLECTOR_ERRORS = (
+    "not_json",
+    "not_a_batch",
+    "missing_write_key",
+    "unknown_write_key",
+    "origin_not_allowed",
+    "body_too_large",
+    "too_many_events",
+    "rate_limited",
+    "broker_unavailable",
+)
+
+
+class CollectorMetrics:
+    """The HTTP collector's series (``feedback-worker collect``), on its own registry.
+
+    Labels are closed sets only (statuses, error codes, invalid reasons): no key, address,
+    origin or id ever becomes a label.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        self.requests = Counter(
+            "feedback_collector_requests",
+            "Requests to /v1/events (POST and OPTIONS), by HTTP status.",
+            ["status"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "feedback_collector_refused",
+            "Requests to /v1/events refused (nothing of the batch written), by error code.",
+            ["error"],
+            registry=r,
+        )
+        self.events = Counter(
+            "feedback_collector_events",
+            "Events of acknowledged batches: outcome accepted (to the input topic) or invalid "
+            "(to the invalid topic), with the invalid reason (none for accepted).",
+            ["outcome", "reason"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "feedback_collector_request_duration_seconds",
+            "Time to answer a POST to /v1/events, including the broker's acknowledgement.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.producer_ready = Gauge(
+            "feedback_collector_producer_ready",
+            "1 while the collector's Kafka producer is connected and started.",
+            registry=r,
+        )
+        for status in _COLLECTOR_STATUSES:
+            self.requests.labels(status=status)
+        for error in _COLLECTOR_ERRORS:
+            self.refused.labels(error=error)
+        self.events.labels(outcome="accepted", reason="none")
+        for reason in _INVALID_REASONS:
+            self.events.labels(outcome="invalid", reason=reason)
+
+    def observe_request(self, status: int, *, error: str | None, duration_s: float | None) -> None:
+        self.requests.labels(status=str(status)).inc()
+        if error is not None:
+            self.refused.labels(error=error).inc()
+        if duration_s is not None:
+            self.duration.observe(duration_s)
+
+    def observe_events(self, *, accepted: int, invalid_reasons: Iterable[str]) -> None:
+        if accepted:
+            self.events.labels(outcome="accepted", reason="none").inc(accepted)
+        for reason in invalid_reasons:
+            self.events.labels(outcome="invalid", reason=reason).inc()
+
+    def exposition(self) -> bytes:
         return generate_latest(self.registry)

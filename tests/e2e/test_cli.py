@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from worker.cli import main
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["publish"], ["schemas"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["collect"], ["publish"], ["schemas"]])
 def test_help(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -19,7 +19,7 @@ def test_help(command: list[str]) -> None:
 
 def test_top_level_help_lists_the_commands() -> None:
     output = CliRunner().invoke(main, ["--help"]).output
-    for command in ("run", "publish", "schemas"):
+    for command in ("run", "collect", "publish", "schemas"):
         assert f"  {command} " in output
 
 

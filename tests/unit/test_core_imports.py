@@ -38,6 +38,17 @@ def test_core_imports_no_io_libraries() -> None:
     assert run_probe(probe) == "[]"
 
 
+def test_collector_core_imports_no_io_libraries() -> None:
+    """The collector's batch parsing and policies are pure (issue 15): no HTTP server,
+    no Kafka client, no metrics registry."""
+    probe = (
+        "import sys, worker.collector.batch, worker.collector.policy; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        f"set({sorted(IO_LIBRARIES | {'aiohttp'})!r})))"
+    )
+    assert run_probe(probe) == "[]"
+
+
 def test_the_probe_would_notice_an_io_import() -> None:
     """Guard against a probe that can never fail: an I/O module does show up."""
     probe = "import sys, json; print(sorted({m.split('.')[0] for m in sys.modules} & {'json'}))"

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from worker.config import Settings, load_settings
-from worker.metrics import Metrics
+from worker.metrics import CollectorMetrics, Metrics
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the deployment files")
 
@@ -66,9 +66,11 @@ _SUFFIXES = {
 
 
 def exported_metric_names() -> set[str]:
-    """Every series name ``/metrics`` can show, whether or not a child exists yet."""
+    """Every series name the worker's or the collector's ``/metrics`` can show, whether or
+    not a child exists yet."""
     names: set[str] = set()
-    for family in Metrics().registry.collect():
+    families = [*Metrics().registry.collect(), *CollectorMetrics().registry.collect()]
+    for family in families:
         names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
         names.update(sample.name for sample in family.samples)
     return names
@@ -155,13 +157,27 @@ def compose() -> dict[str, Any]:
     return document
 
 
-def worker_services() -> dict[str, dict[str, Any]]:
+def image_services() -> dict[str, dict[str, Any]]:
+    """Services built from deploy/Dockerfile that run the ``feedback-worker`` entrypoint."""
     return {
         name: service
         for name, service in compose()["services"].items()
         if (service.get("build") or {}).get("dockerfile") == "deploy/Dockerfile"
         and "entrypoint" not in service
     }
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    command = service.get("command") or ["run"]
+    return command.split() if isinstance(command, str) else [str(c) for c in command]
+
+
+def worker_services() -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in image_services().items() if _command(s)[0] == "run"}
+
+
+def collector_services() -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in image_services().items() if _command(s)[0] == "collect"}
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
@@ -178,8 +194,16 @@ def k8s_documents() -> Iterator[tuple[Path, dict[str, Any]]]:
                 yield path, document
 
 
-def k8s(kind: str) -> list[dict[str, Any]]:
-    return [doc for _, doc in k8s_documents() if doc.get("kind") == kind]
+def component(document: dict[str, Any]) -> str:
+    """``worker`` or ``collector``; documents without the label belong to the worker."""
+    labels = (document.get("metadata") or {}).get("labels") or {}
+    return str(labels.get("app.kubernetes.io/component", "worker"))
+
+
+def k8s(kind: str, of: str = "worker") -> list[dict[str, Any]]:
+    return [
+        doc for _, doc in k8s_documents() if doc.get("kind") == kind and component(doc) == of
+    ]
 
 
 # --------------------------------------------------------------------------- Dockerfile
@@ -233,6 +257,8 @@ def test_dockerfile_entrypoint_healthcheck_volume_port() -> None:
     exposed = [int(p.split("/")[0]) for kw, rest in rows if kw == "EXPOSE" for p in rest.split()]
     port = int(env.get("WORKER_WEB_PORT", DEFAULTS.worker_web_port))
     assert port in exposed and port == DEFAULTS.worker_web_port
+    collector_port = int(env.get("COLLECTOR_PORT", DEFAULTS.collector_port))
+    assert collector_port in exposed and collector_port == DEFAULTS.collector_port
 
 
 # --------------------------------------------------------------------------- docker-compose.yml
@@ -339,17 +365,24 @@ def test_prometheus_scrapes_every_worker_and_loads_the_alerts() -> None:
         assert (PROMETHEUS.parent / rule_file).is_file() or Path(rule_file).name == ALERTS.name
     assert any(Path(f).name == ALERTS.name for f in config["rule_files"])
     targets = {
-        target
+        job["job_name"]: {
+            target for static in job.get("static_configs", []) for target in static["targets"]
+        }
         for job in config["scrape_configs"]
-        for static in job.get("static_configs", [])
-        for target in static["targets"]
     }
     expected = {
         f"{service.get('hostname', name)}:"
         f"{environment(service).get('WORKER_WEB_PORT', DEFAULTS.worker_web_port)}"
         for name, service in worker_services().items()
     }
-    assert targets == expected
+    assert targets["feedback-worker"] == expected
+    collectors = {
+        f"{service.get('hostname', name)}:"
+        f"{environment(service).get('COLLECTOR_PORT', DEFAULTS.collector_port)}"
+        for name, service in collector_services().items()
+    }
+    assert targets["feedback-collector"] == collectors
+    assert set(targets) == {"feedback-worker", "feedback-collector"}
 
 
 # --------------------------------------------------------------------------- alert rules
@@ -384,6 +417,7 @@ def test_the_issue_alerts_exist() -> None:
     assert uses("feedback_delivery_breaker_state")
     assert uses("feedback_delivery_auth_paused")
     assert uses("feedback_events_total")
+    assert uses("feedback_collector_refused_total")
     regression = [
         name
         for name in uses("feedback_decisions_total")
@@ -549,3 +583,125 @@ def test_k8s_keda_scales_on_the_workers_consumer_lag() -> None:
     assert int(meta["lagThreshold"]) > 0
     # Replicas beyond the partition count would sit idle.
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= int(data["TOPIC_PARTITIONS"])
+
+
+# --------------------------------------------------------------------------- the collector
+
+
+def _healthcheck_url(service: dict[str, Any]) -> str:
+    test = " ".join(str(part) for part in service["healthcheck"]["test"])
+    match = re.search(r"http://127\.0\.0\.1:(\d+)(/\w+)", test)
+    assert match, test
+    return f"{match.group(1)}{match.group(2)}"
+
+
+def test_compose_collector_runs_collect_with_valid_settings_and_no_helicone_key() -> None:
+    (collector,) = collector_services().values()
+    assert _command(collector) == ["collect"]
+    assert collector["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    env = environment(collector)
+    assert set(env) <= FIELDS, sorted(set(env) - FIELDS)
+    assert "HELICONE_API_KEY" not in env  # least privilege: it only writes ui-events
+    raw = collector["environment"]
+    assert str(raw["COLLECTOR_WRITE_KEYS"]).startswith("${COLLECTOR_WRITE_KEYS:-")
+    settings = load_settings({k.lower(): v for k, v in env.items()})
+    assert settings.require_write_keys()
+    # It writes where the workers read.
+    for worker in worker_services().values():
+        worker_env = environment(worker)
+        for name in ("KAFKA_BOOTSTRAP_SERVERS", "TOPIC_PARTITIONS"):
+            assert env[name] == worker_env[name], name
+    assert settings.topic_ui_events == DEFAULTS.topic_ui_events  # the topics service's name
+    port = settings.collector_port
+    container_ports = {int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in collector["ports"]}
+    assert container_ports == {port}
+    # The image's HEALTHCHECK probes the worker port, so the collector must override it.
+    assert _healthcheck_url(collector) == f"{port}/healthz"
+
+
+def collector_manifests() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for _, doc in k8s_documents():
+        if component(doc) == "collector":
+            assert doc["kind"] not in found, f"two collector {doc['kind']}s"
+            found[doc["kind"]] = doc
+    return found
+
+
+def test_k8s_collector_manifests_exist_and_kustomization_lists_all_but_the_example() -> None:
+    manifests = collector_manifests()
+    assert {
+        "ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "Ingress"
+    } <= set(manifests)
+    listed = set(load_yaml(K8S / "kustomization.yaml")["resources"])
+    files = {path.name for path in K8S.glob("collector-*.yaml")}
+    assert files - listed == {"collector-ingress.yaml"}
+
+
+def test_k8s_collector_deployment_settings_probes_and_ports() -> None:
+    m = collector_manifests()
+    (worker_config,) = k8s("ConfigMap")
+    (helicone,) = k8s("Secret")
+    pod = m["Deployment"]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["collect"]
+    refs = [
+        (kind, item[kind]["name"])
+        for item in container["envFrom"]
+        for kind in ("configMapRef", "secretRef")
+        if kind in item
+    ]
+    assert refs == [
+        ("configMapRef", worker_config["metadata"]["name"]),  # the same broker and topics
+        ("configMapRef", m["ConfigMap"]["metadata"]["name"]),
+        ("secretRef", m["Secret"]["metadata"]["name"]),
+    ]
+    assert ("secretRef", helicone["metadata"]["name"]) not in refs
+    assert set(m["ConfigMap"]["data"]) <= FIELDS, sorted(set(m["ConfigMap"]["data"]) - FIELDS)
+    assert set(m["Secret"]["stringData"]) == {"COLLECTOR_WRITE_KEYS"}
+    assert "COLLECTOR_WRITE_KEYS" not in m["ConfigMap"]["data"]
+    values = {**worker_config["data"], **m["ConfigMap"]["data"], **m["Secret"]["stringData"]}
+    settings = load_settings({k.lower(): v for k, v in values.items()})
+    assert settings.require_write_keys()
+    assert settings.collector_trust_forwarded_for  # it sits behind the Ingress
+
+    named_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert named_ports == {"http": settings.collector_port}
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}
+    assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == settings.collector_port
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    labels = pod["metadata"]["labels"]
+    assert m["Deployment"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_k8s_collector_service_hpa_and_ingress_point_at_it() -> None:
+    m = collector_manifests()
+    deployment, service = m["Deployment"], m["Service"]
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    # The worker's Service must not select collector pods, nor the collector's worker pods.
+    (worker_service,) = k8s("Service")
+    assert not worker_service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] in {p["name"] for p in container["ports"]}
+
+    hpa = m["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]
+    }
+    (metric,) = hpa["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert container["resources"]["requests"]["cpu"]  # utilisation is relative to it
+    assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"]
+
+    backends = [
+        path["backend"]["service"]
+        for rule in m["Ingress"]["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+    assert backends
+    for backend in backends:
+        assert backend["name"] == service["metadata"]["name"]
+        assert backend["port"]["name"] == service_port["name"]

@@ -1,0 +1,168 @@
+"""The collector as a real server with no broker behind it: it starts anyway, answers 503
+with Retry-After, says it is not ready, and never lets the write key out (logs, metrics,
+bodies).  Also the ``collect`` command's configuration checks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from worker.cli import main
+from worker.collector.server import RunningCollector, start_collector
+from worker.config import load_settings
+from worker.errors import ConfigError
+
+KEY = "pk_secret_4c1d8e2b"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def no_broker() -> AsyncIterator[RunningCollector]:
+    settings = load_settings(
+        {
+            "kafka_bootstrap_servers": f"127.0.0.1:{closed_port()}",
+            "collector_host": "127.0.0.1",
+            "collector_port": 0,
+            "collector_write_keys": f"{KEY},pk_other",
+            "collector_send_timeout_s": 1.0,
+        }
+    )
+    running = await start_collector(settings)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+def batch() -> dict[str, object]:
+    return {
+        "events": [
+            {
+                "event_id": str(uuid.uuid4()),
+                "type": "response_copied",
+                "request_id": str(uuid.uuid4()),
+                "occurred_at": datetime.now(UTC).isoformat(),
+            }
+        ]
+    }
+
+
+async def test_unreachable_broker_is_503_with_retry_after_and_not_ready(
+    no_broker: RunningCollector,
+) -> None:
+    assert not await no_broker.wait_ready(0.5)
+    async with httpx.AsyncClient(base_url=no_broker.url) as client:
+        response = await client.post("/v1/events", params={"key": KEY}, json=batch())
+        assert response.status_code == 503
+        assert response.json()["error"] == "broker_unavailable"
+        assert int(response.headers["Retry-After"]) >= 1
+        assert (await client.get("/healthz")).status_code == 200
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"] == {"producer_started": False, "broker_reachable": False}
+        metrics = (await client.get("/metrics")).text
+    assert 'feedback_collector_refused_total{error="broker_unavailable"} 1.0' in metrics
+    assert "feedback_collector_producer_ready 0.0" in metrics
+
+
+async def test_the_write_key_never_appears_in_logs_metrics_or_answers(
+    no_broker: RunningCollector, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, aiohttp's access log included
+    bodies = []
+    async with httpx.AsyncClient(base_url=no_broker.url) as client:
+        for params, headers in [
+            ({"key": KEY}, {}),  # 503: no broker
+            ({}, {"Authorization": f"Bearer {KEY}"}),
+            ({"key": KEY + "x"}, {}),  # 401: a near miss
+            ({"key": KEY}, {"Origin": "https://evil.test"}),  # 403
+        ]:
+            response = await client.post(
+                "/v1/events", params=params, headers=headers, json=batch()
+            )
+            bodies.append(response.text + str(response.headers))
+        metrics = (await client.get("/metrics")).text
+    assert [b for b in bodies if KEY in b] == []
+    assert KEY not in metrics
+    # The test's own HTTP client (httpx) logs the URL it calls; everything else is ours.
+    server_side = [
+        record.getMessage()
+        for record in caplog.records
+        if not record.name.startswith(("httpx", "httpcore"))
+    ]
+    assert any("/v1/events" in line for line in server_side), "the access log should run"
+    assert [line for line in server_side if KEY in line] == []
+
+
+async def test_a_client_hanging_up_mid_body_is_counted_not_a_crash(
+    no_broker: RunningCollector,
+) -> None:
+    _reader, writer = await asyncio.open_connection("127.0.0.1", no_broker.port)
+    writer.write(
+        f"POST /v1/events?key={KEY} HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n".encode()
+        + b'{"events": ['
+    )
+    await writer.drain()
+    writer.close()
+    metrics = no_broker.collector.metrics
+    for _ in range(100):  # the server notices the hang-up asynchronously
+        text = metrics.exposition().decode()
+        if 'feedback_collector_refused_total{error="not_json"} 1.0' in text:
+            break
+        await asyncio.sleep(0.02)
+    assert 'feedback_collector_refused_total{error="not_json"} 1.0' in text
+    assert 'feedback_collector_requests_total{status="400"} 1.0' in text
+
+
+def test_collect_needs_write_keys() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings().require_write_keys()
+    assert "COLLECTOR_WRITE_KEYS" in raised.value.problems[0]
+    result = CliRunner().invoke(main, ["collect"])
+    assert result.exit_code == 2
+    assert "COLLECTOR_WRITE_KEYS: missing" in result.output
+
+
+def test_collect_settings_are_validated_with_a_clear_message() -> None:
+    result = CliRunner().invoke(
+        main,
+        ["collect"],
+        env={"COLLECTOR_WRITE_KEYS": "k", "COLLECTOR_ALLOWED_ORIGINS": "app.example.com"},
+    )
+    assert result.exit_code == 2
+    assert "COLLECTOR_ALLOWED_ORIGINS" in result.output
+    assert "COLLECTOR_WRITE_KEYS" not in result.output  # that one is fine, and secret
+
+
+def test_collect_help_names_its_settings() -> None:
+    result = CliRunner().invoke(main, ["collect", "--help"])
+    assert result.exit_code == 0
+    for name in ("COLLECTOR_WRITE_KEYS", "COLLECTOR_PORT", "/v1/events", "/readyz"):
+        assert name in result.output
+
+
+def test_origins_and_keys_parse_from_comma_separated_values() -> None:
+    settings = load_settings(
+        {
+            "collector_write_keys": " a , b,,",
+            "collector_allowed_origins": "https://a.example.com/, http://localhost:5173",
+        }
+    )
+    assert [k.get_secret_value() for k in settings.require_write_keys()] == ["a", "b"]
+    assert settings.collector_origins == {"https://a.example.com", "http://localhost:5173"}
+    assert "a , b" not in repr(settings)
+    assert load_settings({"collector_allowed_origins": "*"}).collector_origins == {"*"}

@@ -1,0 +1,157 @@
+"""Running the collector: wiring from settings, an in-process starter, and ``serve``.
+
+:func:`start_collector` is what both the command line and tests use: it builds the
+:class:`~worker.collector.app.Collector` from the settings, starts the HTTP listener at
+once and the producer in the background, and returns a :class:`RunningCollector` with the
+bound address and a ``stop``.  ``COLLECTOR_PORT=0`` picks a free port (tests, the
+end-to-end browser test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from worker.collector.app import Collector, build_app
+from worker.collector.batch import BatchLimits
+from worker.collector.policy import Origins, RateLimiter, WriteKeys
+from worker.collector.producer import KafkaBatchWriter
+from worker.config import Settings
+from worker.errors import TopicMismatchError
+from worker.ingest import IngestLimits
+from worker.metrics import CollectorMetrics
+
+__all__ = ["RunningCollector", "build_collector", "serve", "start_collector"]
+
+log = logging.getLogger(__name__)
+
+
+class PathOnlyAccessLogger(AbstractAccessLogger):
+    """Access log without the query string: ``?key=`` carries the write key (sendBeacon
+    cannot set headers), and aiohttp's default format would log it with every request."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        self.logger.debug(
+            "%s %s %d %.1f ms", request.method, request.path, response.status, time * 1000
+        )
+
+
+@dataclass
+class RunningCollector:
+    """A started collector: where it listens and how to stop it."""
+
+    runner: web.AppRunner
+    collector: Collector
+    writer: KafkaBatchWriter
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8088`` (the SDK's ``endpoint``)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    async def wait_ready(self, timeout_s: float = 30.0) -> bool:
+        """Wait until the producer started (True), or ``timeout_s`` passed (False)."""
+        return await self.writer.wait_started(timeout_s)
+
+    async def stop(self) -> None:
+        """Stop taking requests, then close the producer (after in-flight batches)."""
+        await self.runner.cleanup()
+        await self.writer.stop()
+
+
+def build_collector(
+    settings: Settings, writer: KafkaBatchWriter, metrics: CollectorMetrics
+) -> Collector:
+    """The :class:`Collector` the settings describe (write keys required)."""
+    limits = BatchLimits(
+        max_events=settings.collector_max_events,
+        ingest=IngestLimits(
+            max_event_bytes=settings.max_event_bytes,
+            tolerance_ms=int(settings.clock_skew_tolerance_s * 1000),
+            max_future_ms=int(settings.event_max_future_s * 1000),
+            max_age_ms=int(settings.event_max_age_s * 1000),
+        ),
+    )
+    return Collector(
+        keys=WriteKeys(settings.require_write_keys()),
+        origins=Origins(settings.collector_origins),
+        limiter=RateLimiter(rate_per_s=settings.collector_rate_per_s, clock=time.monotonic),
+        writer=writer,
+        metrics=metrics,
+        limits=limits,
+        max_body_bytes=settings.collector_max_body_bytes,
+        events_topic=settings.topic_ui_events,
+        invalid_topic=settings.topic_invalid,
+        clock_ms=lambda: time.time_ns() // 1_000_000,
+        trust_forwarded_for=settings.collector_trust_forwarded_for,
+        fatal=lambda: writer.fatal,
+    )
+
+
+async def start_collector(
+    settings: Settings, *, create_topics: bool = True, metrics: CollectorMetrics | None = None
+) -> RunningCollector:
+    """Start listening on ``COLLECTOR_HOST:COLLECTOR_PORT`` and connect in the background.
+
+    Raises :class:`~worker.errors.ConfigError` when no write key is set.  With
+    ``create_topics`` the producer first ensures the input and invalid topics exist with
+    ``TOPIC_PARTITIONS`` partitions (DESIGN 2: Tansu would auto-create them otherwise).
+    """
+    metrics = metrics or CollectorMetrics()
+    writer = KafkaBatchWriter(
+        settings,
+        create_topics=create_topics,
+        on_ready_change=lambda ready: metrics.producer_ready.set(1 if ready else 0),
+    )
+    collector = build_collector(settings, writer, metrics)
+    runner = web.AppRunner(
+        build_app(collector), access_log_class=PathOnlyAccessLogger, shutdown_timeout=5.0
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.collector_host, settings.collector_port)
+    await site.start()
+    port = int(runner.addresses[0][1])
+    writer.start()
+    log.info("collector listening on %s:%d", settings.collector_host, port)
+    return RunningCollector(runner, collector, writer, settings.collector_host, port)
+
+
+async def serve(settings: Settings, *, create_topics: bool = True) -> None:
+    """Run the collector until SIGTERM or SIGINT, then stop cleanly.
+
+    It serves at once, also while the broker is down (``/healthz`` 200, the rest 503), so
+    a liveness probe does not restart it through a broker outage.  The one thing it does
+    not wait out is an input topic with the wrong partition count: it stops and raises
+    :class:`~worker.errors.TopicMismatchError`, which needs an operator.
+    """
+    running = await start_collector(settings, create_topics=create_topics)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    waits = [
+        asyncio.ensure_future(stopping.wait()),
+        asyncio.ensure_future(running.writer.failed.wait()),
+    ]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        log.info("collector stopping")
+        await running.stop()
+    if running.writer.fatal is not None:
+        raise TopicMismatchError(running.writer.fatal)
