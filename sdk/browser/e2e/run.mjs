@@ -4,7 +4,7 @@
 // page_left, then navigates away so the page-hide beacon carries the events.
 // Prints JSON of what it did (request id, event ids, types).
 //
-//   node e2e/run.mjs --endpoint http://127.0.0.1:8088 --write-key wk_test [--request-id UUID] [--page-port 8765]
+//   node e2e/run.mjs --endpoint http://127.0.0.1:8088 --write-key wk_test [--request-id UUID] [--page-port 8765] [--thumbs-up]
 //   FEEDBACK_ENDPOINT=... FEEDBACK_WRITE_KEY=... E2E_PAGE_PORT=8765 node e2e/run.mjs
 // The page's origin is http://127.0.0.1:<page port> (random unless given): a real
 // collector refuses other origins with 403, so give a fixed port and allow it there
@@ -50,6 +50,7 @@ export async function run({
   requestId = "5f2b8c1e-3d4a-4b6c-9e7f-1a2b3c4d5e6f",
   executablePath = process.env.CHROMIUM || "/usr/bin/chromium",
   pagePort = 0,
+  thumbsUp = false,
 } = {}) {
   if (!endpoint || !writeKey) throw new Error("endpoint and writeKey are required");
   const site = await serveStatic(pagePort);
@@ -62,6 +63,7 @@ export async function run({
     await page.waitForFunction(() => window.fbReady === true, null, { timeout: 5000 });
     await page.click("#shown");
     await page.click("#copy");
+    if (thumbsUp) await page.click("#thumbs-up");
     await page.click("#leave");
     const events = await page.evaluate(() => window.fb.pending().map((e) => ({ event_id: e.event_id, type: e.type })));
     const errors = await page.evaluate(() => window.fbErrors);
@@ -89,6 +91,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === normalize(process.argv
     writeKey,
     requestId: arg("request-id") || process.env.E2E_REQUEST_ID || undefined,
     pagePort: Number(arg("page-port") || process.env.E2E_PAGE_PORT || 0),
+    thumbsUp: process.argv.includes("--thumbs-up"),
   });
   if (dummy) {
     const ids = new Set(result.events.map((e) => e.event_id));
