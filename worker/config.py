@@ -144,6 +144,22 @@ class Settings(BaseSettings):
         description="Seconds a delivered request's state is kept, so later decisions merge "
         "into it and duplicates cost no call.",
     )
+    delivery_verify_sample: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of delivered requests read back from Helicone (GET /v1/request/{id}) "
+        "after DELIVERY_VERIFY_DELAY_S, to count what it really stored.",
+    )
+    delivery_verify_delay_s: PositiveSeconds = Field(
+        default=660.0,
+        description="Seconds after a delivery before it is read back: Helicone ingests scores "
+        "about 10 minutes after the call.",
+    )
+    delivery_verify_reads_per_5min: int = Field(
+        default=600, ge=1, le=100_000,
+        description="Read-back budget; Helicone allows 600 reads per 5 minutes.",
+    )
     helicone_rating_via: Literal["score", "feedback"] = Field(
         default="score",
         description="score: one /score call per change carrying the rating as "

@@ -428,6 +428,45 @@ class HeliconeClient:
         path = f"/v1/session/{quote(session_id, safe='')}/feedback"
         return await self._post(endpoint, path, {"rating": rating})
 
+    async def get_request(self, request_id: str) -> dict[str, Any] | None:
+        """Read one request back: ``GET /v1/request/{id}``, its ``data`` object or None.
+
+        None when Helicone does not know the request (a 404, or its 500 "not found": every
+        error is a 500 there, DESIGN 6).  The shape read is the ``HeliconeRequest`` of
+        Helicone's published OpenAPI for this route: ``scores`` (name -> number) and
+        ``feedback_rating``.  Other failures raise a DeliveryError, as the posts do.
+        """
+        endpoint: Endpoint = "request_score"
+        self._check_request_id(request_id, endpoint)
+        headers = {
+            "Authorization": f"Bearer {self._api_key.get_secret_value()}",
+            "Accept": "application/json",
+        }
+        try:
+            response = await self._http.get(
+                f"{self._base_url}/v1/request/{request_id}", headers=headers
+            )
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            failure = classify_exception(exc, endpoint=endpoint, now_ms=self._clock.now_ms())
+            self._redact(failure)
+            raise failure from exc
+        if response.status_code == 404 or (
+            response.status_code == 500 and b"not found" in response.content.lower()
+        ):
+            return None
+        error = classify_response(
+            response.status_code, response.headers, response.content,
+            endpoint=endpoint, now_ms=self._clock.now_ms(),
+        )
+        if error is not None:
+            self._redact(error)
+            raise error
+        try:
+            data = response.json().get("data")
+        except ValueError as exc:
+            raise RetryableDelivery("read-back answer is not JSON", endpoint=endpoint) from exc
+        return data if isinstance(data, dict) else None
+
     # ---- internals
 
     @staticmethod

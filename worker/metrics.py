@@ -234,6 +234,13 @@ class Metrics:
             "Calls Helicone answered 429 (rate limited).",
             registry=r,
         )
+        self.delivery_verified = Counter(
+            "feedback_delivery_verified",
+            "Delivered request states read back from Helicone (DELIVERY_VERIFY_SAMPLE), by "
+            "what it stored: stored, missing, different, or error (the read failed).",
+            ["result"],
+            registry=r,
+        )
         self.delivery_dlq = Counter(
             "feedback_delivery_dlq",
             "Decisions written to the dead-letter topic, by reason.",
@@ -265,6 +272,8 @@ class Metrics:
             self.delivery_duration.labels(endpoint=endpoint)
             for outcome in DeliveryOutcome:
                 self.delivery_attempts.labels(endpoint=endpoint, outcome=outcome.value)
+        for result in ("stored", "missing", "different", "error"):
+            self.delivery_verified.labels(result=result)
         for reason in DEAD_LETTER_REASONS:
             self.delivery_dlq.labels(reason=reason)
         for target in ("request", "session"):

@@ -87,6 +87,7 @@ from worker.delivery_state import Call, FeedbackState, RatingVia, calls_for, mer
 from worker.errors import AuthRejected, ConfigError, PermanentDelivery, RetryableDelivery
 from worker.events import Decision, is_helicone_request_id
 from worker.kafka import DELIVERY_STATE_TABLE, delivery_retry_topic_name, partition_for
+from worker.readback import ReadBack
 
 if TYPE_CHECKING:
     import faust
@@ -143,7 +144,8 @@ Send = Callable[[str, bytes, bytes, int | None, list[tuple[str, bytes]]], Awaita
 
 
 class Poster(Protocol):
-    """The three Helicone calls (:class:`~worker.helicone.HeliconeClient` is the real one)."""
+    """The Helicone calls (:class:`~worker.helicone.HeliconeClient` is the real one): three
+    writes, and the read-back of :mod:`worker.readback`."""
 
     async def post_request_feedback(self, request_id: str, rating: bool) -> DeliveryAttempted:
         ...
@@ -154,6 +156,9 @@ class Poster(Protocol):
         ...
 
     async def post_session_feedback(self, session_id: str, rating: bool) -> DeliveryAttempted:
+        ...
+
+    async def get_request(self, request_id: str) -> dict[str, Any] | None:
         ...
 
     async def aclose(self) -> None:
@@ -198,6 +203,9 @@ class DeliveryConfig:
     dedupe_ttl_s: float = 7 * 86_400.0
     rate_recovery_s: float = 60.0
     rating_via: RatingVia = "score"
+    verify_sample: float = 0.0
+    verify_delay_s: float = 660.0
+    verify_reads_per_5min: int = 600
     dry_run: bool = False
 
     @classmethod
@@ -216,6 +224,9 @@ class DeliveryConfig:
             auth_probe_interval_s=settings.delivery_auth_probe_interval_s,
             dedupe_ttl_s=settings.delivery_dedupe_ttl_s,
             rating_via=settings.helicone_rating_via,
+            verify_sample=settings.delivery_verify_sample,
+            verify_delay_s=settings.delivery_verify_delay_s,
+            verify_reads_per_5min=settings.delivery_verify_reads_per_5min,
             dry_run=settings.feedback_dry_run,
         )
 
@@ -272,6 +283,13 @@ class Delivery:
         )
         self.rate = AdaptiveRate(
             ceiling_per_s=config.rate_per_s, clock=clock, recovery_s=config.rate_recovery_s
+        )
+        self.readback = ReadBack(
+            sample=0.0 if config.dry_run else config.verify_sample,
+            delay_s=config.verify_delay_s,
+            reads_per_5min=config.verify_reads_per_5min,
+            clock=clock,
+            metrics=metrics,
         )
         self._heap: list[tuple[int, int, bytes]] = []  # (due_ms, tie, table key)
         self._tie = itertools.count()
@@ -621,6 +639,8 @@ class Delivery:
             decided_at = datetime.fromisoformat(decision["decided_at"]).timestamp()
             self.metrics.observe_delivered(state.target, delay_s=now_ms / 1000 - decided_at)
         self._settled[table_key] = version
+        if state.target == "request" and calls and self.config.rating_via == "score":
+            self.readback.delivered(state.target_id, calls[-1].body["scores"])
         await self._report(due.partition, key, version, "delivered")
 
     async def _give_up(
@@ -778,8 +798,10 @@ class Delivery:
         self.metrics.delivery_rate.set(per_s)
 
     async def tick(self, items: Callable[[], Iterable[tuple[bytes, bytes]]]) -> None:
-        """Run by the timer: refresh the gauges; now and then, sweep old settled states."""
+        """Run by the timer: refresh the gauges, read back what is due; now and then, sweep
+        old settled states."""
         self.update_gauges()
+        await self.readback.tick(self.poster)
         if self.clock.now_ms() >= self._next_sweep_ms:
             self._next_sweep_ms = self.clock.now_ms() + self._sweep_interval_ms
             await self.sweep(items())
