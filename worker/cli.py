@@ -39,6 +39,17 @@ def _settings(**overrides: Any) -> Settings:
         sys.exit(2)
 
 
+def _require(check: Callable[[], object]) -> None:
+    """Run a settings check; on a ConfigError print each problem and exit 2."""
+    try:
+        check()
+    except ConfigError as exc:
+        click.echo("feedback-worker: invalid configuration", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+
+
 def _setup_logging(settings: Settings) -> None:
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
 
@@ -66,13 +77,7 @@ def run() -> None:
 
     settings = _settings()
     if not settings.feedback_dry_run:
-        try:
-            settings.require_api_key()
-        except ConfigError as exc:
-            click.echo("feedback-worker: invalid configuration", err=True)
-            for problem in exc.problems:
-                click.echo(f"  {problem}", err=True)
-            sys.exit(2)
+        _require(settings.require_api_key)
     _setup_logging(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -112,13 +117,7 @@ def collect() -> None:
     from worker.collector.server import serve
 
     settings = _settings()
-    try:
-        settings.require_write_keys()
-    except ConfigError as exc:
-        click.echo("feedback-worker: invalid configuration", err=True)
-        for problem in exc.problems:
-            click.echo(f"  {problem}", err=True)
-        sys.exit(2)
+    _require(settings.require_write_keys)
     _setup_logging(settings)
     try:
         # Serves at once; topics are ensured as the producer connects (retried while the
