@@ -173,7 +173,7 @@ class Metrics:
             registry=r,
         )
 
-        # ---- delivery (DESIGN 5, 9): fed by worker/agents/deliver.py
+        # ---- delivery (DESIGN 5, 9): fed by worker/delivery_engine.py
         self.delivery_attempts = Counter(
             "feedback_delivery_attempts",
             "HTTP calls to Helicone (or dry-run stand-ins), by endpoint and outcome.",

@@ -158,7 +158,8 @@ def test_receiver_down_for_a_span_then_back(
     """The Helicone endpoint stops listening (connection refused) mid-stream and comes back
     on the same address: the breaker opens, decisions wait durably, and all arrive once."""
     rng = random.Random(chaos_seed)
-    outages, down_s, seconds = (3, 20.0, 90.0) if FULL else (1, 4.0, 10.0)
+    # The long form keeps Helicone away for minutes: the backlog waits durably meanwhile.
+    outages, down_s, seconds = (2, 150.0, 90.0) if FULL else (1, 4.0, 10.0)
     receiver = ReceiverThread(port=free_port())
     try:
         env = env_for(receiver, restores=False, IDLE_CLOSE_S=NO_RESTART_IDLE_CLOSE_S)
@@ -213,5 +214,49 @@ def test_429_storm(
                          workers=[worker], seed=chaos_seed, dump_to=tmp_path / "topics.jsonl")
         limited = [r for r in outcome.history if r.status == 429]
         assert len(limited) >= 10, len(limited)
+    finally:
+        receiver.close()
+
+
+def test_a_large_backlog_survives_sigkill_and_a_rebalance(
+    kafka_bootstrap: str,
+    topics: TestTopics,
+    worker_factory: Any,
+    tmp_path: Path,
+    chaos_seed: int,
+) -> None:
+    """Helicone allows a few calls a second, fewer than decisions arrive, so a backlog of
+    request states builds up.  While it waits the worker is SIGKILLed and replaced, and a
+    second worker joins (the states move with their partitions).  Afterwards Helicone stores
+    every request's state as meant, with at most one call per decision beyond the kill's
+    in-flight calls: the backlog was neither lost nor sent twice."""
+    rng = random.Random(chaos_seed)
+    seconds, budget = (60.0, 8) if FULL else (12.0, 4)
+    receiver = ReceiverThread(rate_limit=budget, rate_window_s=1.0)
+    try:
+        env = env_for(receiver, restores=True, DELIVERY_RATE_PER_S=str(budget),
+                      DELIVERY_CONCURRENCY="4")
+        state = tmp_path / "state-0"
+        first: WorkerProcess = worker_factory(state_dir=state, **env)
+        first.wait_ready()
+        load = start_load(kafka_bootstrap, topics, seconds=seconds, seed=chaos_seed)
+        total = len(load.records)
+        load.wait_sent(int(rng.uniform(0.4, 0.6) * total), timeout_s=seconds * 3)
+        first.wait_metric("feedback_delivery_backlog", lambda v: v >= 10, timeout_s=120)
+        backlog = first.metric_sum("feedback_delivery_backlog")
+        first.kill()
+        print(f"killed with a backlog of {backlog:.0f} states at {load.sent}/{total}")
+        replacement: WorkerProcess = worker_factory(state_dir=state, **env)
+        replacement.wait_ready(timeout_s=180)
+        joiner: WorkerProcess = worker_factory(**env)
+        joiner.wait_ready(timeout_s=180)
+        print(f"second worker joined at {load.sent}/{total}")
+        load.join()
+        verify(bootstrap=kafka_bootstrap, topics=topics, env=env, receiver=receiver,
+               workers=[replacement, joiner], seed=chaos_seed, timeout_s=300,
+               dump_to=tmp_path / "topics.jsonl", repeats_allowed=2 * 4)
+        throttled = sum(w.metric_sum("feedback_delivery_throttled_total")
+                        for w in (replacement, joiner))
+        print(f"429s after the restart: {throttled:.0f}")
     finally:
         receiver.close()

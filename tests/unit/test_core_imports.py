@@ -53,3 +53,25 @@ def test_the_probe_would_notice_an_io_import() -> None:
     """Guard against a probe that can never fail: an I/O module does show up."""
     probe = "import sys, json; print(sorted({m.split('.')[0] for m in sys.modules} & {'json'}))"
     assert run_probe(probe) == "['json']"
+
+
+def test_delivery_core_imports_no_io_libraries() -> None:
+    """Delivery's pure half (policy, whole-state merge) imports no I/O library at all."""
+    probe = (
+        "import sys, worker.delivery, worker.delivery_state; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        f"set({sorted(IO_LIBRARIES | {'aiohttp'})!r})))"
+    )
+    assert run_probe(probe) == "[]"
+
+
+def test_delivery_engine_imports_no_faust_http_or_metrics() -> None:
+    """The engine gets tables, a send function, a poster and a clock injected (issue 14: an
+    engine no longer lives in its adapter).  It uses Kafka's partitioner (aiokafka's murmur2,
+    pure Python) to route a decision to the partition that owns its request, nothing else."""
+    probe = (
+        "import sys, worker.delivery_engine; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'faust', 'mode', 'httpx', 'prometheus_client', 'aiohttp'}))"
+    )
+    assert run_probe(probe) == "[]"

@@ -1,6 +1,6 @@
 """The delivery engine without Faust: dict tables, a scripted HTTP transport, a FakeClock.
 
-Each test drives :class:`~worker.agents.deliver.Delivery` the way the deliver agent and its
+Each test drives :class:`~worker.delivery_engine.Delivery` the way the deliver agent and its
 sender do (``publish`` = an outbox record, ``settle`` = the sender starts what it may and the
 agent applies the results, ``advance`` = time passing), so whole-state sending, replacement,
 retries, dedupe, the auth pause, the breaker and the rate are checked exactly and fast.
@@ -22,8 +22,8 @@ import orjson
 import pytest
 
 from tests.fixtures.delivery import EngineHarness, make_decision
-from worker.agents.deliver import KIND_HEADER, REDRIVE_HEADER
 from worker.delivery import BreakerState
+from worker.delivery_engine import KIND_HEADER, REDRIVE_HEADER
 
 OK = {"data": None, "error": None}
 

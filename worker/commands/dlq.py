@@ -27,9 +27,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from worker.agents.deliver import REDRIVE_HEADER
 from worker.config import load_settings
 from worker.delivery import DEAD_LETTER_REASONS
+from worker.delivery_engine import REDRIVE_HEADER
 from worker.errors import ConfigError
 from worker.logs import logging_config
 
