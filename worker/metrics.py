@@ -201,6 +201,12 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.delivery_unchanged = Counter(
+            "feedback_delivery_unchanged",
+            "Decisions that changed nothing Helicone would store (an implicit rating under an "
+            "explicit one, no new score), so they needed no call.",
+            registry=r,
+        )
         self.delivery_retry_queue = Gauge(
             "feedback_delivery_retry_queue",
             "Requests and sessions waiting for a retry after a failed call, on this worker's "

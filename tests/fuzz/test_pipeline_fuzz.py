@@ -26,6 +26,7 @@ delivery) and then asserts, over everything sent so far:
                                                + feedback_delivery_dlq_total
                                                + feedback_delivery_retry_queue (pending)
                                                + feedback_delivery_duplicates_total
+                                               + feedback_delivery_unchanged_total
        feedback_windows_open = 0, feedback_delivery_retry_queue = 0 (settled)
 
    The first line holds only while ingest's recent-id cache catches every duplicate (one
@@ -185,6 +186,7 @@ class Settled:
         dlq = _metric(m, "feedback_delivery_dlq_total")
         pending = _metric(m, "feedback_delivery_retry_queue")
         skipped = _metric(m, "feedback_delivery_duplicates_total")
+        unchanged = _metric(m, "feedback_delivery_unchanged_total")
         windows_open = _metric(m, "feedback_windows_open")
         checks = {
             "records = events + invalid + duplicate": (
@@ -199,8 +201,8 @@ class Settled:
             "decisions = records on the outbox": (len(self.decisions), decisions),
             "outbox decision ids are distinct": (
                 len(self.decisions), len({d.decision_id for d in self.decisions})),
-            "decisions = delivered + dlq + pending + duplicates": (
-                decisions, delivered + dlq + pending + skipped),
+            "decisions = delivered + dlq + pending + duplicates + unchanged": (
+                decisions, delivered + dlq + pending + skipped + unchanged),
             "no window open": (0, windows_open),
             "nothing pending delivery": (0, pending),
         }

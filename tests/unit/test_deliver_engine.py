@@ -174,6 +174,9 @@ async def test_an_explicit_rating_beats_any_later_implicit_one(
     )
     await publish_and_settle(harness, explicit, implicit)
     assert [body for _, body in script.calls] == [{"scores": {"helicone-score-feedback": 1}}]
+    # The implicit decision changed nothing Helicone would store: no call, and counted so.
+    assert harness.metric("feedback_delivery_unchanged_total") == 1
+    assert harness.metric("feedback_delivery_delivered_total", target="request") == 1
 
 
 async def test_a_change_during_a_call_is_sent_after_it(script: Script) -> None:
