@@ -172,7 +172,8 @@ async def test_an_explicit_rating_beats_any_later_implicit_one(
         request_id=request_id, rule="ticket_resolution", rating=False,
         decided_at=datetime.now(UTC) + timedelta(hours=1),
     )
-    await publish_and_settle(harness, explicit, implicit)
+    await publish_and_settle(harness, explicit)
+    await publish_and_settle(harness, implicit)
     assert [body for _, body in script.calls] == [{"scores": {"helicone-score-feedback": 1}}]
     # The implicit decision changed nothing Helicone would store: no call, and counted so.
     assert harness.metric("feedback_delivery_unchanged_total") == 1
