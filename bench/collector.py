@@ -348,7 +348,7 @@ def run(
     paced_batches = PACED_BATCHES_PER_S * seconds
     result: dict[str, Any] = {
         "events": events, "batch": BATCH, "clients": clients, "partitions": partitions,
-        "idempotent_producer": idempotent,
+        "idempotent_producer": idempotent, "cpus": os.cpu_count(),
     }
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-coll-")))
@@ -360,8 +360,12 @@ def run(
         suffix = uuid.uuid4().hex[:8]
         raw_topic, coll_topic = f"bench-raw-{suffix}", f"bench-coll-{suffix}"
         now_ms = int(time.time() * 1000)
-        records = make_events(events + paced_batches * BATCH, max(1, events // 10),
-                              start_ms=now_ms - 3_600_000, spread_ms=1_800_000, seed=15)
+        total = events + paced_batches * BATCH
+        # about 10 events per journey: enough journeys that ``total`` events exist
+        records = make_events(total, max(1, total // 5), start_ms=now_ms - 3_600_000,
+                              spread_ms=1_800_000, seed=15)
+        if len(records) < total:
+            raise RuntimeError(f"made {len(records):,} events of {total:,}")
         burst, paced = records[:events], records[events:]
         bodies = batches_of(burst)
         paced_bodies = batches_of(paced)
@@ -384,10 +388,16 @@ def run(
             url = collector.url
             # warm-up: the first batches pay for imports, connections and metadata
             asyncio.run(through_collector(url, bodies[:50], clients))
+            cpu0, t0 = collector.cpu_s(), time.perf_counter()
+            own0 = time.process_time()
             rate_c, statuses, accepted = asyncio.run(through_collector(url, bodies, clients))
+            elapsed = time.perf_counter() - t0
+            burst_cores = (collector.cpu_s() - cpu0) / elapsed
+            client_cores = (time.process_time() - own0) / elapsed
             collector.check_alive()
             log(f"collector: (c) collector, {clients} clients x POST of {BATCH}  : "
-                f"{rate_c:>9,.0f} events/s  answers {statuses}")
+                f"{rate_c:>9,.0f} events/s  answers {statuses}; cores busy: collector "
+                f"{burst_cores:.2f}, clients {client_cores:.2f}")
             rate_a2 = asyncio.run(raw_produce(bootstrap, raw_topic, burst, idempotent))
             rate_a = (rate_a1 + rate_a2) / 2
             log(f"collector: (a) raw aiokafka produce, again           : {rate_a2:>9,.0f} "
@@ -403,6 +413,8 @@ def run(
                 collector_vs_raw_batches=round(rate_c / rate_b, 4),
                 answers=statuses,
                 accepted=accepted,
+                collector_cores_busy=round(burst_cores, 3),
+                clients_cores_busy=round(client_cores, 3),
             )
 
             # paced phase, with the collector's RSS and CPU sampled meanwhile
