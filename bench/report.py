@@ -645,7 +645,9 @@ def _collector(w: Callable[[str], None], c: Any) -> None:
     if paced:
         w(f"Latency at a steady {_num(paced['events_per_s'])} events/s "
           f"({paced['batches_per_s']} batches/s of {c['batch']}, open loop: each batch is "
-          f"posted on its schedule) for {paced['seconds']} s:")
+          f"posted on its schedule) for {paced['seconds']} s, alternating with the raw baseline "
+          f"in {paced.get('segments', 1)} segments each so both meet the same machine load "
+          f"(the whole machine was {_num(paced.get('machine_cores_busy'), '.2f')} cores busy):")
         w("")
         w("| path | n | p50 | p99 | max |")
         w("| --- | ---: | ---: | ---: | ---: |")
