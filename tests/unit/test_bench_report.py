@@ -97,3 +97,35 @@ def test_report_warns_when_the_worker_changed_during_the_run() -> None:
 
     assert "worker/ changed while the benchmarks ran" not in quiet
     assert "worker/ changed while the benchmarks ran" in changed
+
+
+COLLECTOR: dict[str, Any] = {
+    "events": 40_000, "batch": 20, "clients": 16, "partitions": 8, "cpus": 2,
+    "idempotent_producer": False, "rss_idle_mib": 62.0,
+    "rounds": 2, "raw_produce_per_s": 26_000.0,
+    "raw_produce_runs_per_s": [24_000.0, 26_000.0, 28_000.0],
+    "collector_runs_per_s": [8_000.0, 8_700.0], "collector_vs_raw_rounds": [0.32, 0.3346],
+    "raw_batches_per_s": 20_000.0, "collector_per_s": 8_700.0, "collector_vs_raw": 0.3346,
+    "collector_vs_raw_batches": 0.435, "answers": {"202": 2000}, "accepted": 40_000,
+    "collector_cores_busy": 0.9, "clients_cores_busy": 0.5,
+    "paced": {
+        "batches_per_s": 50, "events_per_s": 1000, "seconds": 30, "answers": {"202": 1500},
+        "client_behind_schedule_max_ms": 3.0,
+        "collector": {"n": 1500, "p50_ms": 15.6, "p99_ms": 41.0, "max_ms": 109.0},
+        "raw_produce": {"n": 1500, "p50_ms": 12.7, "p99_ms": 18.7, "max_ms": 28.9},
+        "collector_rss_mib": 66.0, "collector_rss_max_mib": 66.4, "collector_peak_rss_mib": 67.0,
+        "collector_cores_busy": 0.17,
+    },
+}
+
+
+def test_report_renders_the_collector_section_and_targets() -> None:
+    text = _report_module().render({**RESULTS, "collector": COLLECTOR}, META)
+
+    assert "## 5. HTTP collector (`bench/collector.py`)" in text
+    assert "COLLECTOR_IDEMPOTENT_PRODUCER=false" in text
+    assert "(rounds: 0.320, 0.335)" in text
+    targets = text.split("## Targets", 1)[1].split("\n## ", 1)[0]
+    assert "| 0.33 (8,700 vs 26,000 events/s) | >= 0.5 | **missed** |" in targets
+    assert "| 41.0 ms (raw produce of the same batches: 18.7 ms) | <= 50 ms | **met** |" in targets
+    assert "| collector RSS under that load | 66 MiB (idle 62 MiB) | stated | n/a |" in targets

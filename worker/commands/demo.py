@@ -1,10 +1,13 @@
 """``feedback-worker demo``: the whole system on one machine, checked end to end (DESIGN 8).
 
 It starts the embedded Tansu broker, a local Helicone-compatible receiver (unless
-``HELICONE_API_KEY`` is set, in which case the real API is used), and one ``feedback-worker
-run`` process with short windows; publishes simulated user journeys (plus a few malformed
-records) in real time; shows a live table read from the worker's ``/metrics``; and ends with a
-table comparing the decisions on the outbox topic with what each simulated user meant.
+``HELICONE_API_KEY`` is set, in which case the real API is used), one ``feedback-worker
+run`` process with short windows, and the HTTP collector in-process (DESIGN 11); publishes
+simulated user journeys in real time, every third journey as a browser would (batches POSTed
+to the collector's ``/v1/events`` with a ``sent_at``) and the rest straight to Kafka, plus a
+few malformed records (to Kafka, where ingest must cope with them); shows a live table read
+from the worker's ``/metrics``; and ends with a table comparing the decisions on the outbox
+topic with what each simulated user meant.
 
 Exit code 0 when every intended rating was decided as intended, 1 otherwise.
 """
@@ -63,6 +66,13 @@ SHAPE = Windows(engagement_ms=6_000, code_ms=4_000, clicks_ms=8_000, ticket_ms=1
 #: The longest a journey lasts (event time) under SHAPE, so the last one ends before traffic.
 _LONGEST_JOURNEY_MS = 6_000
 DEMO_KEY = "sk-helicone-demo-local-receiver"
+#: The collector's write key in the demo (write keys are publishable: they only allow writing).
+DEMO_WRITE_KEY = "wk-demo-local"
+#: Every this many journeys (in generation order) goes through the collector over HTTP.
+COLLECTOR_EVERY = 3
+#: Least time between two POSTs to the collector: events due meanwhile go in one batch, as
+#: an SDK buffers them, and the demo stays under the default COLLECTOR_RATE_PER_S.
+COLLECTOR_FLUSH_S = 0.1
 #: One malformed record (not JSON, wrong shape, bad ids...) per this many events.
 HOSTILE_EVERY = 20
 
@@ -72,6 +82,10 @@ class Progress:
     published: int = 0
     hostile: int = 0
     journeys: int = 0
+    #: Events the collector accepted (202), the batches they went in, and invalid ones.
+    via_collector: int = 0
+    collector_batches: int = 0
+    collector_invalid: int = 0
     phase: str = "starting"
     started: float = field(default_factory=time.monotonic)
 
@@ -167,6 +181,11 @@ async def _run(
         }
         settings = Settings(
             kafka_bootstrap_servers=bootstrap,
+            collector_write_keys=DEMO_WRITE_KEY,
+            collector_host="127.0.0.1",
+            collector_port=0,
+            # Tansu has no InitProducerId, so no idempotent producer on it (DESIGN 2).
+            collector_idempotent_producer=False,
             **{k.lower(): v for k, v in DEMO_SETTINGS.items()},  # type: ignore[arg-type]
         )
         metrics_url = f"http://127.0.0.1:{port}/metrics"
@@ -174,38 +193,47 @@ async def _run(
             console.print(f"Worker:           {metrics_url}  (log: {workdir / 'worker.log'})")
             with console.status("waiting for the worker to join its group ..."):
                 await _wait_ready(process, port, workdir / "worker.log")
-            progress = Progress()
-            requests = max(1, int(rate * max(1, seconds - _LONGEST_JOURNEY_MS // 1000)))
-            journeys = generate(
-                requests,
-                start_ms=int(time.time() * 1000) + 500,
-                spread_ms=max(1_000, seconds * 1000 - _LONGEST_JOURNEY_MS),
-                windows=SHAPE,
-                seed=seed,
-            )
-            progress.journeys = len(journeys)
-            async with httpx.AsyncClient(timeout=3) as http:
-                with Live(
-                    _live_view(progress, {}, metrics_url, receiver),
-                    console=console,
-                    refresh_per_second=2,
-                    transient=False,
-                ) as live:
-                    publisher = asyncio.create_task(
-                        _publish(settings, journeys, progress, random.Random(seed))
-                    )
-                    samples: dict[str, Any] = {}
-                    while not publisher.done():
-                        samples = await _scrape(http, metrics_url) or samples
+            async with _collector(settings) as collector_url:
+                console.print(
+                    f"Collector (HTTP): {collector_url}/v1/events  (every {_ordinal()} journey "
+                    "goes through it, as batches of events like a browser SDK sends; the rest "
+                    "and the malformed records go straight to Kafka)"
+                )
+                progress = Progress()
+                requests = max(1, int(rate * max(1, seconds - _LONGEST_JOURNEY_MS // 1000)))
+                journeys = generate(
+                    requests,
+                    start_ms=int(time.time() * 1000) + 500,
+                    spread_ms=max(1_000, seconds * 1000 - _LONGEST_JOURNEY_MS),
+                    windows=SHAPE,
+                    seed=seed,
+                )
+                progress.journeys = len(journeys)
+                async with httpx.AsyncClient(timeout=3) as http:
+                    with Live(
+                        _live_view(progress, {}, metrics_url, receiver),
+                        console=console,
+                        refresh_per_second=2,
+                        transient=False,
+                    ) as live:
+                        publisher = asyncio.create_task(
+                            _publish(settings, journeys, progress, random.Random(seed),
+                                     collector_url=collector_url)
+                        )
+                        samples: dict[str, Any] = {}
+                        while not publisher.done():
+                            samples = await _scrape(http, metrics_url) or samples
+                            live.update(_live_view(progress, samples, metrics_url, receiver))
+                            await asyncio.sleep(1)
+                        await publisher  # re-raise a publishing failure
+                        progress.phase = "closing the last windows"
+                        samples = await _settle(
+                            http, metrics_url, progress, live, receiver, timeout_s=40
+                        )
+                        progress.phase = "done"
                         live.update(_live_view(progress, samples, metrics_url, receiver))
-                        await asyncio.sleep(1)
-                    await publisher  # re-raise a publishing failure
-                    progress.phase = "closing the last windows"
-                    samples = await _settle(
-                        http, metrics_url, progress, live, receiver, timeout_s=40
-                    )
-                    progress.phase = "done"
-                    live.update(_live_view(progress, samples, metrics_url, receiver))
+                console.print()  # the live view leaves the cursor at its end
+                console.print(_collector_share(progress, collector_url))
         console.print()
         found = await _read_outbox(settings)
         stored_ok, stored_table = True, None
@@ -227,6 +255,109 @@ async def _run(
 
 
 # --------------------------------------------------------------------------- parts
+
+
+def _ordinal() -> str:
+    return {2: "second", 3: "third", 4: "fourth"}.get(COLLECTOR_EVERY, f"{COLLECTOR_EVERY}th")
+
+
+def _collector_share(progress: Progress, url: str) -> str:
+    share = progress.via_collector / progress.published if progress.published else 0.0
+    return (
+        f"Through the collector ({url}/v1/events): {progress.via_collector} of "
+        f"{progress.published} events ({share:.0%}) in {progress.collector_batches} batches, "
+        f"each answered 202 ({progress.collector_invalid} invalid); the other "
+        f"{progress.published - progress.via_collector} events and {progress.hostile} "
+        "malformed records went straight to Kafka."
+    )
+
+
+@contextlib.asynccontextmanager
+async def _collector(settings: Settings) -> AsyncIterator[str]:
+    """The HTTP collector in this process (``start_collector``), on a free local port, writing
+    to the demo's topics; yields its base URL once its producer is connected."""
+    from worker.collector.server import start_collector
+
+    running = await start_collector(settings)
+    try:
+        if not await running.wait_ready(timeout_s=30):
+            raise click.ClickException("the collector could not connect to the broker")
+        yield running.url
+    finally:
+        await running.stop()
+
+
+class _CollectorSender:
+    """Posts events to the collector as a browser SDK does: the events due since the last
+    request go in one batch with a ``sent_at``, one request at a time (so a request's events
+    keep their order), at most one every :data:`COLLECTOR_FLUSH_S`.  A ``429`` or ``503`` is
+    retried after its ``Retry-After``, the whole batch again (``event_id`` dedupe makes that
+    safe); any other refusal is a bug in the demo and ends it."""
+
+    def __init__(self, http: httpx.AsyncClient, url: str, progress: Progress,
+                 max_events: int) -> None:
+        self._http = http
+        self._url = f"{url}/v1/events"
+        self._progress = progress
+        self._max_events = max_events
+        self._pending: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name="demo-collector-sender")
+
+    def put(self, event: dict[str, Any]) -> None:
+        self._pending.append(event)
+        self._wake.set()
+
+    def cancel(self) -> None:
+        """Stop at once (the demo is failing anyway)."""
+        self._task.cancel()
+
+    async def close(self) -> None:
+        """Send what is pending and wait for every answer (re-raises a failure)."""
+        self._closing = True
+        self._wake.set()
+        await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[: self._max_events]
+                del self._pending[: len(batch)]
+                await self._post(batch)
+            if self._closing:
+                return
+            await asyncio.sleep(COLLECTOR_FLUSH_S)
+
+    async def _post(self, batch: list[dict[str, Any]]) -> None:
+        from worker.devtools.traffic import iso
+
+        # sent_at is never before an event's occurred_at, which the worker would refuse
+        now_ms = max(int(time.time() * 1000), *(_epoch_ms(e["occurred_at"]) for e in batch))
+        body = orjson.dumps({"sent_at": iso(now_ms), "events": batch})
+        headers = {"Authorization": f"Bearer {DEMO_WRITE_KEY}",
+                   "Content-Type": "application/json"}
+        for _ in range(10):
+            try:
+                response = await self._http.post(self._url, content=body, headers=headers)
+            except httpx.HTTPError:
+                await asyncio.sleep(1)
+                continue
+            if response.status_code == 202:
+                answer = response.json()
+                self._progress.via_collector += int(answer["accepted"])
+                self._progress.collector_invalid += int(answer["invalid"])
+                self._progress.collector_batches += 1
+                return
+            if response.status_code in (429, 503):
+                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                continue
+            raise click.ClickException(
+                f"the collector refused a batch: {response.status_code} {response.text}"
+            )
+        raise click.ClickException("the collector did not accept a batch after 10 attempts")
 
 
 @contextlib.asynccontextmanager
@@ -286,14 +417,26 @@ async def _wait_ready(
 
 
 async def _publish(
-    settings: Settings, journeys: list[Journey], progress: Progress, rng: random.Random
+    settings: Settings,
+    journeys: list[Journey],
+    progress: Progress,
+    rng: random.Random,
+    *,
+    collector_url: str | None = None,
 ) -> None:
     """Send every event when its event time comes (a live stream), a hostile record now and
-    then, keyed by request id like `feedback-worker publish`."""
+    then.  Every :data:`COLLECTOR_EVERY`-th journey's events go to the collector over HTTP
+    (whole journeys, so each request's events take one path, in order); the others and the
+    hostile records go to Kafka, keyed by request id like `feedback-worker publish`."""
     from aiokafka import AIOKafkaProducer
 
     from worker.kafka import client_kwargs
 
+    via_http = (
+        {j.request_id for i, j in enumerate(journeys) if i % COLLECTOR_EVERY == 0}
+        if collector_url
+        else set()
+    )
     events = sorted(
         ((e, j.request_id) for j in journeys for e in j.events), key=lambda p: p[0]["occurred_at"]
     )
@@ -302,19 +445,37 @@ async def _publish(
     await producer.start()
     progress.phase = "publishing traffic"
     try:
-        for event, request_id in events:
-            delay = epoch_ms[id(event)] / 1000 - time.time()
-            if delay > 0:
-                await producer.flush()
-                await asyncio.sleep(delay)
-            await producer.send(
-                settings.topic_ui_events, key=request_id.lower().encode(), value=orjson.dumps(event)
+        async with httpx.AsyncClient(timeout=30) as http:
+            sender = (
+                _CollectorSender(http, collector_url, progress, settings.collector_max_events)
+                if collector_url
+                else None
             )
-            progress.published += 1
-            if progress.published % HOSTILE_EVERY == 1:  # the first, then one in HOSTILE_EVERY
-                await producer.send(settings.topic_ui_events, value=hostile_record(rng))
-                progress.hostile += 1
-        await producer.flush()
+            try:
+                for event, request_id in events:
+                    delay = epoch_ms[id(event)] / 1000 - time.time()
+                    if delay > 0:
+                        await producer.flush()
+                        await asyncio.sleep(delay)
+                    if sender is not None and request_id in via_http:
+                        sender.put(event)
+                    else:
+                        await producer.send(
+                            settings.topic_ui_events,
+                            key=request_id.lower().encode(),
+                            value=orjson.dumps(event),
+                        )
+                    progress.published += 1
+                    if progress.published % HOSTILE_EVERY == 1:  # the first, then 1 in 20
+                        await producer.send(settings.topic_ui_events, value=hostile_record(rng))
+                        progress.hostile += 1
+                await producer.flush()
+            except BaseException:
+                if sender is not None:
+                    sender.cancel()
+                raise
+            if sender is not None:
+                await sender.close()
     finally:
         await producer.stop()
 
@@ -433,6 +594,7 @@ def _live_view(
     summary.add_column("count", justify="right")
     summary.add_row("simulated answers", str(progress.journeys))
     summary.add_row("events published", str(progress.published))
+    summary.add_row("  of which through the collector (HTTP, 202)", str(progress.via_collector))
     summary.add_row("hostile records published", str(progress.hostile))
     summary.add_row("events accepted (feedback_events_total)",
                     str(_total(samples, "feedback_events_total")))
