@@ -19,7 +19,7 @@
 // (or CHROMIUM=/path); playwright-core downloads no browser.
 import { createServer } from "node:http";
 import { existsSync } from "node:fs";
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile, rename, writeFile } from "node:fs/promises";
 import { extname, normalize, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -150,7 +150,9 @@ export async function run({
     }
     if (o.untilFile) {
       result.queuedBeforeUntilFile = await Promise.all(pages.map(queued));
-      await writeFile(`${o.untilFile}.queued`, JSON.stringify(result.queuedBeforeUntilFile));
+      // Written whole, then renamed: whoever waits for it never reads half a file.
+      await writeFile(`${o.untilFile}.queued.tmp`, JSON.stringify(result.queuedBeforeUntilFile));
+      await rename(`${o.untilFile}.queued.tmp`, `${o.untilFile}.queued`);
       await waitUntil(o.untilFile, () => existsSync(o.untilFile), 60000);
       await waitUntil(
         "every tab's queue to be acknowledged",
