@@ -57,6 +57,11 @@ COPIED_TEXT = b"SECRET-COPIED-TEXT-42"  # in the page's answer; the SDK must nev
 WINDOW_MS = int(float(SHORT_WINDOWS["ENGAGEMENT_WINDOW_S"]) * 1000)
 LONG_READ_MS = int(float(SHORT_WINDOWS["ENGAGEMENT_LONG_READ_S"]) * 1000)
 QUICK_EXIT_MS = int(float(SHORT_WINDOWS["ENGAGEMENT_QUICK_EXIT_S"]) * 1000)
+#: How long a journey's user reads before leaving: past the long read, well inside the window.
+#: A journey whose only positive is a copy must not leave at once: copied against quick exit
+#: is a tie, which decides nothing (no ``time_spent_s`` either), and copied against quick exit
+#: and short read (under 0.3 s) is a "false", so the outcome would hang on the machine's speed.
+READ_MS = LONG_READ_MS + 300
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -209,10 +214,11 @@ async def test_a_page_s_copy_and_thumbs_up_end_as_one_stored_state_in_helicone(
     kafka_bootstrap: str,
     helicone_receiver: ReceiverThread,
 ) -> None:
-    """Shown, copied, thumbs up, page_left, all by the page-hide beacon.  Stored: the explicit
-    rating (``helicone-score-feedback`` 1) *and* the engagement window's ``time_spent_s``
-    (one whole state, so neither clobbers the other); the copied text is nowhere on the input
-    topic."""
+    """Shown, copied, thumbs up, a long read, page_left, all by the page-hide beacon.  Stored:
+    the explicit rating (``helicone-score-feedback`` 1) *and* the engagement window's
+    ``time_spent_s`` (one whole state, so neither clobbers the other); the engagement window's
+    own "true" (copied, long read) is not a rating, as the explicit one wins; the copied text
+    is nowhere on the input topic."""
     page_port = free_port()
     request_id = str(uuid.uuid4())
     worker = start_worker(worker_factory, helicone_receiver)
@@ -221,7 +227,9 @@ async def test_a_page_s_copy_and_thumbs_up_end_as_one_stored_state_in_helicone(
         collector_allowed_origins=page(page_port),
     ) as (running, _):
         await asyncio.to_thread(worker.wait_ready)
-        ran = await drive(running.url, request_id, page_port, "--thumbs-up")
+        ran = await drive(
+            running.url, request_id, page_port, "--thumbs-up", "--wait-ms", str(READ_MS)
+        )
         assert ran["errors"] == [], ran
         sent_types = sorted(e["type"] for e in ran["events"])
         assert sent_types == sorted(
@@ -237,11 +245,20 @@ async def test_a_page_s_copy_and_thumbs_up_end_as_one_stored_state_in_helicone(
 
     # Both decisions (explicit at once, engagement when its window closes) reach Helicone as
     # one state: the thumbs up wins, and the engagement window's score is kept next to it.
+    by_type = {e["type"]: e for e in events}
+    spent_ms = millis(by_type["page_left"]) - millis(by_type["response_shown"])
+    assert LONG_READ_MS < spent_ms < WINDOW_MS, spent_ms
     stored = await wait_stored(
         helicone_receiver, request_id, lambda s: "time_spent_s" in s.scores, worker
     )
     assert stored.feedback is True
-    assert stored.scores["helicone-score-feedback"] == 1
+    assert stored.scores == {
+        "helicone-score-feedback": 1, "time_spent_s": spent_ms // 1000
+    }, stored
+    decided = one_per_rule(await decisions_for(kafka_bootstrap, topics.outbox, request_id))
+    assert set(decided) == {"explicit", "engagement"}, decided
+    assert decided["engagement"]["rating"] is None  # the explicit rating wins
+    assert summary(decided["engagement"]) == {"positive": ["copied", "long_read"], "negative": []}
     assert worker.metric_sum("feedback_events_invalid_total") == 0
 
 
@@ -261,7 +278,6 @@ async def test_a_copied_linked_and_read_answer_left_by_navigation_is_stored_as_r
     shown to left; one engagement decision and no explicit one."""
     page_port = free_port()
     request_id = str(uuid.uuid4())
-    read_ms = LONG_READ_MS + 300  # past the long read, well inside the 3 s window
     worker = start_worker(worker_factory, helicone_receiver)
     async with collector_factory(
         topic_ui_events=topics.ui_events, topic_invalid=topics.invalid, topic_partitions=4,
@@ -269,7 +285,7 @@ async def test_a_copied_linked_and_read_answer_left_by_navigation_is_stored_as_r
     ) as (running, _):
         await asyncio.to_thread(worker.wait_ready)
         ran = await drive(
-            running.url, request_id, page_port, "--journey", "read", "--wait-ms", str(read_ms)
+            running.url, request_id, page_port, "--journey", "read", "--wait-ms", str(READ_MS)
         )
         assert ran["errors"] == [], ran
         assert [e["type"] for e in ran["events"]] == [
@@ -360,14 +376,14 @@ async def test_events_queued_while_the_collector_is_down_arrive_and_are_decided_
     helicone_receiver: ReceiverThread,
     tmp_path: Path,
 ) -> None:
-    """The page starts against a collector address where nothing listens: shown, copied,
-    thumbs up and page_left stay queued (and in localStorage) while fetch fails and retries.
-    A second tab adopts the stored queue, so both tabs hold the same events.  The collector
-    then starts on that address; both tabs' queues drain.  What holds: every tracked event is
-    on the input topic and nothing else; the copies (the SDK is at-least-once, and two tabs
-    sent the same events) are dropped by the worker by ``event_id`` (counted as duplicates,
-    none late); the outbox has exactly one explicit and one engagement decision for the
-    request; the receiver stores the thumbs up and ``time_spent_s``."""
+    """The page starts against a collector address where nothing listens: shown, copied, thumbs up
+    and (after a long read) page_left stay queued (and in localStorage) while fetch fails and
+    retries.  A second tab adopts the stored queue, so both tabs hold the same events.  The
+    collector then starts on that address; both tabs' queues drain.  What holds: every tracked
+    event is on the input topic and nothing else; the copies (the SDK is at-least-once, and two
+    tabs sent the same events) are dropped by the worker by ``event_id`` (counted as duplicates,
+    none late); the outbox has exactly one explicit and one engagement decision for the request;
+    the receiver stores the thumbs up and ``time_spent_s``."""
     page_port = free_port()
     collector_port = free_port()
     request_id = str(uuid.uuid4())
@@ -379,7 +395,7 @@ async def test_events_queued_while_the_collector_is_down_arrive_and_are_decided_
     browser = await asyncio.create_subprocess_exec(
         *driver_command(
             page(collector_port), request_id, page_port, "--journey", "outage",
-            "--until-file", str(back),
+            "--wait-ms", str(READ_MS), "--until-file", str(back),
         ),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
@@ -431,6 +447,7 @@ async def test_events_queued_while_the_collector_is_down_arrive_and_are_decided_
     assert set(decided) == {"explicit", "engagement"}, decided
     assert decided["explicit"]["rating"] is True
     assert decided["engagement"]["rating"] is None  # the explicit rating wins
+    assert summary(decided["engagement"]) == {"positive": ["copied", "long_read"], "negative": []}
     late = [json.loads(r.value) for r in await read_to_end(kafka_bootstrap, topics.late)]
     assert late == [], late  # no copy was taken for a second event of a decided window
     await asyncio.to_thread(
