@@ -9,8 +9,8 @@ Helicone would store.  Every test has its own request id and checks the *stored*
 
 Journeys:
 
-* copy and thumbs up, all by the page-hide beacon: the explicit rating wins and the engagement
-  window's ``time_spent_s`` is stored next to it (one whole state);
+* copy, thumbs up and a long read, all by the page-hide beacon: the explicit rating wins and
+  the engagement window's ``time_spent_s`` is stored next to it (one whole state);
 * copy, a link click and a long read, then navigating away: only ``page_left`` (made by the
   SDK on pagehide) goes by the unload beacon; engagement stores rating 1 with time spent;
 * an answer regenerated at once and the tab closed: engagement stores rating 0;
