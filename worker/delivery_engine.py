@@ -642,7 +642,7 @@ class Delivery:
             await self._report(due.partition, key, version, "failed", retry=retry)
             return
         now_ms = self.clock.now_ms()
-        for decision in state.settled_decisions(version):
+        for decision in state.settled_decisions(version, after=self._settled.get(table_key, 0)):
             decided_at = datetime.fromisoformat(decision["decided_at"]).timestamp()
             self.metrics.observe_delivered(state.target, delay_s=now_ms / 1000 - decided_at)
         self._settled[table_key] = version
@@ -662,7 +662,8 @@ class Delivery:
     ) -> None:
         key = table_key.split(b"/", 1)[1].decode()
         await self._dead_letter(
-            state.settled_decisions(state.version), retry,
+            state.settled_decisions(state.version, after=self._settled.get(table_key, 0)),
+            retry,
             target=state.target_id.encode(), reason=reason, message=message,
         )
         self._settled[table_key] = state.version

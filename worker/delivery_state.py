@@ -156,9 +156,11 @@ class FeedbackState:
         left = tuple(u for u in self.unsent if u.version > dead)
         return replace(self, dead=dead, unsent=left, retry=RetryState(), updated_at_ms=now_ms)
 
-    def settled_decisions(self, version: int) -> list[dict[str, Any]]:
-        """The decisions a call for ``version`` carried that were not settled before."""
-        return [u.decision for u in self.unsent if u.version <= version]
+    def settled_decisions(self, version: int, *, after: int = 0) -> list[dict[str, Any]]:
+        """The decisions a call for ``version`` carried that were not settled before: those
+        merged into versions in ``(after, version]``.  ``after`` is a version the caller knows
+        was settled although this copy of the state does not show it yet."""
+        return [u.decision for u in self.unsent if after < u.version <= version]
 
     # ---- encoding
 

@@ -558,3 +558,20 @@ async def test_a_state_restored_after_a_handover_waits_for_its_previous_owners_r
     assert len(script.calls) == 1, "the new owner sent a state its old owner had delivered"
     await first.aclose()
     await second.aclose()
+
+
+async def test_each_decision_counts_as_delivered_once_while_results_are_on_their_way(
+    harness: EngineHarness, script: Script
+) -> None:
+    """A second version is sent before the first one's result is applied: the table still
+    lists the first decision as unsent, but it is counted once."""
+    request_id = str(uuid.uuid4())
+    await harness.publish(make_decision(request_id=request_id, rule="engagement"))
+    harness.delivery.dispatch()
+    await harness.delivery.drain()  # delivered; the result record is not applied yet
+    await harness.publish(
+        make_decision(request_id=request_id, rule="scores", rating=None, scores={"x": 1})
+    )
+    await harness.settle()
+    assert len(script.calls) == 2
+    assert harness.metric("feedback_delivery_delivered_total", target="request") == 2
