@@ -301,7 +301,7 @@ class Delivery:
         self._again: set[bytes] = set()  # became due while in flight: look again after
         #: Versions settled (2xx or given up) whose result record the agent has not applied to
         #: the table yet: until it has, the table still says "due", and must not be believed.
-        self._settled: dict[bytes, int] = {}
+        self._settled: dict[bytes, tuple[int, bool]] = {}  # key -> (version, delivered?)
         self._tasks: set[asyncio.Task[None]] = set()
         self._task_of: dict[bytes, asyncio.Task[None]] = {}
         #: Partitions whose states this worker sends; None until the first rebuild.
@@ -446,7 +446,7 @@ class Delivery:
         assert key is not None  # _problem checked the target id
         table_key = _table_key(partition, key)
         raw = self.states.get(table_key)
-        before = FeedbackState.from_json(raw) if raw is not None else None
+        before = self._as_known(table_key, FeedbackState.from_json(raw)) if raw else None
         now_ms = self.clock.now_ms()
         state, changed = merge(before, decision, now_ms=now_ms, force=redrive)
         if not changed and before is not None and decision.decision_id in before.recent_ids:
@@ -478,7 +478,7 @@ class Delivery:
         else:
             return
         self.states[table_key] = state.to_json()
-        if max(state.sent, state.dead) >= self._settled.get(table_key, 0):
+        if max(state.sent, state.dead) >= self._settled_version(table_key):
             self._settled.pop(table_key, None)
 
     def _on_sweep(self, keys: Iterable[Any], partition: int) -> None:
@@ -642,10 +642,10 @@ class Delivery:
             await self._report(due.partition, key, version, "failed", retry=retry)
             return
         now_ms = self.clock.now_ms()
-        for decision in state.settled_decisions(version, after=self._settled.get(table_key, 0)):
+        for decision in state.settled_decisions(version, after=self._settled_version(table_key)):
             decided_at = datetime.fromisoformat(decision["decided_at"]).timestamp()
             self.metrics.observe_delivered(state.target, delay_s=now_ms / 1000 - decided_at)
-        self._settled[table_key] = version
+        self._settled[table_key] = (version, True)
         if state.target == "request" and calls and self.config.rating_via == "score":
             self.readback.delivered(state.target_id, calls[-1].body["scores"])
         await self._report(due.partition, key, version, "delivered")
@@ -662,11 +662,11 @@ class Delivery:
     ) -> None:
         key = table_key.split(b"/", 1)[1].decode()
         await self._dead_letter(
-            state.settled_decisions(state.version, after=self._settled.get(table_key, 0)),
+            state.settled_decisions(state.version, after=self._settled_version(table_key)),
             retry,
             target=state.target_id.encode(), reason=reason, message=message,
         )
-        self._settled[table_key] = state.version
+        self._settled[table_key] = (state.version, False)
         await self._report(due.partition, key, state.version, "dead")
 
     async def _report(
@@ -743,7 +743,21 @@ class Delivery:
         self._kick.set()
 
     def _is_due(self, table_key: bytes, state: FeedbackState) -> bool:
-        return state.due and state.version > self._settled.get(table_key, 0)
+        return state.due and state.version > self._settled_version(table_key)
+
+    def _settled_version(self, table_key: bytes) -> int:
+        return self._settled.get(table_key, (0, True))[0]
+
+    def _as_known(self, table_key: bytes, state: FeedbackState) -> FeedbackState:
+        """``state`` with the outcome this process already knows applied (its result record
+        may still be on its way), so a merge does not file a decision under a settled version."""
+        known = self._settled.get(table_key)
+        if known is None:
+            return state
+        version, delivered = known
+        now_ms = self.clock.now_ms()
+        return (state.delivered(version, now_ms=now_ms) if delivered
+                else state.given_up(version, now_ms=now_ms))
 
     def _reschedule(
         self, table_key: bytes, due: _Due, due_ms: int, *, retrying: bool = False

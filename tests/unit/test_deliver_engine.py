@@ -575,3 +575,17 @@ async def test_each_decision_counts_as_delivered_once_while_results_are_on_their
     await harness.settle()
     assert len(script.calls) == 2
     assert harness.metric("feedback_delivery_delivered_total", target="request") == 2
+
+
+async def test_a_decision_changing_nothing_after_an_unapplied_delivery_is_counted_once(
+    harness: EngineHarness, script: Script
+) -> None:
+    request_id = str(uuid.uuid4())
+    await harness.publish(make_decision(request_id=request_id, rule="explicit", rating=True))
+    harness.delivery.dispatch()
+    await harness.delivery.drain()  # delivered; the result record is not applied yet
+    await harness.publish(make_decision(request_id=request_id, rule="engagement", rating=False))
+    await harness.settle()
+    assert len(script.calls) == 1
+    assert harness.metric("feedback_delivery_delivered_total", target="request") == 1
+    assert harness.metric("feedback_delivery_unchanged_total") == 1
