@@ -6,8 +6,8 @@ other, each in its own consumer group, in the same run:
 
     (a) baseline: FEEDBACK_DRY_RUN=true (delivery logs, posts nothing)
     (b) delivering to a local Helicone-compatible receiver (its own process) that allows
-        LIMIT calls per 1-s fixed window (429 + Retry-After, RateLimit-* headers), with
-        DELIVERY_RATE_PER_S=LIMIT
+        LIMIT x 300 calls per 5-minute fixed window, as Helicone's limiter counts (429 +
+        Retry-After, RateLimit-* headers), with DELIVERY_RATE_PER_S=LIMIT
 
 Figures (b against a):
 
@@ -63,13 +63,14 @@ _ADAPT_S = 10.0
 class LimitedReceiver:
     """``python -m worker.devtools.receiver`` with a fixed-window limit, as its own process."""
 
-    def __init__(self, limit: int, log_path: Path) -> None:
+    def __init__(self, limit: int, log_path: Path, window_s: int = 300) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "worker.devtools.receiver", "--port", str(self.port),
-             "--rate-limit", str(limit), "--rate-window-s", "1", "--read-rate-limit", "none"],
+             "--rate-limit", str(limit * window_s), "--rate-window-s", str(window_s),
+             "--read-rate-limit", "none"],
             stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
@@ -114,11 +115,13 @@ def run(
     partitions: int = 8,
     limit: int = 5,
     drain_s: float = 60.0,
+    window_s: int = 300,
     bootstrap: str | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
     """Run the benchmark (module docstring); returns the figures as a dict."""
-    result: dict[str, Any] = {"events": events, "requests": requests, "limit_per_s": limit}
+    result: dict[str, Any] = {"events": events, "requests": requests, "limit_per_s": limit,
+                              "window_s": window_s}
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-limits-")))
         if bootstrap is None:
@@ -146,7 +149,7 @@ def run(
         log(f"helicone-limits: (a) dry run   : {a['ingest_per_s']:>9,.0f} events/s, "
             f"{a['windows_decided']:,} windows decided")
 
-        receiver = LimitedReceiver(limit, work / "receiver.log")
+        receiver = LimitedReceiver(limit, work / "receiver.log", window_s)
         stack.callback(receiver.stop)
         live_env = worker_env(
             bootstrap, topic=topic, partitions=partitions, state_dir=work / "state-live",
@@ -221,11 +224,14 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--limit", type=int, default=5, help="Helicone's calls per second")
     parser.add_argument("--drain-s", type=float, default=60.0)
+    parser.add_argument("--window-s", type=int, default=300,
+                        help="the receiver's fixed rate-limit window (Helicone: 300)")
     parser.add_argument("--bootstrap", default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     result = run(events=args.events, requests=args.requests, partitions=args.partitions,
-                 limit=args.limit, drain_s=args.drain_s, bootstrap=args.bootstrap)
+                 limit=args.limit, drain_s=args.drain_s, window_s=args.window_s,
+                 bootstrap=args.bootstrap)
     write_json(args.json, result)
 
 

@@ -413,6 +413,12 @@ class TokenBucket:
             self._last_ms = now_ms
 
 
+#: ``RateLimit-Reset`` is in whole seconds: below this many, ``remaining / reset`` is too far
+#: off the true pace (by up to a second in a few) to be followed.  Helicone's windows are
+#: five minutes long.
+_MIN_HINT_WINDOW_S = 10.0
+
+
 class AdaptiveRate:
     """How fast to call Helicone now: never above the budget, slower when Helicone says so.
 
@@ -424,7 +430,8 @@ class AdaptiveRate:
     * it never exceeds ``ceiling_per_s`` (``DELIVERY_RATE_PER_S``);
     * a 429 halves it (down to ``floor_per_s``) and holds every call until ``Retry-After``;
     * ``RateLimit-Remaining: r`` with ``RateLimit-Reset: s`` caps it at ``r / s`` until that
-      window resets (the budget left, spread evenly), and ``r = 0`` holds calls until then;
+      window resets (the budget left, spread evenly; only for ``s`` of 10 s or more, as the
+      header counts whole seconds), and ``r = 0`` holds calls until then;
     * otherwise it recovers additively, back to the ceiling in ``recovery_s`` of calm.
 
     :meth:`try_acquire` never blocks: a token, or the milliseconds to wait for one.
@@ -500,7 +507,9 @@ class AdaptiveRate:
         if remaining <= 0:
             self._hold_until_ms = max(self._hold_until_ms, now_ms + max(reset_ms, 1_000))
             return
-        self._hint_per_s = remaining / max(reset_s, 1.0)
+        if reset_s < _MIN_HINT_WINDOW_S:
+            return  # whole seconds are too coarse to pace a short window by; 429s still count
+        self._hint_per_s = remaining / reset_s
         self._hint_until_ms = now_ms + reset_ms
 
     def _recover(self) -> None:

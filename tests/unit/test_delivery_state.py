@@ -184,3 +184,11 @@ def test_ratelimit_headers_cap_the_rate_until_the_window_resets() -> None:
     assert rate.hold_ms() == 20_000
     clock.advance(61.0)
     assert rate.per_s == 100.0
+
+
+def test_a_short_window_in_whole_seconds_does_not_pace_the_rate() -> None:
+    """``RateLimit-Reset: 1`` may mean 0.01 s: pacing by it would halve the rate for nothing."""
+    clock = FakeClock(t_ms=0)
+    rate = AdaptiveRate(ceiling_per_s=5.0, clock=clock)
+    rate.answered(remaining=2, reset_s=1.0)
+    assert rate.per_s == 5.0
