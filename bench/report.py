@@ -45,6 +45,7 @@ FULL: dict[str, dict[str, Any]] = {
     "memory": {"sizes": [100_000, 1_000_000], "normal_batching_max": 100_000},
     "scaling": {"events": 200_000, "requests": 20_000, "worker_counts": [1, 2, 4]},
     "collector": {"events": 40_000, "seconds": 30},
+    "limits": {"events": 200_000, "requests": 20_000, "limit": 5, "drain_s": 60.0},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "pipeline": {"events": 30_000, "requests": 3_000, "live_rate": 500, "live_seconds": 10},
@@ -52,8 +53,9 @@ QUICK: dict[str, dict[str, Any]] = {
     "memory": {"sizes": [20_000], "normal_batching_max": 0},
     "scaling": {"events": 20_000, "requests": 2_000, "worker_counts": [1, 2, 4]},
     "collector": {"events": 10_000, "seconds": 10},
+    "limits": {"events": 30_000, "requests": 3_000, "limit": 5, "drain_s": 20.0},
 }
-BENCHMARKS = ("pipeline", "delivery", "memory", "scaling", "collector")
+BENCHMARKS = ("pipeline", "delivery", "memory", "scaling", "collector", "limits")
 
 #: The issue's targets.
 TARGET_PIPELINE_RATIO = 0.8
@@ -191,6 +193,10 @@ def run_all(sizes: dict[str, dict[str, Any]], only: tuple[str, ...]) -> dict[str
         import collector
 
         steps.append(("collector", lambda: collector.run(**sizes["collector"], log=log)))
+    if "limits" in only:
+        import helicone_limits
+
+        steps.append(("limits", lambda: helicone_limits.run(**sizes["limits"], log=log)))
     for name, step in steps:
         t0 = time.perf_counter()
         log(f"[bold]{name}[/bold]: starting")
@@ -290,6 +296,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{_num(back, '.1f', ' s')})",
                 f"<= {TARGET_WARM_READY_S:.0f} s", _verdict(warm["ready_s"] <= TARGET_WARM_READY_S),
             ))
+    rows.extend(_limits_targets(results.get("limits")))
     c = results.get("collector")
     if isinstance(c, dict) and "collector_vs_raw" in c:
         ratio = c["collector_vs_raw"]
@@ -386,6 +393,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
     _memory(w, results.get("memory"))
     _scaling(w, results.get("scaling"))
     _collector(w, results.get("collector"))
+    _limits(w, results.get("limits"))
 
     durations = results.get("durations_s", {})
     if durations:
@@ -764,3 +772,52 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _limits_targets(r: Any) -> list[tuple[str, str, str, str]]:
+    """Issue 14's rows: delivery against a rate-limited Helicone never slows ingestion."""
+    if not isinstance(r, dict) or "ingest_ratio" not in r:
+        return []
+    limit = r["limit_per_s"]
+    calls = r["calls_per_request_with_rating_and_scores"]
+    return [
+        (f"ingest rate with a {limit} calls/s Helicone / dry run (same events, same run)",
+         f"{r['ingest_ratio']:.2f} ({_num(r['live_ingest_per_s'])} vs "
+         f"{_num(r['dry_ingest_per_s'])} events/s)", ">= 0.95",
+         _verdict(r["ingest_ratio"] >= 0.95)),
+        (f"windows decided with a {limit} calls/s Helicone / dry run",
+         f"{r['windows_ratio']:.2f} ({r['live_windows']:,} vs {r['dry_windows']:,})", ">= 0.95",
+         _verdict(r["windows_ratio"] >= 0.95)),
+        ("calls per request that has a rating and scores",
+         f"{calls} ({r['requests_with_rating_and_scores']:,} requests)", "1.0",
+         _verdict(calls == 1.0)),
+        ("backlog drain rate / budget",
+         f"{r['drain_share']:.2f} ({r['drain_calls_per_s']} of {limit} calls/s)", ">= 0.9",
+         _verdict(r["drain_share"] >= 0.9)),
+        ("429s once the rate has adapted",
+         f"{r['throttled_share']:.2%} of {r['calls_in_span']} calls", "<= 1 %",
+         _verdict(r["throttled_share"] <= 0.01)),
+    ]
+
+
+def _limits(w: Callable[[str], None], r: Any) -> None:
+    if not isinstance(r, dict) or "ingest_ratio" not in r:
+        return
+    w("## 6. Delivery against a rate-limited Helicone (`bench/helicone_limits.py`)")
+    w("")
+    w(f"The same {r['events']:,} events over {r['requests']:,} requests, read by a dry-run "
+      f"worker and then by a worker delivering to a receiver that allows "
+      f"{r['limit_per_s']} calls/s in {r.get('window_s', 300)}-s fixed windows, as Helicone's "
+      f"limiter counts, with DELIVERY_RATE_PER_S={r['limit_per_s']}. The drain is measured "
+      f"over {r['drain_s']:.0f} s after ingestion, leaving out the first 10 s.")
+    w("")
+    w("| figure | dry run | delivering |")
+    w("| --- | ---: | ---: |")
+    w(f"| ingest, events/s | {_num(r['dry_ingest_per_s'])} | {_num(r['live_ingest_per_s'])} |")
+    w(f"| windows decided | {r['dry_windows']:,} | {r['live_windows']:,} |")
+    w("")
+    w(f"At the end of the drain span: backlog {r['backlog_at_end']:,} requests, the oldest "
+      f"change waiting {r['oldest_undelivered_s']} s, rate in force "
+      f"{r['rate_at_end_per_s']} calls/s. Ingestion finished long before the backlog could: "
+      "decisions outrun the budget, and the backlog waits in the delivery state.")
+    w("")
