@@ -358,3 +358,60 @@ async def test_forwarded_for_picks_the_bucket_only_when_trusted(trusted: bool) -
             statuses.append(response.status)
     # 5 requests a second per address: trusted, six addresses; untrusted, one (the proxy).
     assert statuses == ([202] * 6 if trusted else [202] * 5 + [429])
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"events": [' + b'{"a": ' * depth + b"1" + b"}" * depth + b"]}"
+
+
+_requests = st.fixed_dictionaries({
+    "body": st.one_of(
+        _hostile_bodies,
+        st.integers(1, 3_000).map(_nested),  # deep nesting
+        st.integers(0, 2_000).map(lambda n: b'{"events": [' + b",".join([b"1"] * n) + b"]}"),
+        st.sampled_from([b'{"events": {}}', b'{"events": "x"}', b'{"sent_at": 5, "events": []}',
+                         b'{"events": [], "sent_at": "not a time"}']),  # wrong types
+    ),
+    "content_type": st.sampled_from(
+        ["text/plain", "application/json", "application/x-www-form-urlencoded",
+         "multipart/form-data; boundary=x", "image/png", ""]
+    ),
+    "origin": st.sampled_from([None, ORIGIN, "https://evil.example.com", "null",
+                               ORIGIN + ".evil.com"]),
+    "key": st.sampled_from([KEY, "pk_wrong", "", None]),
+    "header_bytes": st.sampled_from([0, 100, 4_000]),
+})
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests=st.lists(_requests, min_size=1, max_size=4))
+def test_hostile_requests_get_a_section_11_answer_and_write_nothing_when_refused(
+    requests: list[dict[str, Any]],
+) -> None:
+    """Bodies, content types, forged origins, missing or wrong keys and bulky headers: every
+    answer is one of DESIGN 11's codes with a typed JSON error, a refused request writes
+    nothing, and the write key never comes back in an answer."""
+
+    async def post_all() -> None:
+        async with started_harness() as h:
+            for r in requests:
+                h.clock.t += 10  # never rate limited here
+                written = len(h.writer.written)
+                headers = {"X-Filler": "x" * r["header_bytes"]}
+                if r["content_type"]:
+                    headers["Content-Type"] = r["content_type"]
+                if r["origin"] is not None:
+                    headers["Origin"] = r["origin"]
+                params = {} if r["key"] is None else {"key": r["key"]}
+                response = await h.post(r["body"], headers=headers, params=params)
+                text = await response.text()
+                assert response.status in {202, 400, 401, 403, 413}, (response.status, text)
+                assert KEY not in text
+                document = orjson.loads(text)
+                if response.status == 202:
+                    assert set(document) == {"accepted", "invalid"}
+                else:
+                    assert isinstance(document["error"], str)
+                    assert len(h.writer.written) == written
+
+    asyncio.run(post_all())
