@@ -453,7 +453,7 @@ class Delivery:
             self.metrics.delivery_duplicates.labels(
                 state="pending" if before.due else "delivered"
             ).inc()
-        elif not changed and not state.due:
+        elif not changed:
             # A first decision that changes nothing Helicone would store (its rating ranks
             # below the one held, and it brings no new score): no call is needed for it.
             self.metrics.delivery_unchanged.inc()

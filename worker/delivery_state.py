@@ -26,9 +26,10 @@ What holds, and why:
   exceeds both.  A newer decision replaces what waits to be sent instead of queueing behind it,
   so a request costs one call per change however long Helicone was away.
 * **Evidence for the dead-letter topic is kept until it is settled.**  ``unsent`` holds the
-  decisions merged since the last settled version, each with the version it produced; they
-  are what ``feedback-dlq`` receives when a version is given up, so ``dlq redrive`` can put
-  them back, where they merge again.
+  decisions that produced a version not settled yet, each with that version; they are what
+  ``feedback-dlq`` receives when a version is given up, so ``dlq redrive`` can put them
+  back, where they merge again.  A decision that changes nothing posted produces no version
+  and is not kept: it needs no call, and losing it loses nothing Helicone would store.
 """
 
 from __future__ import annotations
@@ -246,12 +247,9 @@ def merge(
     changed = rating != state.rating or {k: v for k, (v, _) in scores.items()} != {
         k: v for k, (v, _) in state.scores.items()
     }
-    seen = decision.decision_id in state.recent_ids or any(
-        u.decision.get("decision_id") == decision.decision_id for u in state.unsent
-    )
     version = state.version + 1 if changed or force else state.version
     unsent = state.unsent
-    if version != state.version or (state.due and not seen):
+    if version != state.version:
         entry = Unsent(
             version=version, merged_at_ms=now_ms, decision=decision.model_dump(mode="json")
         )

@@ -589,3 +589,28 @@ async def test_a_decision_changing_nothing_after_an_unapplied_delivery_is_counte
     assert len(script.calls) == 1
     assert harness.metric("feedback_delivery_delivered_total", target="request") == 1
     assert harness.metric("feedback_delivery_unchanged_total") == 1
+
+
+async def test_a_decision_changing_nothing_during_a_call_is_counted_once(
+    script: Script,
+) -> None:
+    gate = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        script.calls.append((request.url.path, orjson.loads(request.content)))
+        await gate.wait()
+        return httpx.Response(201, json=OK)
+
+    harness = EngineHarness(transport=httpx.MockTransport(slow), rate_per_s=1000.0)
+    request_id = str(uuid.uuid4())
+    await harness.publish(make_decision(request_id=request_id, rule="explicit", rating=True))
+    harness.delivery.dispatch()
+    while not script.calls:
+        await asyncio.sleep(0)
+    await harness.publish(make_decision(request_id=request_id, rule="engagement", rating=False))
+    gate.set()
+    await harness.settle()
+    assert len(script.calls) == 1
+    assert harness.metric("feedback_delivery_delivered_total", target="request") == 1
+    assert harness.metric("feedback_delivery_unchanged_total") == 1
+    await harness.aclose()
