@@ -67,6 +67,16 @@ def machine_cpu() -> tuple[float, float]:
     return (total - idle) / ticks, total / ticks
 
 
+def process_rss_mib(pid: int) -> tuple[float, float]:
+    """(current VmRSS, peak VmHWM) of process ``pid``, MiB, from /proc."""
+    fields: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(rest.split()[0]) / 1024
+    return fields.get("VmRSS", math.nan), fields.get("VmHWM", math.nan)
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds process ``pid`` has used so far."""
     parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -284,12 +294,7 @@ class WorkerProcess:
     def rss_mib(self) -> tuple[float, float]:
         """(current VmRSS, peak VmHWM) of the worker process, MiB, from /proc."""
         self.check_alive()
-        fields: dict[str, float] = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(rest.split()[0]) / 1024
-        return fields.get("VmRSS", math.nan), fields.get("VmHWM", math.nan)
+        return process_rss_mib(self.process.pid)
 
     def cpu_s(self) -> float:
         """User + system CPU seconds the worker has used so far."""

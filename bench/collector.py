@@ -66,6 +66,7 @@ from _common import (  # type: ignore[import-not-found]
     machine_cpu,
     pct,
     process_cpu_s,
+    process_rss_mib,
     write_json,
 )
 from aiokafka import AIOKafkaProducer
@@ -120,12 +121,7 @@ class CollectorProcess:
     def rss_mib(self) -> tuple[float, float]:
         """(VmRSS, VmHWM) in MiB."""
         self.check_alive()
-        fields: dict[str, float] = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(rest.split()[0]) / 1024
-        return fields.get("VmRSS", math.nan), fields.get("VmHWM", math.nan)
+        return process_rss_mib(self.process.pid)  # type: ignore[no-any-return]
 
     def cpu_s(self) -> float:
         return float(process_cpu_s(self.process.pid))

@@ -84,6 +84,18 @@ def status(code: int, body: Any = None, **headers: str) -> httpx.Response:
     return httpx.Response(code, json=body if body is not None else {"error": "x"}, headers=headers)
 
 
+def held_transport(script: Script) -> tuple[asyncio.Event, httpx.MockTransport]:
+    """A transport that records each call and answers 201 only once ``gate`` is set."""
+    gate = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        script.calls.append((request.url.path, orjson.loads(request.content)))
+        await gate.wait()
+        return httpx.Response(201, json=OK)
+
+    return gate, httpx.MockTransport(slow)
+
+
 def score_path(decision: Any) -> str:
     return f"/v1/request/{decision.request_id}/score"
 
@@ -182,14 +194,8 @@ async def test_an_explicit_rating_beats_any_later_implicit_one(
 
 async def test_a_change_during_a_call_is_sent_after_it(script: Script) -> None:
     """One call per target in flight; what changed meanwhile goes in the next call."""
-    gate = asyncio.Event()
-
-    async def slow(request: httpx.Request) -> httpx.Response:
-        script.calls.append((request.url.path, orjson.loads(request.content)))
-        await gate.wait()
-        return httpx.Response(201, json=OK)
-
-    harness = EngineHarness(transport=httpx.MockTransport(slow), rate_per_s=1000.0)
+    gate, slow = held_transport(script)
+    harness = EngineHarness(transport=slow, rate_per_s=1000.0)
     request_id = str(uuid.uuid4())
     first = make_decision(request_id=request_id, rule="engagement", rating=True)
     second = make_decision(request_id=request_id, rule="scores", rating=None, scores={"eval": 7})
@@ -594,14 +600,8 @@ async def test_a_decision_changing_nothing_after_an_unapplied_delivery_is_counte
 async def test_a_decision_changing_nothing_during_a_call_is_counted_once(
     script: Script,
 ) -> None:
-    gate = asyncio.Event()
-
-    async def slow(request: httpx.Request) -> httpx.Response:
-        script.calls.append((request.url.path, orjson.loads(request.content)))
-        await gate.wait()
-        return httpx.Response(201, json=OK)
-
-    harness = EngineHarness(transport=httpx.MockTransport(slow), rate_per_s=1000.0)
+    gate, slow = held_transport(script)
+    harness = EngineHarness(transport=slow, rate_per_s=1000.0)
     request_id = str(uuid.uuid4())
     await harness.publish(make_decision(request_id=request_id, rule="explicit", rating=True))
     harness.delivery.dispatch()
