@@ -41,7 +41,9 @@ merged during a call is still sent.  Merging is commutative and idempotent, so d
 replays and redrives never double-count; a duplicate changes nothing and costs no call.
 
 Retry-topic records (header :data:`KIND_HEADER`): ``forward`` (an outbox decision moved to its
-owner partition), ``result`` (``{"key", "version", "outcome", "retry"?}``) and ``sweep``
+owner partition), ``result`` (``{"results": [{"key", "version", "outcome", "retry"?}, ...]}``:
+the outcomes of one partition that finished within a few milliseconds of each other, so a
+fast Helicone costs one record per batch of calls rather than one per call) and ``sweep``
 (``{"keys"}``: settled states past ``DELIVERY_DEDUPE_TTL_S``, to delete).
 
 Failure policy (the classes are :mod:`worker.delivery`'s):
@@ -65,7 +67,7 @@ import heapq
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -125,7 +127,8 @@ TICK_INTERVAL_S = 1.0
 _MAX_IDLE_S = 0.5
 #: While the breaker or the auth pause refuses calls, look again at least this often.
 _MIN_GATE_WAIT_MS = 100
-#: After a failed send of a result record, the state is due again this much later.
+#: After an unexpected failure a state is due again this much later; a result record that
+#: could not be sent is tried again this much later.
 _RESULT_RETRY_MS = 1_000
 #: A state restored after a rebalance waits this long before it is sent, so that the agent
 #: can apply the result records the partition's previous owner wrote for it (they sit at the
@@ -134,6 +137,15 @@ _RESULT_RETRY_MS = 1_000
 RESTORE_SETTLE_MS = 3_000
 #: How long a revocation waits for the calls of its partitions still in flight.
 REVOKE_WAIT_S = 15.0
+#: Decoded states kept in memory (the most recently written due ones); a backlog beyond this
+#: is read from the table again when it is sent.
+_DECODED_MAX = 4_096
+#: Outcomes that finish within this long of each other share one ``result`` record.  It costs
+#: the call's slot that long, never a decision's delay, and saves a record and an agent event
+#: per call when many calls run at once.
+_RESULT_LINGER_S = 0.005
+#: The most outcomes in one ``result`` record (a few hundred bytes each).
+_RESULTS_PER_RECORD = 500
 #: Settled states deleted per sweep record.
 _SWEEP_BATCH = 500
 #: Raw bytes of an undecodable outbox record kept in its dead-letter record.
@@ -245,6 +257,14 @@ class _Due:
     retrying: bool = False
 
 
+@dataclass(slots=True)
+class _ResultBatch:
+    """Outcomes of one partition on their way out in one ``result`` record."""
+
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    sent: asyncio.Task[None] | None = None
+
+
 class Delivery:
     """The delivery engine; see the module docstring.  All methods run on the event loop.
 
@@ -302,6 +322,11 @@ class Delivery:
         #: Versions settled (2xx or given up) whose result record the agent has not applied to
         #: the table yet: until it has, the table still says "due", and must not be believed.
         self._settled: dict[bytes, tuple[int, bool]] = {}  # key -> (version, delivered?)
+        #: Decoded states, written through: the engine is the table's only writer, so a state
+        #: it wrote is the table's state until a recovery rewrites the table (then cleared).
+        self._decoded: dict[bytes, FeedbackState] = {}
+        #: Outcomes waiting to go out as one ``result`` record per partition (see _report).
+        self._results: dict[int, _ResultBatch] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._task_of: dict[bytes, asyncio.Task[None]] = {}
         #: Partitions whose states this worker sends; None until the first rebuild.
@@ -418,7 +443,7 @@ class Delivery:
         elif kind == b"result":
             try:
                 document = orjson.loads(value or b"{}")
-                self._apply_result(document, partition)
+                self._apply_results(document, partition)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 log.warning(
                     "ignoring a malformed result on %s[%d]@%d",
@@ -445,8 +470,8 @@ class Delivery:
         key = state_key(decision)
         assert key is not None  # _problem checked the target id
         table_key = _table_key(partition, key)
-        raw = self.states.get(table_key)
-        before = self._as_known(table_key, FeedbackState.from_json(raw)) if raw else None
+        held = self._read(table_key)
+        before = self._as_known(table_key, held) if held is not None else None
         now_ms = self.clock.now_ms()
         state, changed = merge(before, decision, now_ms=now_ms, force=redrive)
         if not changed and before is not None and decision.decision_id in before.recent_ids:
@@ -457,16 +482,21 @@ class Delivery:
             # A first decision that changes nothing Helicone would store (its rating ranks
             # below the one held, and it brings no new score): no call is needed for it.
             self.metrics.delivery_unchanged.inc()
-        self.states[table_key] = state.to_json()
+        self._write(table_key, state)
         if state.due:
             self._schedule(table_key, partition, state, keep_earlier=True)
 
+    def _apply_results(self, document: Mapping[str, Any], partition: int) -> None:
+        """A ``result`` record: ``{"results": [outcome, ...]}``, or one outcome alone (the
+        form written before outcomes were batched, still read from older retry topics)."""
+        for outcome in document.get("results", (document,)):
+            self._apply_result(outcome, partition)
+
     def _apply_result(self, document: Mapping[str, Any], partition: int) -> None:
         table_key = _table_key(partition, str(document["key"]))
-        raw = self.states.get(table_key)
-        if raw is None:
+        state = self._read(table_key)
+        if state is None:
             return  # swept meanwhile: nothing left to settle
-        state = FeedbackState.from_json(raw)
         version, outcome = int(document["version"]), document["outcome"]
         now_ms = self.clock.now_ms()
         if outcome == "delivered":
@@ -477,7 +507,7 @@ class Delivery:
             state = state.failed(_retry_from_json(document["retry"]), now_ms=now_ms)
         else:
             return
-        self.states[table_key] = state.to_json()
+        self._write(table_key, state)
         if max(state.sent, state.dead) >= self._settled_version(table_key):
             self._settled.pop(table_key, None)
 
@@ -486,13 +516,9 @@ class Delivery:
         removed = 0
         for key in keys:
             table_key = _table_key(partition, str(key))
-            raw = self.states.get(table_key)
-            if raw is None:
-                continue
-            state = FeedbackState.from_json(raw)
-            if not state.due and state.updated_at_ms <= cutoff_ms:
-                with contextlib.suppress(KeyError):
-                    del self.states[table_key]
+            state = self._read(table_key)
+            if state is not None and not state.due and state.updated_at_ms <= cutoff_ms:
+                self._forget(table_key)
                 removed += 1
         if removed:
             log.debug("forgot %d settled states on partition %d", removed, partition)
@@ -577,11 +603,8 @@ class Delivery:
     async def _deliver(self, table_key: bytes, due: _Due) -> None:
         """Send one state as it is now, and report the outcome of that version."""
         try:
-            raw = self.states.get(table_key)
-            if raw is None:
-                return
-            state = FeedbackState.from_json(raw)
-            if not self._is_due(table_key, state):
+            state = self._read(table_key)
+            if state is None or not self._is_due(table_key, state):
                 return
             await self._attempt(table_key, due, state)
         except Exception:  # one state's bug must not stop the sender
@@ -592,8 +615,8 @@ class Delivery:
             self._task_of.pop(table_key, None)
             if table_key in self._again:
                 self._again.discard(table_key)
-                raw = self.states.get(table_key)
-                if raw is not None and (state := FeedbackState.from_json(raw)).due:
+                state = self._read(table_key)
+                if state is not None and state.due:
                     self._schedule(table_key, due.partition, state, keep_earlier=True)
             self._kick.set()
 
@@ -678,23 +701,45 @@ class Delivery:
         *,
         retry: RetryState | None = None,
     ) -> None:
-        """Make an outcome durable: a ``result`` record the agent applies to the table.
+        """Make an outcome durable: it goes out in a ``result`` record the agent applies to
+        the table, shared by the outcomes of that partition that finish within
+        ``_RESULT_LINGER_S``; returns once that record is acknowledged (or failed).
 
-        If it cannot be sent, the state is due again soon: sending a state twice is harmless.
         """
         document: dict[str, Any] = {"key": key, "version": version, "outcome": outcome}
         if retry is not None:
-            document["retry"] = _retry_to_json(retry)
-        try:
-            await self._send(
-                self.config.retry_topic, key.encode(), orjson.dumps(document), partition,
-                [(KIND_HEADER, b"result")],
-            )
-        except Exception:
-            log.warning("could not record a delivery outcome; the state will be sent again")
-            table_key = _table_key(partition, key)
-            if table_key not in self._due:
-                self._again.add(table_key)
+            document["retry"] = retry  # orjson writes a dataclass field by field
+        batch = self._results.get(partition)
+        if batch is None or len(batch.outcomes) >= _RESULTS_PER_RECORD:
+            batch = self._results[partition] = _ResultBatch()
+            batch.sent = task = asyncio.ensure_future(self._send_results(partition, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        batch.outcomes.append(document)
+        assert batch.sent is not None
+        await asyncio.shield(batch.sent)
+
+    async def _send_results(self, partition: int, batch: _ResultBatch) -> None:
+        """Send ``batch`` after the linger; until acknowledged, or until the partition is no
+        longer this worker's (its next owner sends those states again, which is harmless)."""
+        await asyncio.sleep(_RESULT_LINGER_S)
+        if self._results.get(partition) is batch:
+            del self._results[partition]
+        value = orjson.dumps({"results": batch.outcomes})
+        while True:
+            try:
+                await self._send(self.config.retry_topic, b"results", value, partition,
+                                 [(KIND_HEADER, b"result")])
+                return
+            except Exception:
+                if self._owned is not None and partition not in self._owned:
+                    log.warning("could not record %d delivery outcome(s) of revoked partition "
+                                "%d; its next owner sends them again", len(batch.outcomes),
+                                partition)
+                    return
+                log.warning("could not record %d delivery outcome(s); trying again",
+                            len(batch.outcomes))
+                await asyncio.sleep(_RESULT_RETRY_MS / 1000)
 
     async def _call(self, call: Call, target_id: str) -> None:
         poster = self.poster
@@ -759,6 +804,30 @@ class Delivery:
         return (state.delivered(version, now_ms=now_ms) if delivered
                 else state.given_up(version, now_ms=now_ms))
 
+    def _read(self, table_key: bytes) -> FeedbackState | None:
+        state = self._decoded.get(table_key)
+        if state is None:
+            raw = self.states.get(table_key)
+            if raw is None:
+                return None
+            state = FeedbackState.from_json(raw)
+        return state
+
+    def _write(self, table_key: bytes, state: FeedbackState) -> None:
+        """Write ``state`` to the table (in context) and keep it decoded while it may be read
+        again soon: until it is settled.  Settled states are read only by a later merge."""
+        self.states[table_key] = state.to_json()
+        self._decoded.pop(table_key, None)
+        if state.due:
+            self._decoded[table_key] = state  # last in the eviction order
+            if len(self._decoded) > _DECODED_MAX:
+                del self._decoded[next(iter(self._decoded))]
+
+    def _forget(self, table_key: bytes) -> None:
+        self._decoded.pop(table_key, None)
+        with contextlib.suppress(KeyError):
+            del self.states[table_key]
+
     def _reschedule(
         self, table_key: bytes, due: _Due, due_ms: int, *, retrying: bool = False
     ) -> None:
@@ -773,6 +842,7 @@ class Delivery:
         self._owned = set(owned)
         self._heap.clear()
         self._due.clear()
+        self._decoded.clear()  # recovery may have rewritten any state
         for table_key, raw in items:
             partition = _partition_of(table_key)
             if partition not in owned or raw is None:
@@ -794,6 +864,8 @@ class Delivery:
         for table_key, due in list(self._due.items()):
             if due.partition in partitions:
                 del self._due[table_key]
+        for table_key in [k for k in self._decoded if _partition_of(k) in partitions]:
+            del self._decoded[table_key]  # their next owner may change them
         self.update_gauges()
 
     async def wait_revoked(self, partitions: set[int], *, timeout_s: float = REVOKE_WAIT_S) -> None:
@@ -1021,12 +1093,6 @@ def _problem(decision: Decision) -> str | None:
     if decision.scores:
         return "a session decision cannot carry scores (Helicone has no endpoint)"
     return None
-
-
-def _retry_to_json(state: RetryState) -> dict[str, Any]:
-    document = asdict(state)
-    document["done"] = list(state.done)
-    return document
 
 
 def _retry_from_json(document: Mapping[str, Any]) -> RetryState:

@@ -35,7 +35,7 @@ What holds, and why:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import orjson
@@ -166,8 +166,8 @@ class FeedbackState:
     # ---- encoding
 
     def to_json(self) -> bytes:
-        retry = asdict(self.retry)
-        retry["done"] = list(self.retry.done)
+        """The table's encoding; orjson writes the dataclass ``retry`` field by field, and a
+        state that never failed (the common case) stores ``null`` for it."""
         return orjson.dumps(
             {
                 "target": self.target,
@@ -180,7 +180,7 @@ class FeedbackState:
                 "dead": self.dead,
                 "unsent": [[u.version, u.merged_at_ms, u.decision] for u in self.unsent],
                 "recent_ids": self.recent_ids,
-                "retry": retry,
+                "retry": None if self.retry == _NO_RETRY else self.retry,
                 "updated_at_ms": self.updated_at_ms,
             }
         )
@@ -208,6 +208,9 @@ class FeedbackState:
             retry=RetryState(**retry),
             updated_at_ms=int(doc.get("updated_at_ms", 0)),
         )
+
+
+_NO_RETRY = RetryState()
 
 
 def _rank(value: Iterable[Any]) -> Rank:

@@ -24,6 +24,7 @@ import pytest
 from tests.fixtures.delivery import EngineHarness, make_decision
 from worker.delivery import BreakerState
 from worker.delivery_engine import KIND_HEADER, REDRIVE_HEADER
+from worker.delivery_state import FeedbackState
 
 OK = {"data": None, "error": None}
 
@@ -473,7 +474,7 @@ async def test_401_pauses_everything_without_dead_letters_then_a_probe_resumes(
     assert not harness.delivery.auth.paused
     assert harness.records("dlq") == []
     assert all(
-        orjson.loads(v)["retry"]["attempts"] == 0 for v in harness.states.values()
+        FeedbackState.from_json(v).retry.attempts == 0 for v in harness.states.values()
     ), "waiting for auth used up retry attempts"
 
 
@@ -614,3 +615,79 @@ async def test_a_decision_changing_nothing_during_a_call_is_counted_once(
     assert harness.metric("feedback_delivery_delivered_total", target="request") == 1
     assert harness.metric("feedback_delivery_unchanged_total") == 1
     await harness.aclose()
+
+
+# --------------------------------------------------------------------------- result records
+
+
+def result_records(harness: EngineHarness) -> list[dict[str, Any]]:
+    return [orjson.loads(value) for topic, _, value, _, headers in harness.sent
+            if topic == "retry" and (KIND_HEADER, b"result") in headers]
+
+
+async def test_outcomes_finishing_together_share_one_record_per_partition() -> None:
+    harness = EngineHarness(dry_run=True)  # no rate in dry run: the calls start together
+    decisions = [make_decision() for _ in range(30)]  # fewer than DELIVERY_CONCURRENCY
+    await publish_and_settle(harness, *decisions)
+    assert harness.metric("feedback_delivery_delivered_total", target="request") == 30
+    records = result_records(harness)
+    partitions = {harness.owner(d) for d in decisions}
+    assert len(records) == len(partitions)  # one dispatch round: one record per partition
+    assert sum(len(r["results"]) for r in records) == 30
+    for decision in decisions:
+        state = harness.state(decision.request_id or "")
+        assert state is not None and state["sent"] == state["version"] == 1
+    await harness.advance(5.0)
+    assert harness.metric("feedback_delivery_delivered_total", target="request") == 30
+    await harness.aclose()
+
+
+async def test_a_result_record_that_cannot_be_sent_is_sent_again(
+    harness: EngineHarness, script: Script, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outcome known in memory but not durable would be lost for the table, which would
+    then show the state due forever (and its next owner would send it again)."""
+    monkeypatch.setattr("worker.delivery_engine._RESULT_RETRY_MS", 10)
+    real_send = harness.delivery._send
+    failures = [1]
+
+    async def flaky(topic: str, key: bytes, value: bytes, partition: int | None,
+                    headers: list[tuple[str, bytes]]) -> None:
+        if (KIND_HEADER, b"result") in headers and failures:
+            failures.pop()
+            raise RuntimeError("broker away")
+        await real_send(topic, key, value, partition, headers)
+
+    harness.delivery._send = flaky
+    decision = make_decision()
+    await publish_and_settle(harness, decision)
+    assert not failures, "the first result record failed"
+    state = harness.state(decision.request_id or "")
+    assert state is not None and state["sent"] == state["version"] == 1
+    assert len(script.calls) == 1  # the outcome was recorded again, not the call made again
+    await harness.advance(5.0)
+    assert len(script.calls) == 1
+    await harness.aclose()
+
+
+async def test_a_single_outcome_record_of_an_older_worker_still_settles(
+    harness: EngineHarness, script: Script
+) -> None:
+    gate, slow = held_transport(script)
+    held = EngineHarness(transport=slow, rate_per_s=1000.0)
+    decision = make_decision()
+    await held.publish(decision)
+    held.delivery.dispatch()
+    while not script.calls:
+        await asyncio.sleep(0)
+    partition = held.owner(decision)
+    key = f"r:{decision.request_id}"
+    await held.delivery.on_retry(
+        key=key.encode(), value=orjson.dumps({"key": key, "version": 1, "outcome": "delivered"}),
+        partition=partition, offset=99, headers=[(KIND_HEADER, b"result")],
+    )
+    state = held.state(decision.request_id or "")
+    assert state is not None and state["sent"] == 1 and state["version"] == 1
+    gate.set()
+    await held.settle()
+    await held.aclose()
