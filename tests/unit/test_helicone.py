@@ -326,7 +326,16 @@ async def test_invalid_request_ids_are_permanent_without_a_call(request_id: str)
     ],
 )
 async def test_uuid_versions_one_to_five_are_sent(request_id: str) -> None:
-    await make_client(answer(201)).post_request_feedback(request_id, True)
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(201, json={"data": None, "error": None})
+
+    record = await make_client(handler).post_request_feedback(request_id, True)
+    (request,) = sent
+    assert request.url.path == f"/v1/request/{request_id}/feedback"
+    assert record.outcome is DeliveryOutcome.SUCCESS
 
 
 @pytest.mark.parametrize("scores", [{"a": 1.5}, {"a": 2.0}, {"a": "3"}, {"a": None}, {}, {"": 1}])

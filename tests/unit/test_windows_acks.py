@@ -1,0 +1,207 @@
+"""Windows.hold / flush / _confirm: the ordered acknowledgements at-least-once rests on.
+
+What must hold (worker.agents.windows): a record is acknowledged only once the broker has
+confirmed the window state it changed and every decision sent before it; acknowledgements
+of a partition happen in offset order even when a later flush's sends are confirmed first;
+a refused send acknowledges nothing on that partition, then or later; and nothing of a
+revoked assignment is acknowledged.  Faust commits up to the acknowledged records, so any
+of these broken would commit a record whose state or decision the broker never took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tests.unit.rules.eventkit import T0, ev
+from worker.agents.windows import Windows
+from worker.clock import FakeClock
+from worker.metrics import Metrics
+from worker.rules import RuleConfig
+
+REQUESTS = [f"5f2b8c1e-3d4a-4b6c-9e7f-1a2b3c4d5e{n:02x}" for n in range(16)]
+
+
+@dataclass(frozen=True)
+class Written:
+    offset: int
+
+
+class HeldIO:
+    """A TableIO whose changelog sends stay unconfirmed until the test resolves them."""
+
+    def __init__(self) -> None:
+        self.data: dict[int, dict[str, bytes]] = {}
+        self.sends: list[asyncio.Future[Written]] = []
+        self.committed_offsets: list[tuple[int, int]] = []
+
+    def get(self, partition: int, key: str) -> bytes | None:
+        return self.data.get(partition, {}).get(key)
+
+    def items(self, partition: int, prefix: str) -> list[tuple[str, bytes]]:
+        return [(k, v) for k, v in self.data.get(partition, {}).items() if k.startswith(prefix)]
+
+    def put_local(self, partition: int, entries: dict[str, bytes | None]) -> None:
+        table = self.data.setdefault(partition, {})
+        for key, value in entries.items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+
+    async def send_changelog(
+        self, partition: int, entries: dict[str, bytes | None], owned: Callable[[], bool]
+    ) -> list[Awaitable[Any]]:
+        self.put_local(partition, entries)
+        sent: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
+        self.sends.append(sent)
+        return [sent]
+
+    def committed(self, partition: int, offset: int) -> None:
+        self.committed_offsets.append((partition, offset))
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.io = HeldIO()
+        self.acked: list[int] = []
+        self.failures: list[BaseException] = []
+        self.decisions: list[asyncio.Future[None]] = []
+        self.windows = Windows(
+            io=self.io,  # type: ignore[arg-type]
+            config=RuleConfig(), grace_ms=5_000, idle_close_ms=30_000, max_signals=200,
+            clock=FakeClock(T0 + 1_000), metrics=Metrics(), send=self._send,
+            outbox_topic="outbox", late_topic="late", on_failure=self.failures.append,
+        )
+
+    async def _send(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.decisions.append(sent)
+        return sent
+
+    def ack(self, n: int) -> Callable[[], Awaitable[None]]:
+        async def ack() -> None:
+            self.acked.append(n)
+
+        return ack
+
+    async def events(self, numbers: range, partition: int = 0) -> None:
+        """One event of its own request per number, acknowledged as record ``n``."""
+        for n in numbers:
+            event = ev("response_shown", 1_000 + n, request_id=REQUESTS[n])
+            await self.windows.on_event(partition, event, self.ack(n))
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_records_are_acked_only_once_their_state_is_confirmed() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        await h.events(range(3))
+        await h.windows.flush(0)
+        await settle()
+        assert h.acked == []  # the changelog write is not confirmed yet
+        h.io.sends[0].set_result(Written(offset=41))
+        await settle()
+        assert h.acked == [0, 1, 2]
+        assert h.io.committed_offsets == [(0, 41)]
+
+    asyncio.run(scenario())
+
+
+def test_a_later_flush_confirmed_first_still_acks_in_offset_order() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        await h.events(range(2))
+        await h.windows.flush(0)
+        await h.events(range(2, 4))
+        await h.windows.flush(0)
+        first, second = h.io.sends
+        second.set_result(Written(offset=8))
+        await settle()
+        assert h.acked == []  # records 2 and 3 wait for 0 and 1
+        first.set_result(Written(offset=7))
+        await settle()
+        assert h.acked == [0, 1, 2, 3]
+
+    asyncio.run(scenario())
+
+
+def test_a_decision_not_yet_confirmed_holds_the_acks_behind_it() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        # A code suggestion shown and accepted, then another request's event far later:
+        # stream time closes the suggestion's window and its decision goes out.
+        await h.windows.on_event(0, ev("suggestion_shown", 0), h.ack(0))
+        await h.windows.on_event(0, ev("suggestion_accepted", 2_000), h.ack(1))
+        await h.windows.on_event(
+            0, ev("response_shown", 60_000, request_id=REQUESTS[5]), h.ack(2)
+        )
+        assert len(h.decisions) == 1
+        await h.windows.flush(0)
+        h.io.sends[0].set_result(Written(offset=3))
+        await settle()
+        assert h.acked == []  # the state is in, the decision is not
+        h.decisions[0].set_result(None)
+        await settle()
+        assert h.acked == [0, 1, 2]
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_send_acks_nothing_on_that_partition_then_or_later() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        await h.events(range(2))
+        await h.windows.flush(0)
+        await h.events(range(2, 4))
+        await h.windows.flush(0)
+        first, second = h.io.sends
+        first.set_exception(RuntimeError("broker refused"))
+        second.set_result(Written(offset=9))
+        await settle()
+        assert h.acked == []
+        assert [str(exc) for exc in h.failures] == ["broker refused"]
+        assert h.io.committed_offsets == []
+
+    asyncio.run(scenario())
+
+
+def test_nothing_of_a_revoked_assignment_is_acked() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        await h.events(range(3))
+        await h.windows.flush(0)
+        h.windows.on_revoked([0])
+        h.io.sends[0].set_result(Written(offset=5))
+        await settle()
+        assert h.acked == []
+        await h.events(range(3, 5))  # in flight from before the revocation: dropped
+        await h.windows.flush(0)
+        await settle()
+        assert h.acked == [] and len(h.io.sends) == 1
+
+    asyncio.run(scenario())
+
+
+def test_partitions_are_acked_independently() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        await h.events(range(2), partition=0)
+        await h.windows.flush(0)
+        await h.events(range(2, 4), partition=1)
+        await h.windows.flush(1)
+        p0, p1 = h.io.sends
+        p1.set_result(Written(offset=1))
+        await settle()
+        assert h.acked == [2, 3]  # partition 1 does not wait for partition 0
+        p0.set_result(Written(offset=1))
+        await settle()
+        assert h.acked == [2, 3, 0, 1]
+
+    asyncio.run(scenario())
