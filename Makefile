@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check worker tests $(wildcard bench)
 
 typecheck: $(STAMP)
-	$(BIN)/mypy worker
+	$(BIN)/mypy worker tests
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q

@@ -103,8 +103,10 @@ class Reference:
 
 def settings_from_env(env: Mapping[str, str]) -> Settings:
     """The :class:`Settings` a worker started with ``env`` reads (no .env file)."""
-    fields = {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
-    return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+    fields: dict[str, Any] = {
+        k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields
+    }
+    return Settings(_env_file=None, **fields)
 
 
 def expected_decisions(records: Iterable[InputRecord], settings: Settings) -> Reference:

@@ -187,7 +187,7 @@ async def test_serve_stops_on_an_input_topic_with_another_partition_count(
         "collector_idempotent_producer": False,
     }
     await ensure_topics(
-        load_settings({**base, "topic_partitions": 3}), only={base["topic_ui_events"]}
+        load_settings({**base, "topic_partitions": 3}), only={str(base["topic_ui_events"])}
     )
     with pytest.raises(TopicMismatchError, match="has 3 partitions"):
         await asyncio.wait_for(serve(load_settings({**base, "topic_partitions": 2})), 60)

@@ -36,7 +36,7 @@ def decision(rule: str, minute: int, rating: bool | None, scores: dict[str, int]
         target="request",
         request_id=REQUEST,
         session_id=None,
-        rule=rule,  # type: ignore[arg-type]
+        rule=rule,
         rating=rating,
         scores=scores,
         window_start=start,

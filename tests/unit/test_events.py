@@ -148,9 +148,9 @@ def test_decision_round_trips_through_json() -> None:
         rule="explicit",
         rating=True,
         scores={"time_spent_s": 12},
-        window_start="2026-11-22T10:00:00Z",  # type: ignore[arg-type]
-        window_end="2026-11-22T10:00:00Z",  # type: ignore[arg-type]
-        decided_at="2026-11-22T10:00:01Z",  # type: ignore[arg-type]
+        window_start="2026-11-22T10:00:00Z",
+        window_end="2026-11-22T10:00:00Z",
+        decided_at="2026-11-22T10:00:01Z",
         rule_version=1,
     )
     assert Decision.model_validate_json(decision.model_dump_json()) == decision

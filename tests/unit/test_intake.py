@@ -151,7 +151,7 @@ def test_input_records_reach_the_handler_in_order_and_others_the_conductor() -> 
     assert dict(consumer._read_offset) == {TP(INPUT, 0): 1, TP(OTHER, 0): 7, TP(INPUT, 1): 0}
     assert consumer.acked == []  # nothing is acknowledged before the handler says so
 
-    asyncio.run(handled[1][1]())
+    asyncio.run(_awaited(handled[1][1]()))
     assert consumer.acked == [records[2]]
     assert app.sensors.out == [1]
 
@@ -170,7 +170,7 @@ def test_batches_are_bounded_and_keep_the_fetch_order() -> None:
         sizes.append(len(batch))
         await put(batch)
 
-    intake.queue.put = spy  # type: ignore[method-assign]
+    intake.queue.put = spy  # type: ignore[method-assign, assignment]
     asyncio.run(drain(app, intake))
 
     assert sizes == [BATCH_RECORDS, BATCH_RECORDS, 3]
@@ -249,3 +249,7 @@ def test_a_consumer_without_the_fetch_loop_is_left_alone() -> None:
     intake = Intake(app, recording_handler([]))
     assert not install_intake(app, input_topic(), intake)
     assert not app.topics.added
+
+
+async def _awaited(ack: Awaitable[None]) -> None:
+    await ack

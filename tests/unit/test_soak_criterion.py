@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -27,7 +29,7 @@ LIMIT = crit.GrowthLimit(rel_tolerance=0.10, abs_floor=10.0)
 TIMES = [10.0 * i for i in range(60)]  # ten minutes, a sample every 10 s
 
 
-def _judge(values: list[float | None], limit: object = LIMIT) -> object:
+def _judge(values: Sequence[float | None], limit: object = LIMIT) -> Any:
     return crit.judge_growth("rss_mib", TIMES[: len(values)], values, limit)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ from worker.config import Settings
 from worker.stores import ROCKSDB_MEMORY_PROPERTIES, rocksdb_memory
 
 
-def _table(dbs: dict[int, object]) -> SimpleNamespace:
+def _table(dbs: Mapping[int, object]) -> SimpleNamespace:
     """The shape of a Faust table with a RocksDB store: ``table._data._dbs``."""
     return SimpleNamespace(_data=SimpleNamespace(_dbs=dbs))
 

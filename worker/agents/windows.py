@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -190,7 +190,7 @@ def source_watermark(
 
 
 def source_floor(
-    reports: dict[int, tuple[int | None, int]], *, sources: int, now_ms: int, ttl_ms: int
+    reports: Mapping[int, tuple[int | None, int]], *, sources: int, now_ms: int, ttl_ms: int
 ) -> int | None:
     """The floor for a partition's stream time (:meth:`WindowEngine.align`) from the input
     partitions' last watermarks, ``reports``: input partition -> (its stream time while it
