@@ -262,7 +262,6 @@ class _ResultBatch:
     """Outcomes of one partition on their way out in one ``result`` record."""
 
     outcomes: list[dict[str, Any]] = field(default_factory=list)
-    sent: asyncio.Task[None] | None = None
 
 
 class Delivery:
@@ -327,6 +326,8 @@ class Delivery:
         self._decoded: dict[bytes, FeedbackState] = {}
         #: Outcomes waiting to go out as one ``result`` record per partition (see _report).
         self._results: dict[int, _ResultBatch] = {}
+        #: Result records on their way, per partition (awaited when it is revoked).
+        self._recording: dict[int, set[asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._task_of: dict[bytes, asyncio.Task[None]] = {}
         #: Partitions whose states this worker sends; None until the first rebuild.
@@ -662,7 +663,7 @@ class Delivery:
                 key, exc, retry.attempts, (retry.next_at_ms - self.clock.now_ms()) / 1000,
             )
             self._reschedule(table_key, due, retry.next_at_ms, retrying=True)
-            await self._report(due.partition, key, version, "failed", retry=retry)
+            self._report(due.partition, key, version, "failed", retry=retry)
             return
         now_ms = self.clock.now_ms()
         for decision in state.settled_decisions(version, after=self._settled_version(table_key)):
@@ -671,7 +672,7 @@ class Delivery:
         self._settled[table_key] = (version, True)
         if state.target == "request" and calls and self.config.rating_via == "score":
             self.readback.delivered(state.target_id, calls[-1].body["scores"])
-        await self._report(due.partition, key, version, "delivered")
+        self._report(due.partition, key, version, "delivered")
 
     async def _give_up(
         self,
@@ -690,9 +691,9 @@ class Delivery:
             target=state.target_id.encode(), reason=reason, message=message,
         )
         self._settled[table_key] = (state.version, False)
-        await self._report(due.partition, key, state.version, "dead")
+        self._report(due.partition, key, state.version, "dead")
 
-    async def _report(
+    def _report(
         self,
         partition: int,
         key: str,
@@ -703,8 +704,13 @@ class Delivery:
     ) -> None:
         """Make an outcome durable: it goes out in a ``result`` record the agent applies to
         the table, shared by the outcomes of that partition that finish within
-        ``_RESULT_LINGER_S``; returns once that record is acknowledged (or failed).
+        ``_RESULT_LINGER_S``.
 
+        Returns at once: the call's slot is free as soon as Helicone answered.  Until the
+        record is applied, ``_settled`` holds the outcome in memory, so the state is not sent
+        again by this process; a crash before then sends it again, which Helicone overwrites
+        key by key.  Waiting for the broker here held each slot a produce round trip longer
+        than the call, which capped a fast Helicone at ``DELIVERY_CONCURRENCY`` per round trip.
         """
         document: dict[str, Any] = {"key": key, "version": version, "outcome": outcome}
         if retry is not None:
@@ -712,12 +718,12 @@ class Delivery:
         batch = self._results.get(partition)
         if batch is None or len(batch.outcomes) >= _RESULTS_PER_RECORD:
             batch = self._results[partition] = _ResultBatch()
-            batch.sent = task = asyncio.ensure_future(self._send_results(partition, batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task = asyncio.ensure_future(self._send_results(partition, batch))
+            recording = self._recording.setdefault(partition, set())
+            for tasks in (self._tasks, recording):
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
         batch.outcomes.append(document)
-        assert batch.sent is not None
-        await asyncio.shield(batch.sent)
 
     async def _send_results(self, partition: int, batch: _ResultBatch) -> None:
         """Send ``batch`` after the linger; until acknowledged, or until the partition is no
@@ -874,10 +880,14 @@ class Delivery:
         Run while a rebalance revokes them, before their new owner restores them: a call
         whose outcome is recorded is not made again there.
         """
-        tasks = [task for key, task in self._task_of.items()
-                 if _partition_of(key) in partitions]
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        calls = [task for key, task in self._task_of.items() if _partition_of(key) in partitions]
+        if calls:
+            await asyncio.wait(calls, timeout=timeout_s)  # their outcomes join a record...
+        records = [task for p in partitions for task in self._recording.get(p, ())]
+        if records:  # ...and the records go out
+            await asyncio.wait(records, timeout=max(0.0, deadline - loop.time()))
 
     def update_gauges(self) -> None:
         """Backlog, its oldest change, the time to drain it and the rate in force."""

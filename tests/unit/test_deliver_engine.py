@@ -691,3 +691,39 @@ async def test_a_single_outcome_record_of_an_older_worker_still_settles(
     gate.set()
     await held.settle()
     await held.aclose()
+
+
+async def test_a_call_frees_its_slot_before_its_result_record_is_acknowledged(
+    script: Script,
+) -> None:
+    """The slot bounds calls to Helicone, not the broker's round trip: with one slot, a
+    second state goes out while the first's result record still waits for the broker, and
+    the first is not sent again meanwhile (its outcome is known in memory)."""
+    h = EngineHarness(transport=httpx.MockTransport(script.handler), rate_per_s=1000.0,
+                      concurrency=1)
+    broker = asyncio.Event()
+    real_send = h.delivery._send
+
+    async def slow_results(topic: str, key: bytes, value: bytes, partition: int | None,
+                           headers: list[tuple[str, bytes]]) -> None:
+        if (KIND_HEADER, b"result") in headers:
+            await broker.wait()
+        await real_send(topic, key, value, partition, headers)
+
+    h.delivery._send = slow_results
+    first, second = make_decision(), make_decision()
+    await h.publish(first)
+    await h.publish(second)
+    for _ in range(50):
+        h.delivery.dispatch()
+        await asyncio.sleep(0.002)
+        h.clock.advance(0.01)  # the rate's next token
+    assert sorted(script.paths()) == sorted([score_path(first), score_path(second)])
+    assert not any((KIND_HEADER, b"result") in r[4] for r in h.sent)  # none acked yet
+    broker.set()
+    await h.settle()
+    for decision in (first, second):
+        state = h.state(decision.request_id or "")
+        assert state is not None and state["sent"] == state["version"] == 1
+    assert len(script.calls) == 2
+    await h.aclose()
