@@ -373,16 +373,23 @@ def run(
 
 
 def _wait_caught_up(worker: WorkerProcess, *, timeout_s: float) -> float:
-    """Seconds until every partition the worker owns shows no lag twice in a row (1 s apart)."""
+    """Seconds until the burst is worked off: no partition the worker owns has a lag, no
+    window is open (every window of the burst lies in the past, so all of them close) and
+    no decision waits for delivery, twice in a row, 1 s apart.  A lag of zero alone is not
+    enough: windows held by watermarks close, and their decisions are delivered, after the
+    last event is read, and the live phase would measure that tail instead of steady state.
+    """
     t0 = time.perf_counter()
     zero = 0
     while time.perf_counter() - t0 < timeout_s:
         worker.check_alive()
         try:
-            lag = worker.metric_max("feedback_consumer_lag_records")
+            busy = (worker.metric_max("feedback_consumer_lag_records")
+                    + worker.metric("feedback_windows_open")
+                    + worker.metric("feedback_delivery_backlog"))
         except httpx.HTTPError:
-            lag = 1
-        zero = zero + 1 if lag == 0 else 0
+            busy = 1
+        zero = zero + 1 if busy == 0 else 0
         if zero >= 2:
             return time.perf_counter() - t0
         time.sleep(1)

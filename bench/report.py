@@ -434,8 +434,9 @@ def _pipeline(w: Callable[[str], None], p: Any) -> None:
           f"engagement 5 s, code 3 s, clicks 10 s, ticket 20 s "
           f"windows, grace {live['grace_s']:g} s, idle close {live['idle_close_s']:g} s. "
           "Delay = outbox record timestamp - (window end + grace)."
-          + (f" The live phase starts once the worker has caught up with the burst (no lag on "
-             f"any partition, {p['caught_up_after_burst_s']:g} s after it)."
+          + (f" The live phase starts once the worker has worked off the burst (no lag on "
+             f"any partition, no window open, no decision waiting for delivery; "
+             f"{p['caught_up_after_burst_s']:g} s after the last event was read)."
              if "caught_up_after_burst_s" in p else ""))
         w("")
         w("| windows closed | n | p50 | p99 | max |")
