@@ -54,6 +54,16 @@ def answer(status: int, body: object = None, headers: dict[str, str] | None = No
     return handler
 
 
+def recording(sent: list[httpx.Request]) -> Handler:
+    """Answers 201 as Helicone does, keeping each request in ``sent``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(201, json={"data": None, "error": None})
+
+    return handler
+
+
 def expected_outcome(status: int) -> type[DeliveryError] | None:
     """The DESIGN 5 table, written out independently of the code under test."""
     if 200 <= status <= 299:
@@ -222,12 +232,7 @@ async def test_http_status_error_from_a_hook_is_classified_by_its_response(
 
 async def test_request_feedback_is_one_bearer_post_with_a_rating() -> None:
     sent: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        return httpx.Response(201, json={"data": None, "error": None})
-
-    record = await make_client(handler).post_request_feedback(REQUEST_ID, False)
+    record = await make_client(recording(sent)).post_request_feedback(REQUEST_ID, False)
     (request,) = sent
     assert request.method == "POST"
     assert str(request.url) == f"{US_BASE_URL}/v1/request/{REQUEST_ID}/feedback"
@@ -327,12 +332,7 @@ async def test_invalid_request_ids_are_permanent_without_a_call(request_id: str)
 )
 async def test_uuid_versions_one_to_five_are_sent(request_id: str) -> None:
     sent: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        return httpx.Response(201, json={"data": None, "error": None})
-
-    record = await make_client(handler).post_request_feedback(request_id, True)
+    record = await make_client(recording(sent)).post_request_feedback(request_id, True)
     (request,) = sent
     assert request.url.path == f"/v1/request/{request_id}/feedback"
     assert record.outcome is DeliveryOutcome.SUCCESS

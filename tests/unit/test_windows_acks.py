@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.unit.rules.eventkit import T0, ev
+from tests.unit.test_windows_align import MemoryIO
 from worker.agents.windows import Windows
 from worker.clock import FakeClock
 from worker.metrics import Metrics
@@ -29,29 +30,15 @@ class Written:
     offset: int
 
 
-class HeldIO:
+class HeldIO(MemoryIO):
     """A TableIO whose changelog sends stay unconfirmed until the test resolves them."""
 
     def __init__(self) -> None:
-        self.data: dict[int, dict[str, bytes]] = {}
+        super().__init__()
         self.sends: list[asyncio.Future[Written]] = []
         self.committed_offsets: list[tuple[int, int]] = []
 
-    def get(self, partition: int, key: str) -> bytes | None:
-        return self.data.get(partition, {}).get(key)
-
-    def items(self, partition: int, prefix: str) -> list[tuple[str, bytes]]:
-        return [(k, v) for k, v in self.data.get(partition, {}).items() if k.startswith(prefix)]
-
-    def put_local(self, partition: int, entries: dict[str, bytes | None]) -> None:
-        table = self.data.setdefault(partition, {})
-        for key, value in entries.items():
-            if value is None:
-                table.pop(key, None)
-            else:
-                table[key] = value
-
-    async def send_changelog(
+    async def send_changelog(  # type: ignore[override]
         self, partition: int, entries: dict[str, bytes | None], owned: Callable[[], bool]
     ) -> list[Awaitable[Any]]:
         self.put_local(partition, entries)
@@ -87,6 +74,14 @@ class Harness:
 
         return ack
 
+    async def two_flushes(self) -> list[asyncio.Future[Written]]:
+        """Records 0 and 1 flushed, then 2 and 3: the two changelog sends, unconfirmed."""
+        await self.events(range(2))
+        await self.windows.flush(0)
+        await self.events(range(2, 4))
+        await self.windows.flush(0)
+        return self.io.sends
+
     async def events(self, numbers: range, partition: int = 0) -> None:
         """One event of its own request per number, acknowledged as record ``n``."""
         for n in numbers:
@@ -117,11 +112,7 @@ def test_records_are_acked_only_once_their_state_is_confirmed() -> None:
 def test_a_later_flush_confirmed_first_still_acks_in_offset_order() -> None:
     async def scenario() -> None:
         h = Harness()
-        await h.events(range(2))
-        await h.windows.flush(0)
-        await h.events(range(2, 4))
-        await h.windows.flush(0)
-        first, second = h.io.sends
+        first, second = await h.two_flushes()
         second.set_result(Written(offset=8))
         await settle()
         assert h.acked == []  # records 2 and 3 wait for 0 and 1
@@ -157,11 +148,7 @@ def test_a_decision_not_yet_confirmed_holds_the_acks_behind_it() -> None:
 def test_a_refused_send_acks_nothing_on_that_partition_then_or_later() -> None:
     async def scenario() -> None:
         h = Harness()
-        await h.events(range(2))
-        await h.windows.flush(0)
-        await h.events(range(2, 4))
-        await h.windows.flush(0)
-        first, second = h.io.sends
+        first, second = await h.two_flushes()
         first.set_exception(RuntimeError("broker refused"))
         second.set_result(Written(offset=9))
         await settle()
