@@ -17,7 +17,9 @@ ingest would have given (DESIGN 3, 11).  Invariants:
   batch on the broker;
 * a batch-level ``sent_at`` is copied into each event that has none (the worker's clock-skew
   correction needs it), and the bytes written are those that were validated;
-* whatever the body, the result is one of the two types: hostile input never raises.
+* whatever the body, the result is one of the two types: hostile input never raises
+  (deep nesting included: an event nested deeper than the collector can write back makes
+  the whole body ``not_json``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ __all__ = [
 ]
 
 ErrorCode = Literal[
-    "not_json",  # the body is not UTF-8 JSON (or nests deeper than the parser allows)
+    "not_json",  # not UTF-8 JSON, or nested deeper than the collector parses or writes back
     "not_a_batch",  # JSON, but not {"events": [...], "sent_at"?: RFC 3339}
     "missing_write_key",  # neither ?key= nor Authorization: Bearer
     "unknown_write_key",  # a key that is not one of COLLECTOR_WRITE_KEYS
@@ -133,6 +135,12 @@ class Batch:
 
 _TIMESTAMP: TypeAdapter[Any] = TypeAdapter(AwareDatetime)
 
+#: The message of a body refused for its nesting.  The limit is orjson's: it reads 1,024
+#: levels and writes 254, and each event is written back, so an event may nest 254 levels
+#: (ingest's own parser refuses events past about 200 as ``not_json`` per event; below that
+#: limit they are invalid events in an accepted batch, past it the whole body is refused).
+_TOO_DEEP = "the body nests too deeply (an event may nest at most 254 levels)"
+
 
 def parse_batch(body: bytes, *, received_at_ms: int, limits: BatchLimits) -> Batch | Refusal:
     """Judge a whole request body (module docstring).
@@ -163,7 +171,13 @@ def parse_batch(body: bytes, *, received_at_ms: int, limits: BatchLimits) -> Bat
     for event in events:
         if sent_at is not None and isinstance(event, dict) and event.get("sent_at") is None:
             event = {**event, "sent_at": sent_at}
-        value = orjson.dumps(event)
+        try:
+            value = orjson.dumps(event)
+        except orjson.JSONEncodeError:
+            # orjson reads 1,024 levels but writes only 254: an event nested deeper than that
+            # parsed above yet cannot be written back.  Refused whole, like a body nested
+            # past the parser, because there are no bytes of it to validate or to keep.
+            return Refusal("not_json", _TOO_DEEP)
         result = inspect_record(
             value, record_ts_ms=received_at_ms, now_ms=received_at_ms, limits=limits.ingest
         )
