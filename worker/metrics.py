@@ -345,13 +345,14 @@ class Metrics:
 
 
 #: Statuses the collector answers on /v1/events (DESIGN 11), pre-created as label values.
-_COLLECTOR_STATUSES = ("202", "204", "400", "401", "403", "413", "429", "503")
+_COLLECTOR_STATUSES = ("202", "204", "400", "401", "403", "408", "413", "429", "503")
 _COLLECTOR_ERRORS = (
     "not_json",
     "not_a_batch",
     "missing_write_key",
     "unknown_write_key",
     "origin_not_allowed",
+    "body_timeout",
     "body_too_large",
     "too_many_events",
     "rate_limited",

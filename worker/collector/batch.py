@@ -55,6 +55,7 @@ ErrorCode = Literal[
     "missing_write_key",  # neither ?key= nor Authorization: Bearer
     "unknown_write_key",  # a key that is not one of COLLECTOR_WRITE_KEYS
     "origin_not_allowed",  # an Origin header outside COLLECTOR_ALLOWED_ORIGINS
+    "body_timeout",  # the body did not arrive within COLLECTOR_BODY_TIMEOUT_S
     "body_too_large",  # more than COLLECTOR_MAX_BODY_BYTES
     "too_many_events",  # more than COLLECTOR_MAX_EVENTS events in one batch
     "rate_limited",  # this client address is over COLLECTOR_RATE_PER_S
@@ -68,6 +69,7 @@ STATUS: Final[dict[ErrorCode, int]] = {
     "missing_write_key": 401,
     "unknown_write_key": 401,
     "origin_not_allowed": 403,
+    "body_timeout": 408,
     "body_too_large": 413,
     "too_many_events": 413,
     "rate_limited": 429,
@@ -80,7 +82,8 @@ class Refusal:
     """Why a request is refused; nothing of its batch is written.
 
     ``message`` is for people and never contains a write key or a client address.
-    ``retry_after_s`` is set for the statuses a client should retry (429, 503).
+    ``retry_after_s`` is set for the statuses a client should retry later (429, 503); a 408
+    may be retried at once, on a new connection.
     """
 
     error: ErrorCode

@@ -29,9 +29,15 @@ from worker.errors import TopicMismatchError
 from worker.ingest import IngestLimits
 from worker.metrics import CollectorMetrics
 
-__all__ = ["RunningCollector", "build_collector", "serve", "start_collector"]
+__all__ = ["LINGER_S", "RunningCollector", "build_collector", "serve", "start_collector"]
 
 log = logging.getLogger(__name__)
+
+#: After answering a request whose body was left unread (413, 408), aiohttp keeps reading
+#: and dropping what the client still sends for up to this long before it closes, so the
+#: client is not reset before it reads the answer.  aiohttp's 10 s default would let a
+#: client trickling its body hold the connection that much longer after its 408.
+LINGER_S = 2.0
 
 
 class PathOnlyAccessLogger(AbstractAccessLogger):
@@ -95,6 +101,7 @@ def build_collector(
         invalid_topic=settings.topic_invalid,
         clock_ms=lambda: time.time_ns() // 1_000_000,
         trust_forwarded_for=settings.collector_trust_forwarded_for,
+        body_timeout_s=settings.collector_body_timeout_s,
         fatal=lambda: writer.fatal,
     )
 
@@ -116,7 +123,13 @@ async def start_collector(
     )
     collector = build_collector(settings, writer, metrics)
     runner = web.AppRunner(
-        build_app(collector), access_log_class=PathOnlyAccessLogger, shutdown_timeout=5.0
+        build_app(collector),
+        access_log_class=PathOnlyAccessLogger,
+        shutdown_timeout=5.0,
+        # COLLECTOR_IDLE_TIMEOUT_S: an idle keep-alive connection is closed after this long
+        # (aiohttp's default, 75 s, lets idle clients hold many sockets and their buffers).
+        keepalive_timeout=settings.collector_idle_timeout_s,
+        lingering_time=LINGER_S,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.collector_host, settings.collector_port)
