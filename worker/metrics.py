@@ -357,6 +357,9 @@ _COLLECTOR_ERRORS = (
     "too_many_events",
     "rate_limited",
     "broker_unavailable",
+    # Not a JSON error code: aiohttp itself answered 400 to a request it could not parse
+    # (a request line or header too long, too many headers); see worker/collector/server.py.
+    "malformed_request",
 )
 
 
@@ -379,7 +382,8 @@ class CollectorMetrics:
         )
         self.refused = Counter(
             "feedback_collector_refused",
-            "Requests to /v1/events refused (nothing of the batch written), by error code.",
+            "Requests to /v1/events refused (nothing of the batch written), by error code; "
+            "malformed_request: an HTTP request aiohttp could not parse, on any path.",
             ["error"],
             registry=r,
         )

@@ -206,6 +206,57 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() 
     assert 0.4 <= idle_s < 3, idle_s
 
 
+async def _raw_request(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)  # aiohttp closes after a 400
+    finally:
+        writer.close()
+
+
+async def test_oversized_headers_are_400_logged_without_address_or_key_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiohttp answers a request it cannot parse with 400 before any handler runs, and
+    would log ``Error handling request from 127.0.0.1`` at ERROR with the offending bytes
+    (a 20 KiB header holding the write key).  It must log one WARNING per request naming
+    neither, and count it."""
+    # The broker address is 127.0.0.2 so that its connection errors, which aiokafka logs,
+    # cannot account for a "127.0.0.1" in the logs: that is the client's address here.
+    async with started_without_broker(
+        kafka_bootstrap_servers=f"127.0.0.2:{closed_port()}"
+    ) as running:
+        caplog.clear()
+        caplog.set_level(logging.DEBUG)
+        filler = "x" * 20 * 1024
+        requests = [
+            f"POST /v1/events?key={KEY} HTTP/1.1\r\nHost: x\r\nX-Filler: {filler}\r\n"
+            f"Authorization: Bearer {KEY}\r\nContent-Length: 2\r\n\r\n{{}}",
+            f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}{filler}"
+            "\r\nContent-Length: 2\r\n\r\n{}",
+            f"POST /v1/events?key={KEY}&pad={filler} HTTP/1.1\r\nHost: x\r\n\r\n",
+        ]
+        answers = [await _raw_request(running.port, r.encode()) for r in requests]
+        text = await _wait_for_metric(
+            running, 'feedback_collector_refused_total{error="malformed_request"} 3.0'
+        )
+        records = list(caplog.records)
+    assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"HTTP/1.0 400 Bad Request"] * 3
+    assert 'feedback_collector_refused_total{error="malformed_request"} 3.0' in text
+    logged = "\n".join(
+        f"{r.name} {r.levelname} {r.getMessage()} {r.exc_text or ''} {r.exc_info or ''}"
+        for r in records
+    )
+    assert KEY not in logged
+    assert "127.0.0.1" not in logged
+    malformed = [r for r in records if "malformed HTTP request" in r.getMessage()]
+    assert [(r.name, r.levelno) for r in malformed] == [("aiohttp.server", logging.WARNING)] * 3
+    assert all(r.exc_info is None for r in malformed)
+    assert [r for r in records if r.name == "aiohttp.server" and r.levelno >= logging.ERROR] == []
+
+
 def test_collect_needs_write_keys() -> None:
     with pytest.raises(ConfigError) as raised:
         load_settings().require_write_keys()
