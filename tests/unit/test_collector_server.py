@@ -19,7 +19,12 @@ import pytest
 from click.testing import CliRunner
 
 from worker.cli import main
-from worker.collector.server import LINGER_S, RunningCollector, start_collector
+from worker.collector.server import (
+    LINGER_S,
+    PathOnlyAccessLogger,
+    RunningCollector,
+    start_collector,
+)
 from worker.config import load_settings
 from worker.errors import ConfigError
 
@@ -255,6 +260,20 @@ async def test_oversized_headers_are_400_logged_without_address_or_key_and_count
     assert [(r.name, r.levelno) for r in malformed] == [("aiohttp.server", logging.WARNING)] * 3
     assert all(r.exc_info is None for r in malformed)
     assert [r for r in records if r.name == "aiohttp.server" and r.levelno >= logging.ERROR] == []
+
+
+def test_the_access_log_is_skipped_unless_debug_is_on() -> None:
+    """aiohttp asks ``enabled`` once per connection and then skips timing and logging each
+    request: at INFO the access log (DEBUG lines) must say no."""
+    logger = logging.getLogger("tests.collector.access")
+    access = PathOnlyAccessLogger(logger, "")
+    try:
+        logger.setLevel(logging.INFO)
+        assert not access.enabled
+        logger.setLevel(logging.DEBUG)
+        assert access.enabled
+    finally:
+        logger.setLevel(logging.NOTSET)
 
 
 def test_collect_needs_write_keys() -> None:

@@ -106,9 +106,10 @@ class Collector:
         if isinstance(batch, Refusal):
             return batch
         if batch.records:
+            events_topic, invalid_topic = self.events_topic, self.invalid_topic
             records = [
-                (self.events_topic if r.valid else self.invalid_topic, r.key, r.value)
-                for r in batch.records
+                (events_topic if valid else invalid_topic, key, value)
+                for valid, key, value in batch.records
             ]
             try:
                 await self.writer.write(records, timestamp_ms=received_at_ms)

@@ -25,7 +25,7 @@ ingest would have given (DESIGN 3, 11).  Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
@@ -108,11 +108,13 @@ class BatchLimits:
     ingest: IngestLimits = field(default_factory=IngestLimits)
 
 
-@dataclass(frozen=True, slots=True)
-class OutRecord:
+class OutRecord(NamedTuple):
     """One record to write.  ``valid`` records go to the input topic keyed by the event's
     routing key (request id, or session id for session feedback); the others go to the
-    invalid topic, unkeyed, as the document :func:`collector_invalid_record` builds."""
+    invalid topic, unkeyed, as the document :func:`collector_invalid_record` builds.
+
+    A named tuple, not a frozen dataclass: one is built per event on the hot path, and a
+    frozen dataclass's ``__init__`` costs several times a tuple's construction."""
 
     valid: bool
     key: bytes | None

@@ -45,7 +45,15 @@ LINGER_S = 2.0
 
 class PathOnlyAccessLogger(AbstractAccessLogger):
     """Access log without the query string: ``?key=`` carries the write key (sendBeacon
-    cannot set headers), and aiohttp's default format would log it with every request."""
+    cannot set headers), and aiohttp's default format would log it with every request.
+
+    It logs at DEBUG, and says it is ``enabled`` only when DEBUG is on for its logger:
+    aiohttp then skips the per-request timing and the call altogether (it asks once per
+    connection), which at INFO it would pay for every request to log nothing."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.DEBUG)
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         self.logger.debug(
