@@ -216,11 +216,18 @@ async def read_body(
     too_large = refusal("body_too_large", f"the body exceeds {max_bytes} bytes (split it)")
     if request.content_length is not None and request.content_length > max_bytes:
         return too_large
+    content = request.content
     chunks: list[bytes] = []
     size = 0
     try:
+        if content.is_eof():
+            # The whole body came in with the headers (as a small batch usually does): it
+            # is buffered already, so there is nothing to wait for and no deadline to arm.
+            # aiohttp stops reading at its buffer's high-water mark, which bounds it.
+            body = await content.read()
+            return too_large if len(body) > max_bytes else body
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.content.iter_chunked(64 * 1024):
+            async for chunk in content.iter_chunked(64 * 1024):
                 size += len(chunk)
                 if size > max_bytes:
                     return too_large

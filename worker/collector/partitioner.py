@@ -36,8 +36,8 @@ def murmur2(data: bytes) -> int:
     if words:
         for k in unpack_from(f"<{words}I", data):
             k = (k * _M) & _MASK
-            k ^= k >> 24
-            h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+            # (a & m) ^ (b & m) == (a ^ b) & m: one mask for h and k together
+            h = ((h * _M) ^ ((k ^ (k >> 24)) * _M)) & _MASK
     tail = length & 3
     if tail:
         end = length - tail

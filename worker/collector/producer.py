@@ -193,23 +193,28 @@ class KafkaBatchWriter:
         is computed here (:mod:`worker.collector.partitioner`, the same placement as
         aiokafka's default partitioner, which ``partition=`` skips), from the partition
         count the producer's metadata holds at the start of the batch; a topic not in the
-        metadata yet, and unkeyed records, are left to aiokafka.  The acknowledgements are
+        metadata yet, and unkeyed records, are left to aiokafka; a key's partition is
+        computed once per batch (a browser's batch holds several events of each request).
+        The acknowledgements are
         awaited one after the other rather than gathered: most are done by the time the
         first is, and awaiting a done future costs nothing, where ``gather`` adds a callback
         to every one of them.  The first failure raises, like ``gather``.
         """
         cluster = producer.client.cluster
         partition_counts: dict[str, int] = {}
+        placed: dict[tuple[str, bytes], int] = {}  # a batch repeats its request ids
         futures = []
         for topic, key, value in records:
             partition: int | None = None
             if key is not None:
-                count = partition_counts.get(topic)
-                if count is None:
-                    known = cluster.partitions_for_topic(topic)
-                    count = partition_counts[topic] = len(known) if known else 0
-                if count:
-                    partition = partition_for_key(key, count)
+                partition = placed.get((topic, key))
+                if partition is None:
+                    count = partition_counts.get(topic)
+                    if count is None:
+                        known = cluster.partitions_for_topic(topic)
+                        count = partition_counts[topic] = len(known) if known else 0
+                    if count:
+                        partition = placed[topic, key] = partition_for_key(key, count)
             futures.append(
                 await producer.send(
                     topic, value=value, key=key, partition=partition, timestamp_ms=timestamp_ms
