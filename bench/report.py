@@ -624,7 +624,10 @@ def _collector(w: Callable[[str], None], c: Any) -> None:
       f"batch `sent_at` by {c['clients']} concurrent aiohttp clients, each POST waiting for "
       f"its 202 (sent once the broker acknowledged every record), {c['partitions']} "
       f"partitions. The baseline is raw aiokafka produce of the same events with acks=all and "
-      f"the same linger and batch size. Run as a c a c ... a ({c.get('rounds', 1)} collector "
+      f"the same linger and batch size; it leaves partitioning to aiokafka's default "
+      f"partitioner, while the collector computes the same partitions itself (a faster "
+      f"murmur2, `worker/collector/partitioner.py`). Run as a c a c ... a "
+      f"({c.get('rounds', 1)} collector "
       "passes), each collector pass set against the mean of the raw passes around it; the "
       "ratio is the median of those rounds, the rates below the medians of their passes. "
       "Tansu rejects the idempotent producer, so the collector runs with "
@@ -715,6 +718,55 @@ def _scaling_explanation(s: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _limits_targets(r: Any) -> list[tuple[str, str, str, str]]:
+    """Issue 14's rows: delivery against a rate-limited Helicone never slows ingestion."""
+    if not isinstance(r, dict) or "ingest_ratio" not in r:
+        return []
+    limit = r["limit_per_s"]
+    calls = r["calls_per_request_with_rating_and_scores"]
+    return [
+        (f"ingest rate with a {limit} calls/s Helicone / dry run (same events, same run)",
+         f"{r['ingest_ratio']:.2f} ({_num(r['live_ingest_per_s'])} vs "
+         f"{_num(r['dry_ingest_per_s'])} events/s)", ">= 0.95",
+         _verdict(r["ingest_ratio"] >= 0.95)),
+        (f"windows decided with a {limit} calls/s Helicone / dry run",
+         f"{r['windows_ratio']:.2f} ({r['live_windows']:,} vs {r['dry_windows']:,})", ">= 0.95",
+         _verdict(r["windows_ratio"] >= 0.95)),
+        ("calls per request that has a rating and scores",
+         f"{calls} ({r['requests_with_rating_and_scores']:,} requests)", "1.0",
+         _verdict(calls == 1.0)),
+        ("backlog drain rate / budget",
+         f"{r['drain_share']:.2f} ({r['drain_calls_per_s']} of {limit} calls/s)", ">= 0.9",
+         _verdict(r["drain_share"] >= 0.9)),
+        ("429s once the rate has adapted",
+         f"{r['throttled_share']:.2%} of {r['calls_in_span']} calls", "<= 1 %",
+         _verdict(r["throttled_share"] <= 0.01)),
+    ]
+
+
+def _limits(w: Callable[[str], None], r: Any) -> None:
+    if not isinstance(r, dict) or "ingest_ratio" not in r:
+        return
+    w("## 6. Delivery against a rate-limited Helicone (`bench/helicone_limits.py`)")
+    w("")
+    w(f"The same {r['events']:,} events over {r['requests']:,} requests, read by a dry-run "
+      f"worker and then by a worker delivering to a receiver that allows "
+      f"{r['limit_per_s']} calls/s in {r.get('window_s', 300)}-s fixed windows, as Helicone's "
+      f"limiter counts, with DELIVERY_RATE_PER_S={r['limit_per_s']}. The drain is measured "
+      f"over {r['drain_s']:.0f} s after ingestion, leaving out the first 10 s.")
+    w("")
+    w("| figure | dry run | delivering |")
+    w("| --- | ---: | ---: |")
+    w(f"| ingest, events/s | {_num(r['dry_ingest_per_s'])} | {_num(r['live_ingest_per_s'])} |")
+    w(f"| windows decided | {r['dry_windows']:,} | {r['live_windows']:,} |")
+    w("")
+    w(f"At the end of the drain span: backlog {r['backlog_at_end']:,} requests, the oldest "
+      f"change waiting {r['oldest_undelivered_s']} s, rate in force "
+      f"{r['rate_at_end_per_s']} calls/s. Ingestion finished long before the backlog could: "
+      "decisions outrun the budget, and the backlog waits in the delivery state.")
+    w("")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -773,52 +825,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _limits_targets(r: Any) -> list[tuple[str, str, str, str]]:
-    """Issue 14's rows: delivery against a rate-limited Helicone never slows ingestion."""
-    if not isinstance(r, dict) or "ingest_ratio" not in r:
-        return []
-    limit = r["limit_per_s"]
-    calls = r["calls_per_request_with_rating_and_scores"]
-    return [
-        (f"ingest rate with a {limit} calls/s Helicone / dry run (same events, same run)",
-         f"{r['ingest_ratio']:.2f} ({_num(r['live_ingest_per_s'])} vs "
-         f"{_num(r['dry_ingest_per_s'])} events/s)", ">= 0.95",
-         _verdict(r["ingest_ratio"] >= 0.95)),
-        (f"windows decided with a {limit} calls/s Helicone / dry run",
-         f"{r['windows_ratio']:.2f} ({r['live_windows']:,} vs {r['dry_windows']:,})", ">= 0.95",
-         _verdict(r["windows_ratio"] >= 0.95)),
-        ("calls per request that has a rating and scores",
-         f"{calls} ({r['requests_with_rating_and_scores']:,} requests)", "1.0",
-         _verdict(calls == 1.0)),
-        ("backlog drain rate / budget",
-         f"{r['drain_share']:.2f} ({r['drain_calls_per_s']} of {limit} calls/s)", ">= 0.9",
-         _verdict(r["drain_share"] >= 0.9)),
-        ("429s once the rate has adapted",
-         f"{r['throttled_share']:.2%} of {r['calls_in_span']} calls", "<= 1 %",
-         _verdict(r["throttled_share"] <= 0.01)),
-    ]
-
-
-def _limits(w: Callable[[str], None], r: Any) -> None:
-    if not isinstance(r, dict) or "ingest_ratio" not in r:
-        return
-    w("## 6. Delivery against a rate-limited Helicone (`bench/helicone_limits.py`)")
-    w("")
-    w(f"The same {r['events']:,} events over {r['requests']:,} requests, read by a dry-run "
-      f"worker and then by a worker delivering to a receiver that allows "
-      f"{r['limit_per_s']} calls/s in {r.get('window_s', 300)}-s fixed windows, as Helicone's "
-      f"limiter counts, with DELIVERY_RATE_PER_S={r['limit_per_s']}. The drain is measured "
-      f"over {r['drain_s']:.0f} s after ingestion, leaving out the first 10 s.")
-    w("")
-    w("| figure | dry run | delivering |")
-    w("| --- | ---: | ---: |")
-    w(f"| ingest, events/s | {_num(r['dry_ingest_per_s'])} | {_num(r['live_ingest_per_s'])} |")
-    w(f"| windows decided | {r['dry_windows']:,} | {r['live_windows']:,} |")
-    w("")
-    w(f"At the end of the drain span: backlog {r['backlog_at_end']:,} requests, the oldest "
-      f"change waiting {r['oldest_undelivered_s']} s, rate in force "
-      f"{r['rate_at_end_per_s']} calls/s. Ingestion finished long before the backlog could: "
-      "decisions outrun the budget, and the backlog waits in the delivery state.")
-    w("")

@@ -210,6 +210,15 @@ class Settings(BaseSettings):
     collector_send_timeout_s: PositiveSeconds = Field(
         default=10.0, description="Longest wait for the broker to acknowledge a batch"
     )
+    collector_body_timeout_s: PositiveSeconds = Field(
+        default=10.0,
+        description="Longest time a request's body may take to arrive once its headers have; "
+        "slower is 408 body_timeout (a client trickling its body holds a connection)",
+    )
+    collector_idle_timeout_s: PositiveSeconds = Field(
+        default=15.0,
+        description="How long an idle keep-alive connection is kept open between requests",
+    )
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

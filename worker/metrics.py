@@ -345,17 +345,21 @@ class Metrics:
 
 
 #: Statuses the collector answers on /v1/events (DESIGN 11), pre-created as label values.
-_COLLECTOR_STATUSES = ("202", "204", "400", "401", "403", "413", "429", "503")
+_COLLECTOR_STATUSES = ("202", "204", "400", "401", "403", "408", "413", "429", "503")
 _COLLECTOR_ERRORS = (
     "not_json",
     "not_a_batch",
     "missing_write_key",
     "unknown_write_key",
     "origin_not_allowed",
+    "body_timeout",
     "body_too_large",
     "too_many_events",
     "rate_limited",
     "broker_unavailable",
+    # Not a JSON error code: aiohttp itself answered 400 to a request it could not parse
+    # (a request line or header too long, too many headers); see worker/collector/server.py.
+    "malformed_request",
 )
 
 
@@ -378,7 +382,8 @@ class CollectorMetrics:
         )
         self.refused = Counter(
             "feedback_collector_refused",
-            "Requests to /v1/events refused (nothing of the batch written), by error code.",
+            "Requests to /v1/events refused (nothing of the batch written), by error code; "
+            "malformed_request: an HTTP request aiohttp could not parse, on any path.",
             ["error"],
             registry=r,
         )

@@ -23,7 +23,7 @@ from tests.fixtures.kafka import read_topic
 from worker.collector.server import serve
 from worker.config import load_settings
 from worker.errors import TopicMismatchError
-from worker.kafka import ensure_topics
+from worker.kafka import ensure_topics, partition_for
 
 pytestmark = pytest.mark.integration
 
@@ -215,3 +215,29 @@ async def test_events_near_the_size_limit_and_over_it_are_written(
     assert document["reason"] == "too_large"
     assert document["value_truncated"] is True
     assert document["value_size"] > settings.max_event_bytes
+
+
+async def test_keyed_records_land_where_kafkas_default_partitioner_puts_them(
+    collector_factory: CollectorFactory, kafka_bootstrap: str
+) -> None:
+    """The collector names each keyed record's partition itself (worker/collector/
+    partitioner.py); the worker relies on a request's events sitting on the partition
+    Kafka's default partitioner gives its key (aiokafka's, via worker.kafka)."""
+    batches = [[event() for _ in range(20)] for _ in range(3)]
+    session = event(type="session_feedback_given", request_id=None, session_id="sess-p",
+                    properties={"rating": True})
+    batches[-1].append(session)
+    async with collector_factory(topic_partitions=8) as (running, settings):
+        async with httpx.AsyncClient(base_url=running.url) as client:
+            for batch in batches:  # the first may go out before the topic's metadata is in
+                response = await client.post(
+                    "/v1/events", params={"key": KEY}, json={"events": batch}
+                )
+                assert response.status_code == 202, response.text
+        valid = await read_topic(kafka_bootstrap, settings.topic_ui_events, expected=61)
+    assert len(valid) == 61
+    assert {r.key for r in valid} >= {b"sess-p"}
+    for record in valid:
+        assert record.key is not None
+        assert record.partition == partition_for(record.key, 8), record.key
+    assert len({r.partition for r in valid}) > 4  # spread, not all on one

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -129,3 +132,18 @@ def test_report_renders_the_collector_section_and_targets() -> None:
     assert "| 0.33 (8,700 vs 26,000 events/s) | >= 0.5 | **missed** |" in targets
     assert "| 41.0 ms (raw produce of the same batches: 18.7 ms) | <= 50 ms | **met** |" in targets
     assert "| collector RSS under that load | 66 MiB (idle 62 MiB) | stated | n/a |" in targets
+
+
+def test_report_runs_as_a_script(tmp_path: Path) -> None:
+    """``python bench/report.py`` runs the module top to bottom: every helper ``main`` reaches
+    must be defined above the ``__main__`` guard (importing the module, as the tests above
+    do, would hide one defined below it)."""
+    saved = tmp_path / "results.json"
+    saved.write_text(json.dumps({"results": {**RESULTS, "collector": COLLECTOR}, "meta": META}))
+    out = tmp_path / "REPORT.md"
+
+    done = subprocess.run([sys.executable, str(REPORT), "--render", str(saved), "--out", str(out)],
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert "## 5. HTTP collector" in out.read_text()

@@ -83,7 +83,9 @@ async def harness() -> AsyncIterator[Harness]:
 
 
 @asynccontextmanager
-async def started_harness(*, trust_forwarded_for: bool = False) -> AsyncIterator[Harness]:
+async def started_harness(
+    *, trust_forwarded_for: bool = False, max_body_bytes: int = 4_096
+) -> AsyncIterator[Harness]:
     writer, metrics, clock = FakeWriter(), CollectorMetrics(), FakeClock()
     collector = Collector(
         keys=WriteKeys([SecretStr(KEY), SecretStr("pk_test_other")]),
@@ -92,7 +94,7 @@ async def started_harness(*, trust_forwarded_for: bool = False) -> AsyncIterator
         writer=writer,
         metrics=metrics,
         limits=BatchLimits(max_events=10, ingest=IngestLimits()),
-        max_body_bytes=4_096,
+        max_body_bytes=max_body_bytes,
         events_topic="ui-events",
         invalid_topic="ui-events-invalid",
         clock_ms=lambda: int(datetime.now(UTC).timestamp() * 1000),
@@ -179,6 +181,29 @@ async def test_not_json_and_not_a_batch_are_400(harness: Harness) -> None:
     await refused(await harness.post(b'[{"type": "x"}]'), 400, "not_a_batch")
     assert harness.writer.written == []
     assert harness.sample("feedback_collector_refused_total", error="not_json") == 1
+
+
+async def test_deep_nesting_is_400_not_json_and_counted_never_a_500() -> None:
+    """Over a real socket: an event nested 255 levels or more cannot be written back (orjson
+    writes 254), and past 1,024 the body cannot be parsed; either way the answer is
+    DESIGN 11's 400 ``not_json``, counted as refused, with nothing written."""
+    async with started_harness(max_body_bytes=1024 * 1024) as h:
+        refusals = 0
+        for depth in (100, 255, 256, 1024, 100_000):
+            for nested in (b"[" * depth + b"]" * depth,
+                           b'{"a": ' * depth + b"1" + b"}" * depth):
+                h.clock.t += 10  # never rate limited here
+                body = b'{"events": [' + orjson.dumps(event()) + b", " + nested + b"]}"
+                response = await h.post(body, headers={"Content-Type": "text/plain"})
+                if depth == 100:  # shallow enough: one invalid event beside a valid one
+                    assert response.status == 202, await response.text()
+                    assert await response.json() == {"accepted": 1, "invalid": 1}
+                    continue
+                await refused(response, 400, "not_json")
+                refusals += 1
+        assert len(h.writer.written) == 2  # the two batches nested 100 levels
+        assert h.sample("feedback_collector_refused_total", error="not_json") == refusals == 8
+        assert h.sample("feedback_collector_requests_total", status="400") == 8
 
 
 async def test_missing_or_unknown_key_is_401(harness: Harness) -> None:

@@ -162,8 +162,46 @@ def test_bodies_that_are_not_batches_are_refused_whole(body: bytes, error: str) 
     assert result.status == {"not_json": 400, "not_a_batch": 400, "too_many_events": 413}[error]
 
 
+def _nested_arrays(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def _nested_objects(depth: int) -> bytes:
+    return b'{"a": ' * depth + b"1" + b"}" * depth
+
+
+@pytest.mark.parametrize("nest", [_nested_arrays, _nested_objects])
+@pytest.mark.parametrize("depth", [100, 255, 256, 1024, 100_000])
+def test_deep_nesting_in_an_event_is_not_json_or_an_invalid_event_never_a_crash(
+    nest: Any, depth: int
+) -> None:
+    """orjson reads 1,024 levels but writes back only 254, and every event is written back:
+    an event nested 255 levels or more refuses the whole body as ``not_json`` (it used to
+    raise out of parse_batch, a 500); at 100 levels the event is one invalid event."""
+    body = b'{"events": [' + orjson.dumps(event()) + b", " + nest(depth) + b"]}"
+    result = parse_batch(body, received_at_ms=NOW_MS, limits=LIMITS)
+    if depth == 100:
+        assert isinstance(result, Batch)
+        assert (result.accepted, result.invalid_reasons) == (1, ("schema_violation",))
+    else:
+        assert isinstance(result, Refusal)
+        assert (result.error, result.status) == ("not_json", 400)
+
+
+@pytest.mark.parametrize("depth", [100, 255, 256, 1024, 100_000])
+def test_deep_nesting_outside_the_events_gets_a_typed_refusal(depth: int) -> None:
+    """Nested past the parser's 1,024 levels is ``not_json``; a shallower document that is
+    not a batch (an array at the top, a nested ``sent_at``) is ``not_a_batch``."""
+    top = _nested_arrays(depth)  # the body nests `depth` levels
+    sent_at = b'{"events": [], "sent_at": ' + _nested_arrays(depth) + b"}"  # depth + 1
+    for body, levels in ((top, depth), (sent_at, depth + 1)):
+        result = parse_batch(body, received_at_ms=NOW_MS, limits=LIMITS)
+        assert isinstance(result, Refusal)
+        assert result.error == ("not_json" if levels > 1_024 else "not_a_batch"), levels
+
+
 def test_every_error_code_has_a_status() -> None:
-    assert set(STATUS.values()) == {400, 401, 403, 413, 429, 503}
+    assert set(STATUS.values()) == {400, 401, 403, 408, 413, 429, 503}
 
 
 # --------------------------------------------------------------------------- hostile bodies

@@ -42,7 +42,8 @@ def test_collector_core_imports_no_io_libraries() -> None:
     """The collector's batch parsing and policies are pure (issue 15): no HTTP server,
     no Kafka client, no metrics registry."""
     probe = (
-        "import sys, worker.collector.batch, worker.collector.policy; "
+        "import sys, worker.collector.batch, worker.collector.policy, "
+        "worker.collector.partitioner; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         f"set({sorted(IO_LIBRARIES | {'aiohttp'})!r})))"
     )

@@ -11,8 +11,8 @@ Routes (DESIGN 11)::
 A POST is judged in this order, cheapest first, and stops at the first refusal; a refusal
 writes nothing (:mod:`worker.collector.batch`)::
 
-    403 Origin not allowed  ->  429 rate  ->  401 write key  ->  413 body size (while reading)
-    ->  400 / 413 batch shape and event count  ->  503 broker  ->  202
+    403 Origin not allowed  ->  429 rate  ->  401 write key  ->  413 body size / 408 body
+    time (while reading)  ->  400 / 413 batch shape and event count  ->  503 broker  ->  202
 
 Every answer carries ``Vary: Origin`` and, for an allowed origin, the CORS headers, so a
 browser can read refusals too (``Retry-After`` included).  Every answer is counted
@@ -22,6 +22,7 @@ or a label.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,8 @@ class Collector:
     #: Wall clock in milliseconds: the received time, and each record's Kafka timestamp.
     clock_ms: Callable[[], int]
     trust_forwarded_for: bool = False
+    #: ``COLLECTOR_BODY_TIMEOUT_S``: how long the body may take once the headers are in.
+    body_timeout_s: float = 10.0
     #: Why the collector can never become ready (a topic mismatch), or None.
     fatal: Callable[[], str | None] = lambda: None
 
@@ -95,7 +98,7 @@ class Collector:
         )
         if denied is not None:
             return denied
-        body = await read_body(request, self.max_body_bytes)
+        body = await read_body(request, self.max_body_bytes, timeout_s=self.body_timeout_s)
         if isinstance(body, Refusal):
             return body
         received_at_ms = self.clock_ms()
@@ -103,9 +106,10 @@ class Collector:
         if isinstance(batch, Refusal):
             return batch
         if batch.records:
+            events_topic, invalid_topic = self.events_topic, self.invalid_topic
             records = [
-                (self.events_topic if r.valid else self.invalid_topic, r.key, r.value)
-                for r in batch.records
+                (events_topic if valid else invalid_topic, key, value)
+                for valid, key, value in batch.records
             ]
             try:
                 await self.writer.write(records, timestamp_ms=received_at_ms)
@@ -194,27 +198,42 @@ def build_app(collector: Collector) -> web.Application:
     return app
 
 
-async def read_body(request: web.Request, max_bytes: int) -> bytes | Refusal:
+async def read_body(
+    request: web.Request, max_bytes: int, *, timeout_s: float
+) -> bytes | Refusal:
     """The request body, or the refusal as soon as it is known to be unusable.
 
     A declared ``Content-Length`` over the limit is refused before reading; otherwise the
     body is read in chunks and reading stops at the first byte over, so a hostile client
     cannot make the collector buffer more than ``max_bytes`` (chunked or compressed bodies
-    included: the count is of the bytes the handler receives).  A body that ends early (the
-    client hung up) or whose transfer or content encoding is broken is ``not_json``: what
-    arrived cannot be a whole JSON document.
+    included: the count is of the bytes the handler receives).  The whole body must arrive
+    within ``timeout_s`` of the handler starting to read it, else ``body_timeout`` (408): a
+    client that trickles its body (or stops sending) would otherwise hold a connection and
+    its buffer for as long as it likes.  A body that ends early (the client hung up) or
+    whose transfer or content encoding is broken is ``not_json``: what arrived cannot be a
+    whole JSON document.
     """
     too_large = refusal("body_too_large", f"the body exceeds {max_bytes} bytes (split it)")
     if request.content_length is not None and request.content_length > max_bytes:
         return too_large
+    content = request.content
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > max_bytes:
-                return too_large
-            chunks.append(chunk)
+        if content.is_eof():
+            # The whole body came in with the headers (as a small batch usually does): it
+            # is buffered already, so there is nothing to wait for and no deadline to arm.
+            # aiohttp stops reading at its buffer's high-water mark, which bounds it.
+            body = await content.read()
+            return too_large if len(body) > max_bytes else body
+        async with asyncio.timeout(timeout_s):
+            async for chunk in content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > max_bytes:
+                    return too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        return refusal("body_timeout", f"the body did not arrive within {timeout_s:g} s")
     except (ConnectionError, HttpProcessingError) as exc:
         return refusal("not_json", f"the body is incomplete ({type(exc).__name__})")
     return b"".join(chunks)

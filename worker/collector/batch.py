@@ -17,13 +17,15 @@ ingest would have given (DESIGN 3, 11).  Invariants:
   batch on the broker;
 * a batch-level ``sent_at`` is copied into each event that has none (the worker's clock-skew
   correction needs it), and the bytes written are those that were validated;
-* whatever the body, the result is one of the two types: hostile input never raises.
+* whatever the body, the result is one of the two types: hostile input never raises
+  (deep nesting included: an event nested deeper than the collector can write back makes
+  the whole body ``not_json``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
@@ -48,11 +50,12 @@ __all__ = [
 ]
 
 ErrorCode = Literal[
-    "not_json",  # the body is not UTF-8 JSON (or nests deeper than the parser allows)
+    "not_json",  # not UTF-8 JSON, or nested deeper than the collector parses or writes back
     "not_a_batch",  # JSON, but not {"events": [...], "sent_at"?: RFC 3339}
     "missing_write_key",  # neither ?key= nor Authorization: Bearer
     "unknown_write_key",  # a key that is not one of COLLECTOR_WRITE_KEYS
     "origin_not_allowed",  # an Origin header outside COLLECTOR_ALLOWED_ORIGINS
+    "body_timeout",  # the body did not arrive within COLLECTOR_BODY_TIMEOUT_S
     "body_too_large",  # more than COLLECTOR_MAX_BODY_BYTES
     "too_many_events",  # more than COLLECTOR_MAX_EVENTS events in one batch
     "rate_limited",  # this client address is over COLLECTOR_RATE_PER_S
@@ -66,6 +69,7 @@ STATUS: Final[dict[ErrorCode, int]] = {
     "missing_write_key": 401,
     "unknown_write_key": 401,
     "origin_not_allowed": 403,
+    "body_timeout": 408,
     "body_too_large": 413,
     "too_many_events": 413,
     "rate_limited": 429,
@@ -78,7 +82,8 @@ class Refusal:
     """Why a request is refused; nothing of its batch is written.
 
     ``message`` is for people and never contains a write key or a client address.
-    ``retry_after_s`` is set for the statuses a client should retry (429, 503).
+    ``retry_after_s`` is set for the statuses a client should retry later (429, 503); a 408
+    may be retried at once, on a new connection.
     """
 
     error: ErrorCode
@@ -103,11 +108,13 @@ class BatchLimits:
     ingest: IngestLimits = field(default_factory=IngestLimits)
 
 
-@dataclass(frozen=True, slots=True)
-class OutRecord:
+class OutRecord(NamedTuple):
     """One record to write.  ``valid`` records go to the input topic keyed by the event's
     routing key (request id, or session id for session feedback); the others go to the
-    invalid topic, unkeyed, as the document :func:`collector_invalid_record` builds."""
+    invalid topic, unkeyed, as the document :func:`collector_invalid_record` builds.
+
+    A named tuple, not a frozen dataclass: one is built per event on the hot path, and a
+    frozen dataclass's ``__init__`` costs several times a tuple's construction."""
 
     valid: bool
     key: bytes | None
@@ -132,6 +139,12 @@ class Batch:
 
 
 _TIMESTAMP: TypeAdapter[Any] = TypeAdapter(AwareDatetime)
+
+#: The message of a body refused for its nesting.  The limit is orjson's: it reads 1,024
+#: levels and writes 254, and each event is written back, so an event may nest 254 levels
+#: (ingest's own parser refuses events past about 200 as ``not_json`` per event; below that
+#: limit they are invalid events in an accepted batch, past it the whole body is refused).
+_TOO_DEEP = "the body nests too deeply (an event may nest at most 254 levels)"
 
 
 def parse_batch(body: bytes, *, received_at_ms: int, limits: BatchLimits) -> Batch | Refusal:
@@ -162,8 +175,14 @@ def parse_batch(body: bytes, *, received_at_ms: int, limits: BatchLimits) -> Bat
     reasons: list[InvalidReason] = []
     for event in events:
         if sent_at is not None and isinstance(event, dict) and event.get("sent_at") is None:
-            event = {**event, "sent_at": sent_at}
-        value = orjson.dumps(event)
+            event["sent_at"] = sent_at  # the document is this call's own: no copy needed
+        try:
+            value = orjson.dumps(event)
+        except orjson.JSONEncodeError:
+            # orjson reads 1,024 levels but writes only 254: an event nested deeper than that
+            # parsed above yet cannot be written back.  Refused whole, like a body nested
+            # past the parser, because there are no bytes of it to validate or to keep.
+            return Refusal("not_json", _TOO_DEEP)
         result = inspect_record(
             value, record_ts_ms=received_at_ms, now_ms=received_at_ms, limits=limits.ingest
         )

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiokafka import AIOKafkaProducer
 
+from worker.collector.partitioner import partition_for_key
 from worker.errors import TopicMismatchError
 from worker.kafka import client_kwargs, ensure_topics
 
@@ -166,9 +167,9 @@ class KafkaBatchWriter:
         if producer is None:
             raise BrokerUnavailable("not connected to the broker yet")
         try:
-            await asyncio.wait_for(
-                self._send_all(producer, records, timestamp_ms), self._send_timeout_s
-            )
+            # asyncio.timeout, not wait_for: no task per batch (3.11's wait_for makes one)
+            async with asyncio.timeout(self._send_timeout_s):
+                await self._send_all(producer, records, timestamp_ms)
         except TimeoutError as exc:
             log.warning(
                 "a batch of %d records was not acknowledged within %g s",
@@ -185,13 +186,42 @@ class KafkaBatchWriter:
     async def _send_all(
         producer: AIOKafkaProducer, records: Sequence[TopicRecord], timestamp_ms: int
     ) -> None:
-        # ``send`` only queues (it may wait for metadata or buffer space); the futures it
-        # returns resolve when the broker acknowledged the record.
-        futures = [
-            await producer.send(topic, value=value, key=key, timestamp_ms=timestamp_ms)
-            for topic, key, value in records
-        ]
-        await asyncio.gather(*futures)
+        """Queue every record, then wait for every acknowledgement.
+
+        ``send`` only queues (it may wait for metadata or buffer space); the futures it
+        returns resolve when the broker acknowledged the record.  A keyed record's partition
+        is computed here (:mod:`worker.collector.partitioner`, the same placement as
+        aiokafka's default partitioner, which ``partition=`` skips), from the partition
+        count the producer's metadata holds at the start of the batch; a topic not in the
+        metadata yet, and unkeyed records, are left to aiokafka; a key's partition is
+        computed once per batch (a browser's batch holds several events of each request).
+        The acknowledgements are
+        awaited one after the other rather than gathered: most are done by the time the
+        first is, and awaiting a done future costs nothing, where ``gather`` adds a callback
+        to every one of them.  The first failure raises, like ``gather``.
+        """
+        cluster = producer.client.cluster
+        partition_counts: dict[str, int] = {}
+        placed: dict[tuple[str, bytes], int] = {}  # a batch repeats its request ids
+        futures = []
+        for topic, key, value in records:
+            partition: int | None = None
+            if key is not None:
+                partition = placed.get((topic, key))
+                if partition is None:
+                    count = partition_counts.get(topic)
+                    if count is None:
+                        known = cluster.partitions_for_topic(topic)
+                        count = partition_counts[topic] = len(known) if known else 0
+                    if count:
+                        partition = placed[topic, key] = partition_for_key(key, count)
+            futures.append(
+                await producer.send(
+                    topic, value=value, key=key, partition=partition, timestamp_ms=timestamp_ms
+                )
+            )
+        for future in futures:
+            await future
 
     async def reachable(self) -> bool:
         """One metadata round trip, at most one a second (``/readyz`` may be polled hard)."""

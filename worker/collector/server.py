@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
@@ -29,19 +32,83 @@ from worker.errors import TopicMismatchError
 from worker.ingest import IngestLimits
 from worker.metrics import CollectorMetrics
 
-__all__ = ["RunningCollector", "build_collector", "serve", "start_collector"]
+__all__ = ["LINGER_S", "RunningCollector", "build_collector", "serve", "start_collector"]
 
 log = logging.getLogger(__name__)
+
+#: After answering a request whose body was left unread (413, 408), aiohttp keeps reading
+#: and dropping what the client still sends for up to this long before it closes, so the
+#: client is not reset before it reads the answer.  aiohttp's 10 s default would let a
+#: client trickling its body hold the connection that much longer after its 408.
+LINGER_S = 2.0
 
 
 class PathOnlyAccessLogger(AbstractAccessLogger):
     """Access log without the query string: ``?key=`` carries the write key (sendBeacon
-    cannot set headers), and aiohttp's default format would log it with every request."""
+    cannot set headers), and aiohttp's default format would log it with every request.
+
+    It logs at DEBUG, and says it is ``enabled`` only when DEBUG is on for its logger:
+    aiohttp then skips the per-request timing and the call altogether (it asks once per
+    connection), which at INFO it would pay for every request to log nothing."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.DEBUG)
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         self.logger.debug(
             "%s %s %d %.1f ms", request.method, request.path, response.status, time * 1000
         )
+
+
+class ServerErrorLog(logging.LoggerAdapter[logging.Logger]):
+    """``aiohttp.server``, as the collector's connections log to it.
+
+    aiohttp refuses a request it cannot parse (a request line or a header over 8,190 bytes,
+    too many headers, a bad method) with 400 itself, before any handler runs, and logs
+    ``Error handling request from <client address>`` at ERROR with the parser's exception,
+    whose message quotes the offending bytes: a header or query holding the write key
+    among them.  Here each such record becomes one WARNING naming only the exception class,
+    and is counted as ``feedback_collector_refused_total{error="malformed_request"}``.  A
+    bad method on a connection's first request stays at DEBUG, as aiohttp has it (TLS or a
+    scanner on the HTTP port), and is counted too.  Any other error (a handler that raised,
+    answered 500) keeps its traceback, without the address.  Other records pass unchanged.
+
+    It is an adapter handed to this collector's aiohttp server (``logger=``), not a filter
+    on the global ``aiohttp.server`` logger, so it counts only this collector's requests
+    (the demo runs Faust's aiohttp server in the same process) and sees the records aiohttp
+    logs at DEBUG even when that level is off.
+    """
+
+    def __init__(self, logger: logging.Logger, *, metrics: CollectorMetrics) -> None:
+        super().__init__(logger, {})
+        self._metrics = metrics
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if isinstance(msg, str) and msg.startswith("Error handling request"):
+            exc = _exception_of(kwargs.get("exc_info"))
+            if isinstance(exc, HttpProcessingError):
+                self._metrics.observe_request(400, error="malformed_request", duration_s=None)
+                self.logger.log(
+                    logging.DEBUG if level < logging.WARNING else logging.WARNING,
+                    "refused a malformed HTTP request with 400 (%s)",
+                    type(exc).__name__,
+                )
+                return
+            msg, args = "Error handling a request", ()
+        super().log(level, msg, *args, **kwargs)
+
+
+def _exception_of(exc_info: object) -> BaseException | None:
+    """The exception a logging call's ``exc_info`` names (True: the one being handled)."""
+    if isinstance(exc_info, BaseException):
+        return exc_info
+    if exc_info is True:
+        return sys.exc_info()[1]
+    if isinstance(exc_info, tuple) and len(exc_info) == 3:
+        value = exc_info[1]
+        return value if isinstance(value, BaseException) else None
+    return None
 
 
 @dataclass
@@ -95,6 +162,7 @@ def build_collector(
         invalid_topic=settings.topic_invalid,
         clock_ms=lambda: time.time_ns() // 1_000_000,
         trust_forwarded_for=settings.collector_trust_forwarded_for,
+        body_timeout_s=settings.collector_body_timeout_s,
         fatal=lambda: writer.fatal,
     )
 
@@ -116,7 +184,14 @@ async def start_collector(
     )
     collector = build_collector(settings, writer, metrics)
     runner = web.AppRunner(
-        build_app(collector), access_log_class=PathOnlyAccessLogger, shutdown_timeout=5.0
+        build_app(collector),
+        access_log_class=PathOnlyAccessLogger,
+        shutdown_timeout=5.0,
+        # COLLECTOR_IDLE_TIMEOUT_S: an idle keep-alive connection is closed after this long
+        # (aiohttp's default, 75 s, lets idle clients hold many sockets and their buffers).
+        keepalive_timeout=settings.collector_idle_timeout_s,
+        lingering_time=LINGER_S,
+        logger=ServerErrorLog(logging.getLogger("aiohttp.server"), metrics=metrics),
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.collector_host, settings.collector_port)
