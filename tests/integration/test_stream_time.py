@@ -1,0 +1,77 @@
+"""Stream time and the detour (issue 19, worker.agents.windows): a partition's stream time
+never passes an event that is still on its way to it from the input partition that read it.
+
+The forwarded path is held up on purpose (tests.fixtures.slow_detour: every forwarded event is
+applied 5 x the grace after it was forwarded) while events keyed to the same partition arrive
+directly and would drive its stream time on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.fixtures.kafka import produce, read_topic
+from tests.fixtures.worker import TestTopics, WorkerProcess
+from tests.integration.test_windows import SHORT_WINDOWS, decisions, settled
+from worker.devtools.traffic import iso
+from worker.kafka import partition_for
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+GRACE_S = float(SHORT_WINDOWS["WINDOW_GRACE_S"])
+DETOUR = {"TEST_DETOUR_DELAY_S": str(5 * GRACE_S), "TOPIC_PARTITIONS": str(PARTITIONS)}
+SLOW_DETOUR = "tests.fixtures.slow_detour"
+
+
+def owned_by(partition: int, count: int) -> list[str]:
+    """``count`` request ids whose events the default partitioner puts on ``partition``."""
+    found: list[str] = []
+    while len(found) < count:
+        rid = str(uuid.uuid4())
+        if partition_for(rid.encode(), PARTITIONS) == partition:
+            found.append(rid)
+    return found
+
+
+def event(kind: str, request_id: str, at_ms: int) -> bytes:
+    return orjson.dumps({
+        "event_id": str(uuid.uuid4()),
+        "type": kind,
+        "request_id": request_id,
+        "occurred_at": iso(at_ms),
+        "properties": {"prompt_text": "q"} if kind == "response_shown" else {},
+    })
+
+
+def test_a_held_up_detour_is_waited_for(
+    kafka_bootstrap: str, topics: TestTopics, worker_factory: Any
+) -> None:
+    """An answer shown and copied, sent unkeyed to another partition, takes the detour; events
+    keyed to its owner arrive directly and reach 6 s later in event time while it waits 5 s.
+    Stream time must wait: the answer's window still gets its copy, and nothing is late."""
+    worker: WorkerProcess = worker_factory(module=SLOW_DETOUR, **SHORT_WINDOWS, **DETOUR)
+    worker.wait_ready()
+    time.sleep(2)  # every source has reported: stream time is no longer held for start-up
+    request, *others = owned_by(0, 7)
+    t0 = int(time.time() * 1000) - 20_000
+    detour = [(None, event("response_shown", request, t0)),
+              (None, event("response_copied", request, t0 + 1_000))]
+    asyncio.run(produce(kafka_bootstrap, topics.ui_events, detour, partition=1))
+    worker.wait_metric("feedback_events_rekeyed_total", lambda n: n >= 2)
+    direct = [(rid.encode(), event("response_shown", rid, t0 + 1_000 * (n + 1)))
+              for n, rid in enumerate(others)]
+    asyncio.run(produce(kafka_bootstrap, topics.ui_events, direct, partition=0))
+
+    written = settled([worker], events=len(detour) + len(direct))
+    late = asyncio.run(read_topic(kafka_bootstrap, topics.late, expected=0, timeout_s=3))
+    assert [(orjson.loads(r.value)["type"], orjson.loads(r.value)["reason"]) for r in late] == []
+    found = {d["request_id"]: d for d in decisions(kafka_bootstrap, topics.outbox, written)}
+    assert found[request]["rule"] == "engagement"
+    assert found[request]["rating"] is True, found[request]["signals"]
