@@ -19,7 +19,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import faust
-import orjson
 from aiohttp import web
 from faust.tables.base import Collection
 from faust.tables.manager import TableManager
@@ -34,7 +33,6 @@ from worker.agents.windows import (
     WATERMARK_HEADER,
     TableIO,
     Windows,
-    source_watermark,
 )
 from worker.clock import Clock, SystemClock
 from worker.ingest import IngestLimits, RecentIds
@@ -51,6 +49,7 @@ from worker.rebalance import count_gaps, keep_dropped_records, seek_before_fetch
 from worker.recovery import report_lost_changelogs
 from worker.rules import RuleConfig
 from worker.stores import rocksdb_memory
+from worker.watermarks import SourceMark, decode_marks, encode_marks, source_mark
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -61,15 +60,9 @@ log = logging.getLogger(__name__)
 
 #: How often each owned partition gets a tick (the resolution of idle close).
 TICK_INTERVAL_S = 1.0
-#: How often each worker sends its input partitions' watermarks to every partition: a
-#: partition whose sources are behind closes windows this much later than it could.
+#: How often each worker sends its input partitions' marks to every partition: stream time
+#: trails the direct events by about this much more than the rekeyed topic's round trip.
 WATERMARK_INTERVAL_S = 0.25
-#: A rekeyed partition at most this many records behind counts as caught up on the
-#: forwarded events in its own backlog (ticks and watermarks keep a few waiting under load).
-REKEYED_LIVE_BACKLOG_RECORDS = 20
-#: An input partition that forwarded events to a partition this recently holds it back
-#: with its watermark even while caught up (worker.agents.windows.source_watermark).
-FORWARDING_MS = 2_000
 
 
 def rule_config(settings: Settings) -> RuleConfig:
@@ -160,8 +153,10 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         partition: int | None,
         headers: list[tuple[str, bytes]] | None,
     ) -> Any:
+        # force: queued now, never attached to a Faust event and sent when it is acked,
+        # so a watermark sent after it is behind it (worker.watermarks).
         return await topics[topic].send(
-            key=key, value=value, partition=partition, headers=headers
+            key=key, value=value, partition=partition, headers=headers, force=True
         )
 
     async def produce(
@@ -254,7 +249,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
             if WATERMARK_HEADER in headers:
                 await windows.on_watermark(
                     message.partition,
-                    _sources(message.value),
+                    decode_marks(message.value),
                     ack,
                     sent_ms=round(message.timestamp * 1000),
                 )
@@ -307,66 +302,31 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         """Whether ``ui-events`` ``partition`` has nothing waiting to be processed."""
         return _backlog(partition) == 0
 
-    #: Input partitions that were behind at the last watermark.
-    behind: set[int] = set()
-
-    def _watermarks() -> tuple[dict[str, int | None], dict[int, dict[str, int | None]]]:
-        """Each owned input partition's watermark (worker.agents.windows.source_watermark)
-        for every partition, and, per partition it forwarded to lately, the marks that
-        differ there.  Only the pairs that forwarded are visited, so the cost follows the
-        traffic, not partitions x sources."""
+    def _marks() -> dict[int, SourceMark]:
+        """Each owned input partition's mark for every partition (worker.watermarks)."""
         now = clock.now_ms()
-        sources = {
-            tp.partition: _backlog(tp.partition)
+        return {
+            tp.partition: source_mark(
+                now_ms=now,
+                routing_since_ms=ingest.routing.get(tp.partition),
+                backlog=_backlog(tp.partition),
+                stream_time=ingest.source_time.get(tp.partition),
+            )
             for tp in app.consumer.assignment()
             if tp.topic == settings.topic_ui_events
         }
 
-        def mark(source: int, *, forwarding: bool) -> tuple[int | None, bool]:
-            return source_watermark(
-                backlog=sources[source],
-                was_behind=source in behind,
-                stream_time=ingest.source_time.get(source),
-                forwarding=forwarding,
-            )
-
-        marks = {str(source): mark(source, forwarding=False) for source in sources}
-        forwarding: dict[int, dict[str, int | None]] = {}
-        for (source, partition), at in list(ingest.forwarded_at.items()):
-            if now - at > FORWARDING_MS:
-                del ingest.forwarded_at[source, partition]  # it holds nothing back any more
-            elif source in sources:
-                forwarding.setdefault(partition, {})[str(source)] = mark(
-                    source, forwarding=True
-                )[0]
-        behind.clear()
-        behind.update(int(source) for source, (_, is_behind) in marks.items() if is_behind)
-        return {source: value for source, (value, _) in marks.items()}, forwarding
-
-    def _forwarded_floor(partition: int) -> int | None:
-        """The rekeyed partition's own backlog holds forwarded events too (sent before a
-        restart, say, by sources now live): None while it is at most
-        :data:`REKEYED_LIVE_BACKLOG_RECORDS` behind, else the largest event time forwarded
-        to it that was processed (0 before the first)."""
-        backlog = _backlog(partition, rekey_topic)
-        if backlog is not None and backlog <= REKEYED_LIVE_BACKLOG_RECORDS:
-            return None
-        return ingest.forwarded_time.get(partition, 0)
-
-    windows.forwarded_floor = _forwarded_floor
-
     async def _send_watermarks() -> None:
-        """Every partition, owned here or not, gets this worker's input partitions'
-        watermarks (worker.agents.windows.source_floor)."""
-        marks, forwarding = _watermarks()
+        """Every partition, owned here or not, gets this worker's input partitions' marks,
+        behind everything they forwarded before (worker.watermarks)."""
+        marks = _marks()
         if not marks:
             return
-        common = orjson.dumps({"sources": marks})
+        value = encode_marks(marks)
         for partition in range(settings.topic_partitions):
-            held = forwarding.get(partition)
             await topics[rekey_topic].send(
                 key=b"watermark",
-                value=orjson.dumps({"sources": marks | held}) if held else common,
+                value=value,
                 partition=partition,
                 headers=[(WATERMARK_HEADER, b"1")],
             )
@@ -401,11 +361,6 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
             progress.pop((tp.topic, tp.partition), None)
             if tp.topic == settings.topic_ui_events:
                 ingest.source_time.pop(tp.partition, None)
-                for pair in [pair for pair in ingest.forwarded_at if pair[0] == tp.partition]:
-                    del ingest.forwarded_at[pair]
-                behind.discard(tp.partition)
-            elif tp.topic == rekey_topic:
-                ingest.forwarded_time.pop(tp.partition, None)
         ingest.recent.clear()
 
     async def _recreate_lost_topics() -> None:
@@ -614,20 +569,6 @@ def _add_routes(
             return self.json(
                 {"ready": ready, "checks": checks}, status=200 if ready else 503
             )
-
-
-def _sources(value: bytes | None) -> dict[int, int | None]:
-    """The watermarks in a watermark record (:func:`build_app`'s ``_watermarks``); a record
-    this version cannot read counts as none (the sources' next ones will)."""
-    try:
-        sources = orjson.loads(value or b"{}")["sources"]
-        return {
-            int(partition): None if mark is None else int(mark)
-            for partition, mark in sources.items()
-        }
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-        log.warning("ignoring an unreadable watermark record")
-        return {}
 
 
 def _credentials(settings: Settings) -> Any:

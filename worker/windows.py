@@ -104,6 +104,7 @@ from worker.events import UI_EVENT_ADAPTER, Decision, Evidence, decision_id_for
 from worker.ingest import Accepted
 from worker.rules import RULE_FOR_TYPE, RULES, RuleConfig, RuleSpec, Signal, cite, evaluate, utc
 from worker.rules import scores as scores_rule
+from worker.watermarks import SeenHistory
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -401,6 +402,8 @@ class WindowEngine:
         #: largest event time seen, except that it does not pass the floor (see :meth:`align`).
         self._stream_time = _NEVER
         self._seen_max = _NEVER  # the largest event time seen
+        #: ...and when it was seen, for the floor (worker.watermarks).
+        self._seen = SeenHistory(_NEVER)
         self._floor: int | None = None
         self._meta_stream_time = _NEVER
         self._last_event_wall_ms = clock.now_ms()
@@ -446,6 +449,7 @@ class WindowEngine:
         t = accepted.event_time_ms
         if t > self._seen_max:
             self._seen_max = t
+            self._seen.record(now, t)
         advanced = self._advance()
         state.ids.add(event.event_id)
         self._dirty[key] = state
@@ -467,14 +471,11 @@ class WindowEngine:
         """Hold stream time at or below ``floor_ms`` (None: no limit); return what closes.
 
         Events that reach this partition by another path than its own input (forwarded from
-        the partitions their producer chose) can be far behind the events that arrive
-        directly while those partitions work off a backlog.  Stream time driven by the
-        direct events alone would close their windows first.  The adapter passes the
-        lowest stream time among the source partitions that are behind, so stream time
-        here waits for them.  Stream time never moves back: a floor below it holds it
-        where it is, and a window once closed stays closed.  While a floor is set the
-        wall clock closes nothing (:meth:`tick`): silence here says nothing about events
-        still on their way.
+        the partitions their producer chose) may still be on their way while the events
+        that arrive directly move stream time on.  The adapter passes the floor that keeps
+        stream time from passing them (:func:`worker.watermarks.partition_floor`).  Stream
+        time never moves back: a floor below it holds it where it is, and a window once
+        closed stays closed.
         """
         if not self._ready:
             self.rebuild()
@@ -484,24 +485,34 @@ class WindowEngine:
             return Outcome()
         return self._finish(advanced=True)
 
-    def tick(self, *, caught_up: bool = True) -> Outcome:
+    def tick(self, *, caught_up: bool = True, until_ms: int | None = None) -> Outcome:
         """Wall-clock check: after ``idle_close_ms`` without events, close by the wall clock.
 
-        ``caught_up`` says the partition's input has no backlog.  Silence is not idleness
-        while events wait unprocessed (after a restart, or while the worker lags): closing
-        then would send the backlog's on-time events to the late topic.
+        ``caught_up`` says nothing is left to read that may reach this partition (its own
+        input, and sources that are behind): silence is not idleness while events wait
+        unprocessed (after a restart, or while the worker lags), and closing then would send
+        the backlog's on-time events to the late topic.  ``until_ms`` limits the wall clock
+        to a time before which everything read has arrived (worker.watermarks: idle close).
         """
         if not self._ready:
             self.rebuild()
         self._now_ms = now = self._clock.now_ms()
-        if (
-            not caught_up
-            or self._floor is not None
-            or now - self._last_event_wall_ms < self._idle_close
-        ):
+        at = now if until_ms is None else min(now, until_ms)
+        if not caught_up or at - self._last_event_wall_ms < self._idle_close:
             return Outcome()
-        self._settle_due(max(now, self._stream_time), purge=False)
+        self._settle_due(max(at, self._stream_time), purge=False)
         return self._finish(advanced=False)
+
+    def seen_as_of(self, wall_ms: int) -> int:
+        """The largest event time this partition had seen at wall time ``wall_ms``
+        (:class:`worker.watermarks.SeenHistory`; before the first event, its stream time)."""
+        if not self._ready:
+            self.rebuild()
+        return self._seen.as_of(wall_ms)
+
+    def forget_seen_before(self, wall_ms: int) -> None:
+        """No floor will ask :meth:`seen_as_of` about times before ``wall_ms`` any more."""
+        self._seen.forget_before(wall_ms)
 
     def rebuild(self) -> None:
         """Reload stream time and the due index from the store (after recovery/rebalance).
@@ -533,6 +544,7 @@ class WindowEngine:
         self._closing.reset(closing)
         self._purging.reset(purging)
         self._stream_time = self._seen_max = meta if meta != _NEVER else stamps
+        self._seen = SeenHistory(self._seen_max)
         self._meta_stream_time = meta
         self._last_event_wall_ms = self._clock.now_ms()
         self._ready = True

@@ -27,13 +27,14 @@ from tests.unit.rules.eventkit import (
     ev,
     feed,
 )
-from worker.agents.windows import HOLD, Windows, source_floor, source_watermark
+from worker.agents.windows import Windows
 from worker.clock import FakeClock
 from worker.devtools.traffic import generate
 from worker.events import UI_EVENT_ADAPTER
 from worker.ingest import Accepted
 from worker.metrics import Metrics
 from worker.rules import RuleConfig
+from worker.watermarks import SourceMark
 
 
 def test_a_floor_keeps_a_forwarded_signal_in_its_window() -> None:
@@ -69,15 +70,18 @@ def test_stream_time_never_moves_back() -> None:
     assert again.decisions == [] and [late.reason for late in again.late] == ["window_closed"]
 
 
-def test_no_idle_close_while_a_source_is_behind() -> None:
+def test_idle_close_waits_for_what_may_still_arrive() -> None:
     clock = FakeClock(T0)
     eng = engine(clock=clock, idle_close_ms=1_000)
     feed(eng, [ev("suggestion_shown", 0), ev("suggestion_accepted", 5_000)])
-    eng.align(T0)
     clock.advance(60)
-    assert eng.tick(caught_up=True).decisions == []  # silence here proves nothing
-    eng.align(None)
-    assert [d.rule for d in eng.tick(caught_up=True).decisions] == ["code_suggestion"]
+    assert eng.tick(caught_up=False).decisions == []  # silence here proves nothing
+    # Everything read before +0.5 s has arrived: silence since then is not a second long.
+    assert eng.tick(caught_up=True, until_ms=T0 + 500).decisions == []
+    # Read before +40 s: the window (30 s + 5 s grace) ended in the silence.
+    assert [d.rule for d in eng.tick(caught_up=True, until_ms=T0 + 40_000).decisions] == [
+        "code_suggestion"
+    ]
 
 
 def _accepted(document: dict[str, object], t: int) -> Accepted:
@@ -130,55 +134,6 @@ def test_delayed_forwarded_events_decide_as_if_all_came_in_order(
 
 def _ms(event: dict[str, object]) -> int:
     return int(datetime.fromisoformat(str(event["occurred_at"])).timestamp() * 1000)
-
-
-def test_source_floor_is_the_slowest_source_behind() -> None:
-    now = 10_000
-    live = {0: (None, now), 1: (None, now - 1_000), 2: (None, now)}
-    assert source_floor(live, sources=3, now_ms=now, ttl_ms=3_500) is None
-    behind = {**live, 1: (T0 + 7_000, now), 2: (T0 + 5_000, now)}
-    assert source_floor(behind, sources=3, now_ms=now, ttl_ms=3_500) == T0 + 5_000
-
-
-def test_a_source_reports_its_stream_time_while_anything_waits() -> None:
-    # A single record waiting holds the others back: its forward may be on its way.  (The
-    # worker used to count 20 records as live; under a steady lag near the grace, events
-    # forwarded from that tail arrived after their window had closed.)
-    assert source_watermark(backlog=1, was_behind=False, stream_time=T0) == (T0, True)
-    assert source_watermark(backlog=None, was_behind=False, stream_time=None) == (0, True)
-    assert source_watermark(backlog=0, was_behind=False, stream_time=T0) == (None, False)
-
-
-def test_a_source_that_caught_up_reports_its_stream_time_once_more() -> None:
-    # The record being processed when it caught up may not have been forwarded yet.
-    assert source_watermark(backlog=0, was_behind=True, stream_time=T0) == (T0, False)
-    assert source_watermark(backlog=0, was_behind=False, stream_time=T0) == (None, False)
-
-
-def test_a_caught_up_source_that_keeps_forwarding_reports_its_stream_time() -> None:
-    # Its next forwards travel behind this watermark: if the receiving partition's agent
-    # lags, the events that came directly must not carry stream time past them (the
-    # 10-minute soak reported such on-time events as late while it held "caught up").
-    assert source_watermark(
-        backlog=0, was_behind=False, stream_time=T0, forwarding=True
-    ) == (T0, False)
-    assert source_watermark(
-        backlog=0, was_behind=False, stream_time=None, forwarding=True
-    ) == (0, False)
-    # An idle source, or one forwarding elsewhere, holds nothing back.
-    assert source_watermark(
-        backlog=0, was_behind=False, stream_time=T0, forwarding=False
-    ) == (None, False)
-
-
-def test_source_floor_holds_until_every_source_has_a_fresh_watermark() -> None:
-    now = 10_000
-    assert source_floor({}, sources=2, now_ms=now, ttl_ms=3_500) == HOLD  # at start-up
-    one = {0: (None, now)}
-    assert source_floor(one, sources=2, now_ms=now, ttl_ms=3_500) == HOLD
-    stale = {0: (None, now), 1: (None, now - 3_501)}  # its owner left; none took over yet
-    assert source_floor(stale, sources=2, now_ms=now, ttl_ms=3_500) == HOLD
-    assert HOLD < T0  # below any stream time: holds it where it is
 
 
 # --------------------------------------------------------------------------- the adapter
@@ -239,17 +194,22 @@ async def _a_decided_journey_and_a_later_event(windows: Windows) -> None:
         await windows.on_event(0, accepted, _ack)
 
 
-def test_the_adapter_holds_stream_time_to_the_sources_watermarks() -> None:
+def test_the_adapter_holds_stream_time_to_the_sources_marks() -> None:
     async def scenario() -> None:
         clock = FakeClock(T0 + 1_000)
         decided: list[bytes] = []
         windows = _adapter(clock, MemoryIO(), decided)
         await _a_decided_journey_and_a_later_event(windows)
-        assert decided == []  # no watermark yet: held, whatever arrives directly
+        assert decided == []  # no mark yet: held, whatever arrives directly
+        clock.advance(0.001)
         now = int(clock.now_ms())
-        await windows.on_watermark(0, {0: None, 1: T0 + 1_000}, _ack, sent_ms=now)
+        await windows.on_watermark(
+            0, {0: SourceMark(now), 1: SourceMark(now, T0 + 1_000)}, _ack, sent_ms=now
+        )
         assert decided == []  # input partition 1 is behind, at +1 s
-        await windows.on_watermark(0, {1: None}, _ack, sent_ms=now)
+        await windows.on_watermark(0, {1: SourceMark(now - 2)}, _ack, sent_ms=now)
+        assert decided == []  # it read an event before the last one here was seen
+        await windows.on_watermark(0, {1: SourceMark(now)}, _ack, sent_ms=now)
         assert [orjson.loads(d)["rule"] for d in decided] == ["code_suggestion"]
 
     asyncio.run(scenario())
@@ -261,11 +221,14 @@ def test_watermarks_from_before_a_restart_are_ignored() -> None:
         decided: list[bytes] = []
         windows = _adapter(clock, MemoryIO(), decided)
         before = int(clock.now_ms()) - 1  # read again from the rekeyed topic's backlog
-        await windows.on_watermark(0, {0: None, 1: None}, _ack, sent_ms=before)
+        marks = {0: SourceMark(before), 1: SourceMark(before)}
+        await windows.on_watermark(0, marks, _ack, sent_ms=before)
         await _a_decided_journey_and_a_later_event(windows)
         assert decided == []  # still held: nothing is known about the sources
         clock.advance(1)
-        await windows.on_watermark(0, {0: None, 1: None}, _ack, sent_ms=int(clock.now_ms()))
+        now = int(clock.now_ms())
+        marks = {0: SourceMark(now), 1: SourceMark(now)}
+        await windows.on_watermark(0, marks, _ack, sent_ms=now)
         assert len(decided) == 1
 
     asyncio.run(scenario())

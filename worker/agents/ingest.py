@@ -75,15 +75,12 @@ class Ingest:
     metrics: Metrics
     clock: Clock
     recent: RecentIds
-    #: Input partition -> the largest event time of its valid records processed since it was
-    #: assigned: its watermark while it is behind (worker.agents.windows.source_floor).
+    #: Input partition -> the largest event time of its valid records read since it was
+    #: assigned: its bound on other partitions while it is behind (worker.watermarks).
     source_time: dict[int, int] = field(default_factory=dict)
-    #: Rekeyed partition -> the largest event time of the forwarded events processed there.
-    forwarded_time: dict[int, int] = field(default_factory=dict)
-    #: (input partition, rekeyed partition) -> the wall clock when the input partition last
-    #: forwarded an event there: while lately, its watermark holds that partition back
-    #: (worker.agents.windows.source_watermark).
-    forwarded_at: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: Input partition -> when the record it is routing now was read: until that record is
+    #: applied or queued, a watermark's cut must not be later (worker.watermarks).
+    routing: dict[int, int] = field(default_factory=dict)
 
     async def on_input(
         self,
@@ -98,6 +95,22 @@ class Ingest:
         """Handle one record of the input topic; ``ack`` is called (here or by the next
         stage) once nothing about the record can be lost any more."""
         now_ms = self.clock.now_ms()
+        self.routing[partition] = now_ms
+        try:
+            await self._route(key, value, partition, offset, timestamp_ms, ack, now_ms)
+        finally:
+            del self.routing[partition]
+
+    async def _route(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+        ack: Ack,
+        now_ms: int,
+    ) -> None:
         result = inspect_record(value, record_ts_ms=timestamp_ms, now_ms=now_ms, limits=self.limits)
         if isinstance(result, Invalid):
             await self._reject(
@@ -120,7 +133,6 @@ class Ingest:
             await self.next_stage(partition, result, ack)
             return
         self.metrics.events_rekeyed.inc()
-        self.forwarded_at[partition, owner] = now_ms
         assert value is not None
         await self.send(
             self.rekey_topic,
@@ -156,8 +168,6 @@ class Ingest:
             self.defer_ack(partition, ack)
             return
         accepted = Accepted(event, event_time_ms or timestamp_ms)
-        if accepted.event_time_ms > self.forwarded_time.get(partition, 0):
-            self.forwarded_time[partition] = accepted.event_time_ms
         await self.next_stage(partition, accepted, ack)
 
     async def _reject(

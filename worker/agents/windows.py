@@ -41,6 +41,7 @@ import orjson
 from faust.types import TP
 
 from worker.agents.ingest import Ack
+from worker.watermarks import Floor, SourceMark, partition_floor
 from worker.windows import META_KEY, LateEvent, Outcome, WindowEngine
 
 if TYPE_CHECKING:
@@ -51,14 +52,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CAUGHT_UP_HEADER",
-    "HOLD",
     "TICK_HEADER",
     "WATERMARK_HEADER",
     "PartitionStore",
     "TableIO",
     "Windows",
-    "source_floor",
-    "source_watermark",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,15 +65,10 @@ log = logging.getLogger(__name__)
 TICK_HEADER = "fw-tick"
 #: Tick header: b"1" if the partition's input had no backlog when the tick was sent.
 CAUGHT_UP_HEADER = "fw-caught-up"
-#: Header marking a watermark record on the rekeyed topic; its value is JSON
-#: ``{"sources": {"<input partition>": <its stream time in ms, or null>}}``, where null
-#: means it neither is behind nor forwarded here lately (:func:`source_watermark`).
+#: Header marking a watermark record on the rekeyed topic; its value holds one
+#: :class:`~worker.watermarks.SourceMark` per input partition of the sending worker
+#: (:func:`worker.watermarks.encode_marks`).
 WATERMARK_HEADER = "fw-watermark"
-#: How long a source's watermark counts after it arrived (they are sent 4 times a second;
-#: this covers an owner's start-up and a rebalance's pause).
-WATERMARK_TTL_MS = 3_500
-#: A floor that holds stream time where it is (any time below it would).
-HOLD = -1
 
 #: Queues one record (topic, key, value); what it returns is awaited for the delivery.
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
@@ -159,59 +152,6 @@ class TableIO:
         )
 
 
-def source_watermark(
-    *, backlog: int | None, was_behind: bool, stream_time: int | None, forwarding: bool = False
-) -> tuple[int | None, bool]:
-    """An input partition's watermark for one partition (:func:`source_floor`), and whether
-    the input partition is behind now.
-
-    ``backlog``: its records waiting to be processed (None: not known yet, so behind);
-    ``was_behind``: whether it was at the last watermark; ``stream_time``: the largest
-    event time it has processed (None before the first); ``forwarding``: whether it
-    forwarded events to the receiving partition lately.  The watermark is None while none
-    of that holds, else the stream time (0 before the first record).
-
-    Exact, not "nearly caught up": what a source forwarded before a watermark is ahead of
-    it on every rekeyed partition (one producer, one partition), so a partition that reads
-    "caught up" has read all the source forwarded.  A source a few records behind still
-    holds the others back, by about one watermark interval.  A source that was behind at
-    the last watermark still reports its stream time at this one: the record it was
-    processing when this one was sent may not have been forwarded yet.
-
-    A source that keeps forwarding to a partition reports its stream time there even while
-    it is caught up: the events it forwards next are on their way behind this watermark,
-    and if the receiving partition's own agent lags, the events that came to it directly
-    must not carry its stream time past them meanwhile.  (A source that is idle reports
-    None, so a quiet input partition never holds the others back.)
-    """
-    behind = backlog != 0
-    held = behind or was_behind or forwarding
-    return ((stream_time or 0) if held else None), behind
-
-
-def source_floor(
-    reports: Mapping[int, tuple[int | None, int]], *, sources: int, now_ms: int, ttl_ms: int
-) -> int | None:
-    """The floor for a partition's stream time (:meth:`WindowEngine.align`) from the input
-    partitions' last watermarks, ``reports``: input partition -> (its stream time while it
-    holds this partition back, else None; the wall clock when the watermark arrived).
-
-    The lowest stream time among the sources that hold it back; None when none does; and
-    :data:`HOLD` while any of the ``sources`` input partitions has no watermark younger
-    than ``ttl_ms`` (at start-up, or while its owner changes), since then nothing is known
-    about what it may still forward.
-    """
-    floor: int | None = None
-    for source in range(sources):
-        report = reports.get(source)
-        if report is None or now_ms - report[1] > ttl_ms:
-            return HOLD
-        behind_at = report[0]
-        if behind_at is not None and (floor is None or behind_at < floor):
-            floor = behind_at
-    return floor
-
-
 class PartitionStore:
     """A :class:`~worker.windows.WindowStore` over one partition's keys of the table, with
     writes buffered until :meth:`flush` (module docstring)."""
@@ -279,11 +219,9 @@ class Windows:
     send: Send
     outbox_topic: str
     late_topic: str
-    #: Input partitions whose watermarks hold back stream time (TOPIC_PARTITIONS; 0: none).
+    #: Input partitions whose watermarks bound stream time (TOPIC_PARTITIONS; 0: none, for
+    #: an engine fed only directly).
     sources: int = 0
-    #: Partition -> how far its own backlog of forwarded events holds back its stream time
-    #: (None: not at all); set by the app, which knows the consumer's offsets.
-    forwarded_floor: Callable[[int], int | None] = lambda partition: None
     #: Called when the broker did not take a flush's records: the worker must stop (and
     #: replay from its last commit when it restarts) rather than go on without acking.
     on_failure: Callable[[BaseException], object] = lambda exc: None
@@ -308,8 +246,8 @@ class Windows:
     #: Partitions revoked and not (yet) assigned again: events of theirs still in flight are
     #: dropped, since the next owner replays them from the committed offset anyway.
     _revoked: set[int] = field(default_factory=set)
-    #: Per owned partition: input partition -> its last watermark (see :func:`source_floor`).
-    _watermarks: dict[int, dict[int, tuple[int | None, int]]] = field(default_factory=dict)
+    #: Per owned partition: input partition -> its latest mark applied there.
+    _marks: dict[int, dict[int, SourceMark]] = field(default_factory=dict)
     #: Per owned partition: the wall clock when its engine was built (after assignment).
     _built_at: dict[int, int] = field(default_factory=dict)
 
@@ -328,7 +266,7 @@ class Windows:
             )
             engine.rebuild()  # restored windows get back into the due index, and still close
             self._built_at[partition] = self.clock.now_ms()
-            engine.align(self._floor(partition))  # held until the sources' watermarks arrive
+            engine.align(self._floor(partition).stream_ms)  # held until every source reported
             log.info("partition %d: window state loaded", partition)
         return engine
 
@@ -348,56 +286,56 @@ class Windows:
             await self.flush(partition)
 
     async def on_tick(self, partition: int, ack: Ack, *, caught_up: bool = True) -> None:
-        """The wall clock reached ``partition`` (idle close unless the input has a backlog,
-        see :meth:`WindowEngine.tick`), and its buffer is flushed."""
+        """The wall clock reached ``partition`` (idle close while nothing that may reach it
+        is left to read, see :meth:`WindowEngine.tick`), and its buffer is flushed."""
         if partition in self._revoked:
             return
         epoch = self._epochs.get(partition, 0)
         engine = self.engine(partition)
-        await self._publish(partition, engine.align(self._floor(partition)))  # they expire
-        await self._publish(partition, engine.tick(caught_up=caught_up))
+        floor = self._floor(partition)
+        await self._publish(partition, engine.align(floor.stream_ms))
+        await self._publish(
+            partition,
+            engine.tick(
+                caught_up=caught_up and floor.idle_until_ms is not None,
+                until_ms=floor.idle_until_ms,
+            ),
+        )
         if self._epochs.get(partition, 0) != epoch:
             return
         self.hold(partition, ack)
         await self.flush(partition)
 
     async def on_watermark(
-        self, partition: int, sources: dict[int, int | None], ack: Ack, *, sent_ms: int
+        self, partition: int, marks: Mapping[int, SourceMark], ack: Ack, *, sent_ms: int
     ) -> None:
-        """Watermarks of input partitions (``sources``: partition -> its stream time while it
-        is behind or forwarding here, else None), which hold back ``partition``'s stream
-        time so events they forward here are not judged by the events that came directly
-        (see :meth:`WindowEngine.align`).
+        """Marks of input partitions (worker.watermarks), which bound ``partition``'s stream
+        time so that events they forwarded here are not passed while on their way.
 
-        Watermarks sent before this worker took the partition over are ignored: the ones
-        read again from before a crash said "live" about a time that has passed, and they
-        would have released stream time over the whole backlog."""
+        Watermarks sent before this worker took the partition over are ignored: their cuts
+        are wall-clock times of this partition's previous owner, whose history of what it
+        had seen went with it."""
         if partition in self._revoked:
             return
         epoch = self._epochs.get(partition, 0)
         engine = self.engine(partition)
         if sent_ms >= self._built_at.get(partition, 0):
-            now = self.clock.now_ms()
-            reports = self._watermarks.setdefault(partition, {})
-            for source, behind_at in sources.items():
-                reports[source] = (behind_at, now)
-        await self._publish(partition, engine.align(self._floor(partition)))
+            self._marks.setdefault(partition, {}).update(marks)
+        await self._publish(partition, engine.align(self._floor(partition).stream_ms))
         if self._epochs.get(partition, 0) != epoch:
             return
         self.hold(partition, ack)
 
-    def _floor(self, partition: int) -> int | None:
-        floors = [
-            source_floor(
-                self._watermarks.get(partition, {}),
-                sources=self.sources,
-                now_ms=self.clock.now_ms(),
-                ttl_ms=WATERMARK_TTL_MS,
-            ),
-            self.forwarded_floor(partition),
-        ]
-        known = [floor for floor in floors if floor is not None]
-        return min(known) if known else None
+    def _floor(self, partition: int) -> Floor:
+        """``partition``'s floor from its sources' latest marks (worker.watermarks)."""
+        if not self.sources:
+            return Floor(None, self.clock.now_ms())
+        engine = self._engines[partition]
+        marks = self._marks.get(partition, {})
+        floor = partition_floor(marks, sources=self.sources, seen_as_of=engine.seen_as_of)
+        if marks:
+            engine.forget_seen_before(min(mark.cut_ms for mark in marks.values()) - 1)
+        return floor
 
     def hold(self, partition: int, ack: Ack) -> None:
         """Acknowledge a record of ``partition`` at its next flush, after those before it.
@@ -495,7 +433,7 @@ class Windows:
             self._stores.pop(partition, None)
             self._held.pop(partition, None)
             self._inflight.pop(partition, None)
-            self._watermarks.pop(partition, None)
+            self._marks.pop(partition, None)
             self._built_at.pop(partition, None)
             if self._engines.pop(partition, None) is not None:
                 log.info("partition %d: revoked", partition)
