@@ -626,7 +626,7 @@ def _collector(w: Callable[[str], None], c: Any) -> None:
       f"partitions. The baseline is raw aiokafka produce of the same events with acks=all and "
       f"the same linger and batch size; it leaves partitioning to aiokafka's default "
       f"partitioner, while the collector computes the same partitions itself (a faster "
-      f"murmur2, `worker/collector/partitioner.py`). Run as a c a c ... a "
+      f"murmur2, `worker/partitioner.py`). Run as a c a c ... a "
       f"({c.get('rounds', 1)} collector "
       "passes), each collector pass set against the mean of the raw passes around it; the "
       "ratio is the median of those rounds, the rates below the medians of their passes. "

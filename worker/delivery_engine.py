@@ -91,7 +91,8 @@ from worker.delivery import (
 from worker.delivery_state import Call, FeedbackState, RatingVia, calls_for, merge, state_key
 from worker.errors import AuthRejected, ConfigError, PermanentDelivery, RetryableDelivery
 from worker.events import Decision, is_helicone_request_id
-from worker.kafka import delivery_retry_topic_name, partition_for
+from worker.kafka import delivery_retry_topic_name
+from worker.partitioner import partition_for
 from worker.readback import ReadBack
 
 if TYPE_CHECKING:
