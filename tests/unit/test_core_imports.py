@@ -76,3 +76,15 @@ def test_delivery_engine_imports_no_faust_http_or_metrics() -> None:
         "{'faust', 'mode', 'httpx', 'prometheus_client', 'aiohttp'}))"
     )
     assert run_probe(probe) == "[]"
+
+
+def test_health_imports_only_the_standard_library() -> None:
+    """Health and supervision are imported by the app and the agents alike, so they import
+    no adapter of the worker and no I/O library (issue 17: no import circle through them)."""
+    probe = (
+        "import sys; before = set(sys.modules); import worker.health; "
+        "print(sorted(m for m in set(sys.modules) - before "
+        "if m.split('.')[0] in {'worker', 'faust', 'mode', 'aiokafka', 'httpx', "
+        "'prometheus_client', 'aiohttp'} and m not in {'worker', 'worker.health'}))"
+    )
+    assert run_probe(probe) == "[]"
