@@ -28,7 +28,7 @@ for its ``202`` (which the collector sends only after the broker acknowledged ev
 broker the collector runs with ``COLLECTOR_IDEMPOTENT_PRODUCER=false`` (still acks=all); the
 raw baseline is not idempotent either.  Both sides use the worker's default producer linger and
 batch size.  The raw baseline leaves partitioning to aiokafka's default partitioner; the
-collector computes the same partitions itself (worker/collector/partitioner.py, a faster
+collector computes the same partitions itself (worker/partitioner.py, a faster
 murmur2) and passes ``partition=``: the same placement, less CPU.  The per-address rate
 limit is lifted (``COLLECTOR_RATE_PER_S``), since every client here has the same address.
 

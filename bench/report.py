@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -225,6 +225,39 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**missed**")
 
 
+#: Where the report's lines go, one call per line.
+Write = Callable[[str], None]
+
+
+def _section(w: Write, heading: str, intro: str) -> None:
+    """Open a numbered section: its ``##`` heading, then what was measured and how."""
+    w(f"## {heading}")
+    w("")
+    w(intro)
+    w("")
+
+
+def _table(w: Write, header: Sequence[str], align: str, rows: Iterable[Sequence[str]]) -> None:
+    """A markdown table and the blank line after it.
+
+    ``align`` holds one letter per column, ``l`` for text and ``r`` for figures; the header,
+    the rule and every row are checked to have that many cells, so a column added to one
+    line and not the others fails here rather than rendering a skewed table.
+    """
+    assert len(header) == len(align), (header, align)
+    w(_table_line(header))
+    w(_table_line(["---:" if a == "r" else "---" for a in align]))
+    for row in rows:
+        assert len(row) == len(align), (row, align)
+        w(_table_line(row))
+    w("")
+
+
+def _table_line(cells: Sequence[str]) -> str:
+    """``| a | b |``; an empty cell is ``| |``."""
+    return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+
+
 def _failed(section: Any) -> str | None:
     if isinstance(section, dict) and "error" in section:
         return _one_line(str(section["error"]))
@@ -345,19 +378,19 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
     mach = meta["machine"]
     w("## Machine and versions")
     w("")
-    w("| | |")
-    w("| --- | --- |")
-    w(f"| CPU | {mach.get('cpu_model', '?')}, {mach.get('cpus')} cores |")
-    w(f"| RAM | {mach.get('ram_gib', '?')} GiB |")
-    w(f"| kernel | {mach.get('kernel')} |")
+    machine_rows = [
+        ("CPU", f"{mach.get('cpu_model', '?')}, {mach.get('cpus')} cores"),
+        ("RAM", f"{mach.get('ram_gib', '?')} GiB"),
+        ("kernel", f"{mach.get('kernel')}"),
+    ]
     if meta.get("worker_tree_at_start"):
-        w(f"| worker/ source hash | {meta['worker_tree_at_start']} |")
-    w(f"| load average at start / end | {mach.get('load_avg_at_start')} / "
-      f"{mach.get('load_avg_at_end', '?')} |")
-    for name, version in meta["versions"].items():
-        w(f"| {name} | {version} |")
-    w("| broker | Tansu (embedded, memory storage), one fresh broker per benchmark |")
-    w("")
+        machine_rows.append(("worker/ source hash", f"{meta['worker_tree_at_start']}"))
+    machine_rows.append(("load average at start / end",
+                         f"{mach.get('load_avg_at_start')} / {mach.get('load_avg_at_end', '?')}"))
+    machine_rows += [(name, f"{version}") for name, version in meta["versions"].items()]
+    machine_rows.append(("broker", "Tansu (embedded, memory storage), one fresh broker per "
+                                   "benchmark"))
+    _table(w, ("", ""), "ll", machine_rows)
 
     start, end = meta.get("worker_tree_at_start"), meta.get("worker_tree_at_end")
     if start and end and start != end:
@@ -382,11 +415,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
 
     w("## Targets")
     w("")
-    w("| figure | this run | target | |")
-    w("| --- | --- | --- | --- |")
-    for figure, value, target, verdict in targets(results):
-        w(f"| {figure} | {value} | {target} | {verdict} |")
-    w("")
+    _table(w, ("figure", "this run", "target", ""), "llll", targets(results))
 
     _pipeline(w, results.get("pipeline"))
     _delivery(w, results.get("delivery"))
@@ -404,25 +433,24 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _pipeline(w: Callable[[str], None], p: Any) -> None:
+def _pipeline(w: Write, p: Any) -> None:
     if not isinstance(p, dict) or "worker_per_s" not in p:
         return
-    w("## 1. Pipeline throughput and decision delay (`bench/pipeline.py`)")
-    w("")
-    w(f"{p['events']:,} mixed events over {p['requests']:,} requests (chat, code, search, "
-      f"support journeys; keyed by request id; event times in the past so windows close on "
-      f"stream time), {p['partitions']} partitions, published first "
-      f"({_num(p['publish_per_s'])} events/s), then read by each consumer from the start. "
-      "Rate = events / time from the first to the last event processed.")
-    w("")
-    w("| consumer of the same topic | events/s | worker / this |")
-    w("| --- | ---: | ---: |")
-    w(f"| (a) raw aiokafka, assign + `getmany` + `orjson.loads` | "
-      f"{_num(p['raw_aiokafka_per_s'])} | {p['worker_vs_raw_aiokafka']:.3f} |")
-    w(f"| (b) bare Faust agent, decode only (`bench/_bare_faust.py`) | "
-      f"{_num(p['bare_faust_per_s'])} | {p['worker_vs_bare_faust']:.2f} |")
-    w(f"| (c) feedback-worker: ingest, windows, rules, outbox | {_num(p['worker_per_s'])} | 1 |")
-    w("")
+    _section(
+        w, "1. Pipeline throughput and decision delay (`bench/pipeline.py`)",
+        f"{p['events']:,} mixed events over {p['requests']:,} requests (chat, code, search, "
+        f"support journeys; keyed by request id; event times in the past so windows close on "
+        f"stream time), {p['partitions']} partitions, published first "
+        f"({_num(p['publish_per_s'])} events/s), then read by each consumer from the start. "
+        "Rate = events / time from the first to the last event processed.",
+    )
+    _table(w, ("consumer of the same topic", "events/s", "worker / this"), "lrr", [
+        ("(a) raw aiokafka, assign + `getmany` + `orjson.loads`",
+         _num(p["raw_aiokafka_per_s"]), f"{p['worker_vs_raw_aiokafka']:.3f}"),
+        ("(b) bare Faust agent, decode only (`bench/_bare_faust.py`)",
+         _num(p["bare_faust_per_s"]), f"{p['worker_vs_bare_faust']:.2f}"),
+        ("(c) feedback-worker: ingest, windows, rules, outbox", _num(p["worker_per_s"]), "1"),
+    ])
     w(f"Worker RSS at the end: {_num(p.get('worker_rss_mib'))} MiB "
       f"(peak {_num(p.get('worker_peak_rss_mib'))} MiB).")
     w("")
@@ -439,19 +467,16 @@ def _pipeline(w: Callable[[str], None], p: Any) -> None:
              f"{p['caught_up_after_burst_s']:g} s after the last event was read)."
              if "caught_up_after_burst_s" in p else ""))
         w("")
-        w("| windows closed | n | p50 | p99 | max |")
-        w("| --- | ---: | ---: | ---: | ---: |")
-        for label, key in (("by stream time (traffic flowing)", "stream_time"),
-                           ("by the idle timer (after traffic stopped)", "idle_timer"),
-                           ("baseline: plain aiokafka consumer, produce -> consume (not a "
-                            "window; what the broker's fetch adds to any consumer)",
-                            "broker_fetch_latency")):
-            if key not in live:
-                continue
-            s = live[key]
-            w(f"| {label} | {s['n']:,} | {_num(s['p50_ms'], ',.0f', ' ms')} | "
-              f"{_num(s['p99_ms'], ',.0f', ' ms')} | {_num(s['max_ms'], ',.0f', ' ms')} |")
-        w("")
+        closes = (("by stream time (traffic flowing)", "stream_time"),
+                  ("by the idle timer (after traffic stopped)", "idle_timer"),
+                  ("baseline: plain aiokafka consumer, produce -> consume (not a "
+                   "window; what the broker's fetch adds to any consumer)",
+                   "broker_fetch_latency"))
+        _table(w, ("windows closed", "n", "p50", "p99", "max"), "lrrrr", [
+            (label, f"{live[key]['n']:,}",
+             *(_num(live[key][q], ",.0f", " ms") for q in ("p50_ms", "p99_ms", "max_ms")))
+            for label, key in closes if key in live
+        ])
         if "max_partition_lag_records" in live:
             w(f"Was the worker keeping up? Largest partition lag while publishing (sampled "
               f"every 0.5 s): max {_num(live['max_partition_lag_records'])} records "
@@ -465,26 +490,24 @@ def _pipeline(w: Callable[[str], None], p: Any) -> None:
         w("")
 
 
-def _delivery(w: Callable[[str], None], d: Any) -> None:
+def _delivery(w: Write, d: Any) -> None:
     if not isinstance(d, dict) or "worker_vs_bare" not in d:
         return
     limit = "lifted" if d["rate_limit_per_s"] is None else f"{d['rate_limit_per_s']:g}/s"
-    w("## 2. Delivery rate (`bench/delivery.py`)")
-    w("")
-    w(f"{d['decisions']:,} decisions (a rating and a score call each) posted to the project's "
-      f"Helicone-compatible receiver (its own process), concurrency {d['concurrency']}, worker "
-      f"rate limit {limit}. Rate = decisions / time from the first to the last call the "
-      "receiver accepted.")
-    w("")
-    w("| sender | decisions/s | calls/s |")
-    w("| --- | ---: | ---: |")
-    w(f"| bare httpx loop, concurrency {d['concurrency']} | "
-      f"{_num(d['bare_decisions_per_s'], ',.1f')} | {_num(d['bare_calls_per_s'], ',.1f')} |")
-    w(f"| bare httpx loop, concurrency 8 (context) | {_num(d['bare8_decisions_per_s'], ',.1f')} "
-      f"| {_num(d['bare8_calls_per_s'], ',.1f')} |")
-    w(f"| worker (outbox -> delivery agent) | {_num(d['worker_decisions_per_s'], ',.1f')} | "
-      f"{_num(d['worker_calls_per_s'], ',.1f')} |")
-    w("")
+    _section(
+        w, "2. Delivery rate (`bench/delivery.py`)",
+        f"{d['decisions']:,} decisions (a rating and a score call each) posted to the project's "
+        f"Helicone-compatible receiver (its own process), concurrency {d['concurrency']}, "
+        f"worker rate limit {limit}. Rate = decisions / time from the first to the last call "
+        "the receiver accepted.",
+    )
+    _table(w, ("sender", "decisions/s", "calls/s"), "lrr", [
+        (f"{label}", _num(d[f"{key}_decisions_per_s"], ",.1f"),
+         _num(d[f"{key}_calls_per_s"], ",.1f"))
+        for label, key in ((f"bare httpx loop, concurrency {d['concurrency']}", "bare"),
+                           ("bare httpx loop, concurrency 8 (context)", "bare8"),
+                           ("worker (outbox -> delivery agent)", "worker"))
+    ])
     w(f"Worker / bare loop at the same concurrency: **{d['worker_vs_bare']:.2f}**; against the "
       f"concurrency-8 loop: {d['worker_vs_bare8']:.2f}. Duplicate calls: "
       f"{d['duplicate_calls']}. Worker peak RSS {_num(d.get('worker_peak_rss_mib'))} MiB.")
@@ -494,46 +517,43 @@ def _delivery(w: Callable[[str], None], d: Any) -> None:
         w(f"Latency, {paced['decisions']} rating-only decisions paced at "
           f"{paced['rate_per_s']:g}/s:")
         w("")
-        w("| path | p50 | p99 | max |")
-        w("| --- | ---: | ---: | ---: |")
-        for label, key in (("bare loop: call start -> received", "bare"),
-                           ("worker: outbox produce -> received", "worker"),
-                           ("plain aiokafka consumer: produce -> consumed", "plain_consumer")):
-            s = paced[key]
-            w(f"| {label} | {s['p50_ms']:,.0f} ms | {s['p99_ms']:,.0f} ms | "
-              f"{s['max_ms']:,.0f} ms |")
-        w("")
+        paths = (("bare loop: call start -> received", "bare"),
+                 ("worker: outbox produce -> received", "worker"),
+                 ("plain aiokafka consumer: produce -> consumed", "plain_consumer"))
+        _table(w, ("path", "p50", "p99", "max"), "lrrr", [
+            (label, *(f"{paced[key][q]:,.0f} ms" for q in ("p50_ms", "p99_ms", "max_ms")))
+            for label, key in paths
+        ])
 
 
-def _memory(w: Callable[[str], None], m: Any) -> None:
+def _memory(w: Write, m: Any) -> None:
     if not isinstance(m, list) or not m:
         return
-    w("## 3. Memory, warm restart and cold recovery (`bench/memory.py`)")
-    w("")
-    w("N `ticket_opened` events with distinct request ids (24 h windows, none close during the "
-      "run), keyed by request id over 8 partitions, pre-filled, read by one worker. RSS from "
-      "`/proc/<pid>/status` (VmRSS now, VmHWM peak); RocksDB size = allocated bytes under "
-      "STATE_DIR. Warm = SIGTERM, then start again on the same STATE_DIR; cold = the same "
-      "group on a new, empty STATE_DIR (Faust restores the table from its changelog). Times "
-      "are from process start; \"windows back\" = `feedback_windows_open` at N again.")
-    w("")
+    _section(
+        w, "3. Memory, warm restart and cold recovery (`bench/memory.py`)",
+        "N `ticket_opened` events with distinct request ids (24 h windows, none close during "
+        "the run), keyed by request id over 8 partitions, pre-filled, read by one worker. RSS "
+        "from `/proc/<pid>/status` (VmRSS now, VmHWM peak); RocksDB size = allocated bytes "
+        "under STATE_DIR. Warm = SIGTERM, then start again on the same STATE_DIR; cold = the "
+        "same group on a new, empty STATE_DIR (Faust restores the table from its changelog). "
+        "Times are from process start; \"windows back\" = `feedback_windows_open` at N again.",
+    )
     w("**Tansu and the changelog (DESIGN 2).** Tansu's ListOffsets answer is wrong after a "
       "multi-record batch, and Faust takes the changelog's end from it. So the worker that "
       "writes the changelog runs with `KAFKA_PRODUCER_BATCH_BYTES=1` (one record per batch) in "
       "these runs, which slows its changelog writes: the open rate below is a lower bound "
       "(the normal-batching row shows the rate with production batching).")
     w("")
-    w("| | " + " | ".join(f"{r['windows']:,} windows" for r in m) + " |")
-    w("| --- | " + " | ".join("---:" for _ in m) + " |")
+    rows: list[list[str]] = []
 
     def row(label: str, get: Callable[[dict[str, Any]], str]) -> None:
-        cells = []
+        cells = [label]
         for r in m:
             try:
                 cells.append(get(r))
             except (KeyError, TypeError):
                 cells.append("n/a")
-        w(f"| {label} | " + " | ".join(cells) + " |")
+        rows.append(cells)
 
     row("block cache (ROCKSDB_BLOCK_CACHE_BYTES)",
         lambda r: f"{r['block_cache_bytes'] / 1024**2:.0f} MiB")
@@ -559,7 +579,7 @@ def _memory(w: Callable[[str], None], m: Any) -> None:
     row("cold recovery: RSS", lambda r: _num(r["cold"]["rss_mib"], ",.0f", " MiB"))
     row("normal batching: warm restart", lambda r: _restart_cell(r["normal_batching"]["warm"]))
     row("normal batching: cold recovery", lambda r: _restart_cell(r["normal_batching"]["cold"]))
-    w("")
+    _table(w, ("", *(f"{r['windows']:,} windows" for r in m)), "l" + "r" * len(m), rows)
     for r in m:
         if "error" in r:
             w(f"- {r.get('windows', 0):,} windows: failed: `{_one_line(r['error'])}`")
@@ -583,29 +603,28 @@ def _restart_cell(phase: dict[str, Any]) -> str:
             f"{phase['windows_back']:,} of {phase['windows_expected']:,} windows back")
 
 
-def _scaling(w: Callable[[str], None], s: Any) -> None:
+def _scaling(w: Write, s: Any) -> None:
     if not isinstance(s, dict) or not s.get("runs"):
         return
-    w("## 4. Scaling with worker processes (`bench/scaling.py`)")
-    w("")
-    w(f"{s['events']:,} mixed events (as in the pipeline benchmark), {s['partitions']} "
-      f"partitions, k workers in one consumer group (own STATE_DIR and port each), on a "
-      f"machine with {s['cpus']} cores. The workers join on the empty topic and the run waits "
-      "until the group has settled; then the events are published at full speed and the "
-      "workers' processed-event counters are summed. events/s is measured from the end of "
-      "publishing (the topic is then full and the producer no longer competes for the CPU) "
-      "to the last event.")
-    w("")
-    w("| workers | events/s | speedup | events/s, whole drain | events by worker | "
-      "CPU s by worker | cores busy: workers / broker / benchmark / whole machine |")
-    w("| ---: | ---: | ---: | ---: | --- | --- | --- |")
-    for r in s["runs"]:
-        busy = " / ".join(_num(r.get(key), ".2f") for key in (
-            "cores_busy", "broker_cores_busy", "bench_cores_busy", "machine_cores_busy"))
-        w(f"| {r['workers']} | {_num(r['events_per_s'])} | {_num(r.get('speedup'), '.2f')} | "
-          f"{_num(r['events_per_s_whole_drain'])} | {r['events_by_worker']} | "
-          f"{r['cpu_s_by_worker']} | {busy} |")
-    w("")
+    _section(
+        w, "4. Scaling with worker processes (`bench/scaling.py`)",
+        f"{s['events']:,} mixed events (as in the pipeline benchmark), {s['partitions']} "
+        f"partitions, k workers in one consumer group (own STATE_DIR and port each), on a "
+        f"machine with {s['cpus']} cores. The workers join on the empty topic and the run "
+        "waits until the group has settled; then the events are published at full speed and "
+        "the workers' processed-event counters are summed. events/s is measured from the end "
+        "of publishing (the topic is then full and the producer no longer competes for the "
+        "CPU) to the last event.",
+    )
+    busy_keys = ("cores_busy", "broker_cores_busy", "bench_cores_busy", "machine_cores_busy")
+    _table(w, ("workers", "events/s", "speedup", "events/s, whole drain", "events by worker",
+               "CPU s by worker", "cores busy: workers / broker / benchmark / whole machine"),
+           "rrrrlll", [
+        (f"{r['workers']}", _num(r["events_per_s"]), _num(r.get("speedup"), ".2f"),
+         _num(r["events_per_s_whole_drain"]), f"{r['events_by_worker']}",
+         f"{r['cpu_s_by_worker']}", " / ".join(_num(r.get(key), ".2f") for key in busy_keys))
+        for r in s["runs"]
+    ])
     w("\"cores busy\" = CPU seconds used during the drain / its duration, for the workers "
       "together, the broker, the benchmark process and the whole machine (`/proc/stat`, which "
       "includes everything else running on this shared machine).")
@@ -614,40 +633,39 @@ def _scaling(w: Callable[[str], None], s: Any) -> None:
     w("")
 
 
-def _collector(w: Callable[[str], None], c: Any) -> None:
+def _collector(w: Write, c: Any) -> None:
     if not isinstance(c, dict) or "collector_vs_raw" not in c:
         return
-    w("## 5. HTTP collector (`bench/collector.py`)")
-    w("")
-    w(f"{c['events']:,} valid mixed events (the pipeline benchmark's journeys), posted to "
-      f"`feedback-worker collect` (its own process) as JSON batches of {c['batch']} with a "
-      f"batch `sent_at` by {c['clients']} concurrent aiohttp clients, each POST waiting for "
-      f"its 202 (sent once the broker acknowledged every record), {c['partitions']} "
-      f"partitions. The baseline is raw aiokafka produce of the same events with acks=all and "
-      f"the same linger and batch size; it leaves partitioning to aiokafka's default "
-      f"partitioner, while the collector computes the same partitions itself (a faster "
-      f"murmur2, `worker/collector/partitioner.py`). Run as a c a c ... a "
-      f"({c.get('rounds', 1)} collector "
-      "passes), each collector pass set against the mean of the raw passes around it; the "
-      "ratio is the median of those rounds, the rates below the medians of their passes. "
-      "Tansu rejects the idempotent producer, so the collector runs with "
-      "`COLLECTOR_IDEMPOTENT_PRODUCER=false` here (acks=all still); the per-address rate "
-      "limit is lifted, every client being 127.0.0.1.")
-    w("")
-    w("| sender | events/s | collector / this |")
-    w("| --- | ---: | ---: |")
+    _section(
+        w, "5. HTTP collector (`bench/collector.py`)",
+        f"{c['events']:,} valid mixed events (the pipeline benchmark's journeys), posted to "
+        f"`feedback-worker collect` (its own process) as JSON batches of {c['batch']} with a "
+        f"batch `sent_at` by {c['clients']} concurrent aiohttp clients, each POST waiting for "
+        f"its 202 (sent once the broker acknowledged every record), {c['partitions']} "
+        f"partitions. The baseline is raw aiokafka produce of the same events with acks=all "
+        f"and the same linger and batch size; it leaves partitioning to aiokafka's default "
+        f"partitioner, while the collector computes the same partitions itself (a faster "
+        f"murmur2, `worker/partitioner.py`). Run as a c a c ... a "
+        f"({c.get('rounds', 1)} collector "
+        "passes), each collector pass set against the mean of the raw passes around it; the "
+        "ratio is the median of those rounds, the rates below the medians of their passes. "
+        "Tansu rejects the idempotent producer, so the collector runs with "
+        "`COLLECTOR_IDEMPOTENT_PRODUCER=false` here (acks=all still); the per-address rate "
+        "limit is lifted, every client being 127.0.0.1.",
+    )
     runs = c.get("raw_produce_runs_per_s") or []
-    w(f"| (a) raw aiokafka produce, acks=all, all acks awaited at the end (passes: "
-      f"{', '.join(_num(r) for r in runs)}) | {_num(c['raw_produce_per_s'])} | "
-      f"{c['collector_vs_raw']:.3f} (rounds: "
-      f"{', '.join(_num(r, '.3f') for r in c.get('collector_vs_raw_rounds') or [])}) |")
-    w(f"| (b) raw aiokafka, {c['clients']} tasks each awaiting the acks of its batch of "
-      f"{c['batch']} (context: the collector's write pattern without HTTP) | "
-      f"{_num(c['raw_batches_per_s'])} | {c['collector_vs_raw_batches']:.3f} |")
     coll_runs = c.get("collector_runs_per_s") or []
-    w(f"| (c) collector, {c['clients']} clients, one batch per POST (passes: "
-      f"{', '.join(_num(r) for r in coll_runs)}) | {_num(c['collector_per_s'])} | 1 |")
-    w("")
+    _table(w, ("sender", "events/s", "collector / this"), "lrr", [
+        (f"(a) raw aiokafka produce, acks=all, all acks awaited at the end (passes: "
+         f"{', '.join(_num(r) for r in runs)})", _num(c["raw_produce_per_s"]),
+         f"{c['collector_vs_raw']:.3f} (rounds: "
+         f"{', '.join(_num(r, '.3f') for r in c.get('collector_vs_raw_rounds') or [])})"),
+        (f"(b) raw aiokafka, {c['clients']} tasks each awaiting the acks of its batch of "
+         f"{c['batch']} (context: the collector's write pattern without HTTP)",
+         _num(c["raw_batches_per_s"]), f"{c['collector_vs_raw_batches']:.3f}"),
+        (f"(c) collector, {c['clients']} clients, one batch per POST (passes: "
+         f"{', '.join(_num(r) for r in coll_runs)})", _num(c["collector_per_s"]), "1"),
+    ])
     w(f"Answers (all passes): {c.get('answers')}. Cores busy during (c): the collector "
       f"{_num(c.get('collector_cores_busy'), '.2f')}, the benchmark's clients "
       f"{_num(c.get('clients_cores_busy'), '.2f')} (the machine has {c.get('cpus', '?')} cores, "
@@ -661,14 +679,13 @@ def _collector(w: Callable[[str], None], c: Any) -> None:
           f"in {paced.get('segments', 1)} segments each so both meet the same machine load "
           f"(the whole machine was {_num(paced.get('machine_cores_busy'), '.2f')} cores busy):")
         w("")
-        w("| path | n | p50 | p99 | max |")
-        w("| --- | ---: | ---: | ---: | ---: |")
-        for label, key in (("collector: POST -> 202", "collector"),
-                           ("baseline: raw aiokafka, batch send -> all acked", "raw_produce")):
-            s = paced[key]
-            w(f"| {label} | {s['n']:,} | {_num(s['p50_ms'], ',.1f', ' ms')} | "
-              f"{_num(s['p99_ms'], ',.1f', ' ms')} | {_num(s['max_ms'], ',.1f', ' ms')} |")
-        w("")
+        paths = (("collector: POST -> 202", "collector"),
+                 ("baseline: raw aiokafka, batch send -> all acked", "raw_produce"))
+        _table(w, ("path", "n", "p50", "p99", "max"), "lrrrr", [
+            (label, f"{paced[key]['n']:,}",
+             *(_num(paced[key][q], ",.1f", " ms") for q in ("p50_ms", "p99_ms", "max_ms")))
+            for label, key in paths
+        ])
         w(f"Answers: {paced.get('answers')}; the client fell behind its schedule by at most "
           f"{_num(paced.get('client_behind_schedule_max_ms'), ',.0f', ' ms')}. Collector RSS "
           f"under that load (`/proc/<pid>/status` VmRSS, sampled every 0.5 s): mean "
@@ -744,22 +761,21 @@ def _limits_targets(r: Any) -> list[tuple[str, str, str, str]]:
     ]
 
 
-def _limits(w: Callable[[str], None], r: Any) -> None:
+def _limits(w: Write, r: Any) -> None:
     if not isinstance(r, dict) or "ingest_ratio" not in r:
         return
-    w("## 6. Delivery against a rate-limited Helicone (`bench/helicone_limits.py`)")
-    w("")
-    w(f"The same {r['events']:,} events over {r['requests']:,} requests, read by a dry-run "
-      f"worker and then by a worker delivering to a receiver that allows "
-      f"{r['limit_per_s']} calls/s in {r.get('window_s', 300)}-s fixed windows, as Helicone's "
-      f"limiter counts, with DELIVERY_RATE_PER_S={r['limit_per_s']}. The drain is measured "
-      f"over {r['drain_s']:.0f} s after ingestion, leaving out the first 10 s.")
-    w("")
-    w("| figure | dry run | delivering |")
-    w("| --- | ---: | ---: |")
-    w(f"| ingest, events/s | {_num(r['dry_ingest_per_s'])} | {_num(r['live_ingest_per_s'])} |")
-    w(f"| windows decided | {r['dry_windows']:,} | {r['live_windows']:,} |")
-    w("")
+    _section(
+        w, "6. Delivery against a rate-limited Helicone (`bench/helicone_limits.py`)",
+        f"The same {r['events']:,} events over {r['requests']:,} requests, read by a dry-run "
+        f"worker and then by a worker delivering to a receiver that allows "
+        f"{r['limit_per_s']} calls/s in {r.get('window_s', 300)}-s fixed windows, as "
+        f"Helicone's limiter counts, with DELIVERY_RATE_PER_S={r['limit_per_s']}. The drain "
+        f"is measured over {r['drain_s']:.0f} s after ingestion, leaving out the first 10 s.",
+    )
+    _table(w, ("figure", "dry run", "delivering"), "lrr", [
+        ("ingest, events/s", _num(r["dry_ingest_per_s"]), _num(r["live_ingest_per_s"])),
+        ("windows decided", f"{r['dry_windows']:,}", f"{r['live_windows']:,}"),
+    ])
     w(f"At the end of the drain span: backlog {r['backlog_at_end']:,} requests, the oldest "
       f"change waiting {r['oldest_undelivered_s']} s, rate in force "
       f"{r['rate_at_end_per_s']} calls/s. Ingestion finished long before the backlog could: "

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
@@ -35,6 +34,7 @@ from worker.agents.windows import (
     Windows,
 )
 from worker.clock import Clock, SystemClock
+from worker.health import Liveness, Readiness, healthz, readyz, supervised
 from worker.ingest import IngestLimits, RecentIds
 from worker.intake import Intake, install_intake
 from worker.kafka import (
@@ -54,7 +54,7 @@ from worker.watermarks import SourceMark, decode_marks, encode_marks, source_mar
 if TYPE_CHECKING:
     from worker.config import Settings
 
-__all__ = ["FeedbackApp", "Readiness", "build_app", "rule_config"]
+__all__ = ["FeedbackApp", "build_app", "rule_config"]
 
 log = logging.getLogger(__name__)
 
@@ -264,11 +264,11 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
                 ack=ack,
             )
 
-    liveness = Liveness(clock=clock)
+    liveness = Liveness(clock=clock, on_crash=metrics.agent_crashed)
 
     # The input topic skips Faust's per-record delivery (worker.intake); if this Faust
     # version cannot, an ordinary agent consumes it.
-    intake = Intake(app, on_input, on_crash=lambda exc: _count_crash("ingest", liveness, metrics))
+    intake = Intake(app, on_input, on_crash=lambda exc: liveness.crashed("ingest"))
     if install_intake(app, topics[settings.topic_ui_events], intake):
         app.task(intake.run)
     else:
@@ -278,10 +278,10 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
                 await on_input(event.message, partial(manual.ack, event))
 
         app.agent(topics[settings.topic_ui_events], name="ingest")(
-            _supervised("ingest", ingest_agent, liveness, metrics)
+            supervised("ingest", ingest_agent, liveness)
         )
     app.agent(topics[rekey_topic_name(settings)], name="rekeyed")(
-        _supervised("rekeyed", rekeyed_agent, liveness, metrics)
+        supervised("rekeyed", rekeyed_agent, liveness)
     )
 
     rekey_topic = rekey_topic_name(settings)
@@ -404,7 +404,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         topics=topics,
         readiness_checks=readiness.checks,
         clock=clock,
-        supervise=lambda name, agent: _supervised(name, agent, liveness, metrics),
+        supervise=lambda name, agent: supervised(name, agent, liveness),
     )
     _add_routes(app, metrics, readiness, liveness)
     return FeedbackApp(app, settings, metrics, ingest, windows, readiness, topics)
@@ -476,65 +476,6 @@ def _lags(
     return lags
 
 
-@dataclass
-class Liveness:
-    """What ``/healthz`` checks: an agent that keeps crashing.
-
-    Faust restarts a crashed agent in place, so the process stays up and answers HTTP while a
-    record or a bad state crashes it again and again; a liveness probe must see that (and
-    restart the container, which clears in-memory state) instead of a cheerful "ok".
-    """
-
-    clock: Clock
-    #: This many crashes within :attr:`window_ms` make the worker unhealthy.
-    limit: int = 3
-    window_ms: int = 60_000
-    _crashes: deque[int] = field(default_factory=deque)
-
-    def crashed(self) -> None:
-        self._crashes.append(self.clock.now_ms())
-
-    def recent_crashes(self) -> int:
-        cutoff = self.clock.now_ms() - self.window_ms
-        while self._crashes and self._crashes[0] < cutoff:
-            self._crashes.popleft()
-        return len(self._crashes)
-
-
-def _supervised(
-    name: str,
-    agent: Callable[[faust.StreamT[bytes]], Awaitable[None]],
-    liveness: Liveness,
-    metrics: Metrics,
-) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
-    """``agent``, with its crashes counted (metric, ``/healthz``) before Faust restarts it."""
-
-    async def supervised(stream: faust.StreamT[bytes]) -> None:
-        try:
-            await agent(stream)
-        except Exception:
-            _count_crash(name, liveness, metrics)
-            raise
-
-    supervised.__name__ = supervised.__qualname__ = f"{name}_agent"
-    return supervised
-
-
-def _count_crash(name: str, liveness: Liveness, metrics: Metrics) -> None:
-    """A record made handler ``name`` raise: the metric, and ``/healthz``'s crash loop."""
-    liveness.crashed()
-    metrics.agent_crashes.labels(agent=name).inc()
-
-
-@dataclass
-class Readiness:
-    """What ``/readyz`` checks; components add their own named checks (e.g. delivery)."""
-
-    #: Set once the first rebalance completed: before that the worker owns no partitions.
-    joined: bool = False
-    checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
-
-
 def _add_routes(
     app: faust.App, metrics: Metrics, readiness: Readiness, liveness: Liveness
 ) -> None:
@@ -550,25 +491,18 @@ def _add_routes(
     @app.page("/healthz")
     class HealthView(View):
         async def get(self, request: Request) -> Response:
-            crashes = liveness.recent_crashes()
-            if crashes >= liveness.limit:
-                return self.json(
-                    {"status": "crash_loop", "agent_crashes_last_minute": crashes}, status=503
-                )
-            return self.json({"status": "ok"})
+            body, status = healthz(liveness)
+            return self.json(body, status=status)
 
     @app.page("/readyz")
     class ReadyView(View):
         async def get(self, request: Request) -> Response:
-            checks = {
-                "joined_group": readiness.joined and not app.rebalancing,
-                "recovery_done": cast(TableManager, app.tables).recovery.completed.is_set(),
-                **{name: check() for name, check in readiness.checks.items()},
-            }
-            ready = all(checks.values())
-            return self.json(
-                {"ready": ready, "checks": checks}, status=200 if ready else 503
+            body, status = readyz(
+                readiness,
+                rebalancing=app.rebalancing,
+                recovery_done=cast(TableManager, app.tables).recovery.completed.is_set(),
             )
+            return self.json(body, status=status)
 
 
 def _credentials(settings: Settings) -> Any:

@@ -67,7 +67,7 @@ import heapq
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -91,7 +91,8 @@ from worker.delivery import (
 from worker.delivery_state import Call, FeedbackState, RatingVia, calls_for, merge, state_key
 from worker.errors import AuthRejected, ConfigError, PermanentDelivery, RetryableDelivery
 from worker.events import Decision, is_helicone_request_id
-from worker.kafka import delivery_retry_topic_name, partition_for
+from worker.kafka import delivery_retry_topic_name
+from worker.partitioner import partition_for
 from worker.readback import ReadBack
 
 if TYPE_CHECKING:
@@ -261,13 +262,6 @@ class _Due:
     retrying: bool = False
 
 
-@dataclass(slots=True)
-class _ResultBatch:
-    """Outcomes of one partition on their way out in one ``result`` record."""
-
-    outcomes: list[dict[str, Any]] = field(default_factory=list)
-
-
 class Delivery:
     """The delivery engine; see the module docstring.  All methods run on the event loop.
 
@@ -328,8 +322,9 @@ class Delivery:
         #: Decoded states, written through: the engine is the table's only writer, so a state
         #: it wrote is the table's state until a recovery rewrites the table (then cleared).
         self._decoded: dict[bytes, FeedbackState] = {}
-        #: Outcomes waiting to go out as one ``result`` record per partition (see _report).
-        self._results: dict[int, _ResultBatch] = {}
+        #: Outcomes waiting to go out as one ``result`` record per partition (see _report);
+        #: a list is its batch's identity, so a sent batch is never taken for the open one.
+        self._results: dict[int, list[dict[str, Any]]] = {}
         #: Result records on their way, per partition (awaited when it is revoked).
         self._recording: dict[int, set[asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -720,22 +715,22 @@ class Delivery:
         if retry is not None:
             document["retry"] = retry  # orjson writes a dataclass field by field
         batch = self._results.get(partition)
-        if batch is None or len(batch.outcomes) >= _RESULTS_PER_RECORD:
-            batch = self._results[partition] = _ResultBatch()
+        if batch is None or len(batch) >= _RESULTS_PER_RECORD:
+            batch = self._results[partition] = []
             task = asyncio.ensure_future(self._send_results(partition, batch))
             recording = self._recording.setdefault(partition, set())
             for tasks in (self._tasks, recording):
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-        batch.outcomes.append(document)
+        batch.append(document)
 
-    async def _send_results(self, partition: int, batch: _ResultBatch) -> None:
+    async def _send_results(self, partition: int, batch: list[dict[str, Any]]) -> None:
         """Send ``batch`` after the linger; until acknowledged, or until the partition is no
         longer this worker's (its next owner sends those states again, which is harmless)."""
         await asyncio.sleep(_RESULT_LINGER_S)
         if self._results.get(partition) is batch:
             del self._results[partition]
-        value = orjson.dumps({"results": batch.outcomes})
+        value = orjson.dumps({"results": batch})
         while True:
             try:
                 await self._send(self.config.retry_topic, b"results", value, partition,
@@ -744,11 +739,11 @@ class Delivery:
             except Exception:
                 if self._owned is not None and partition not in self._owned:
                     log.warning("could not record %d delivery outcome(s) of revoked partition "
-                                "%d; its next owner sends them again", len(batch.outcomes),
+                                "%d; its next owner sends them again", len(batch),
                                 partition)
                     return
                 log.warning("could not record %d delivery outcome(s); trying again",
-                            len(batch.outcomes))
+                            len(batch))
                 await asyncio.sleep(_RESULT_RETRY_MS / 1000)
 
     async def _call(self, call: Call, target_id: str) -> None:

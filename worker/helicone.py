@@ -288,7 +288,9 @@ class HeliconeClient:
 
     Pass ``client`` to share an ``httpx.AsyncClient`` (it is not closed here), or
     ``transport`` (e.g. ``httpx.MockTransport``) to keep this client's own pool and settings.
-    ``limits`` apply only to httpx's default transport.
+    ``limits`` apply only to httpx's default transport.  ``timer`` is a monotonic counter in
+    seconds; a record's ``duration_s`` is the difference of two of its readings, taken just
+    before the request and just after the answer, so a test can set the duration exactly.
     """
 
     def __init__(
@@ -303,6 +305,7 @@ class HeliconeClient:
         dry_run: bool = False,
         observer: ObserveAttempt | None = None,
         clock: Clock | None = None,
+        timer: Callable[[], float] = time.perf_counter,
         trust_env: bool = False,
     ) -> None:
         if not isinstance(api_key, SecretStr):
@@ -325,6 +328,7 @@ class HeliconeClient:
         self._dry_run = dry_run
         self._observer = observer
         self._clock: Clock = clock or SystemClock()
+        self._timer = timer
         self._owns_client = client is None
         self._http = client or httpx.AsyncClient(
             transport=transport,
@@ -494,15 +498,15 @@ class HeliconeClient:
             "Authorization": f"Bearer {self._api_key.get_secret_value()}",
             "Accept": "application/json",
         }
-        started = time.perf_counter()
+        started = self._timer()
         try:
             response = await self._http.post(self._base_url + path, json=payload, headers=headers)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             failure = classify_exception(exc, endpoint=endpoint, now_ms=self._clock.now_ms())
             self._redact(failure)
-            self._observe(endpoint, failure, time.perf_counter() - started, None)
+            self._observe(endpoint, failure, self._timer() - started, None)
             raise failure from exc
-        duration_s = time.perf_counter() - started
+        duration_s = self._timer() - started
         error = classify_response(
             response.status_code,
             response.headers,

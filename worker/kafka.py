@@ -7,9 +7,8 @@
   the window state is partitioned like the input, so the two must match (DESIGN 2).
 * :func:`input_backlog` counts a partition's records left to process, from offsets alone,
   so idle close and the watermarks never take a backlog for a live partition.
-* :func:`partition_for` is Kafka's default partitioner (murmur2, as the Java client, aiokafka
-  and kafkajs use), so the worker can tell whether a record already sits on the partition that
-  owns its request's state.
+
+Kafka's default partitioner lives in :mod:`worker.partitioner`.
 """
 
 from __future__ import annotations
@@ -18,11 +17,9 @@ import logging
 import ssl
 from collections.abc import Collection
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.partitioner import murmur2
 
 from worker.errors import TopicMismatchError
 
@@ -38,7 +35,6 @@ __all__ = [
     "delivery_retry_topic_name",
     "ensure_topics",
     "input_backlog",
-    "partition_for",
     "rekey_topic_name",
     "topic_plan",
 ]
@@ -67,15 +63,6 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
     if settings.kafka_ssl_certfile:
         context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
     return context
-
-
-@lru_cache(maxsize=65_536)
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default (murmur2) partitioner gives ``key``.
-
-    Cached: a request's events repeat its key, and murmur2 is pure Python in aiokafka.
-    """
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def input_backlog(

@@ -299,6 +299,10 @@ class Metrics:
             self.consumer_lag_seconds.labels(topic=topic, partition=str(partition)).set(seconds)
         self._lag_labels = set(lags)
 
+    def agent_crashed(self, agent: str) -> None:
+        """Handler ``agent`` raised on a record (:class:`worker.health.Liveness` calls this)."""
+        self.agent_crashes.labels(agent=agent).inc()
+
     def observe_decision(self, decision: Decision, *, now_ms: int) -> None:
         rating = "none" if decision.rating is None else str(decision.rating).lower()
         self.decisions.labels(rule=decision.rule, rating=rating).inc()

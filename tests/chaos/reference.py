@@ -35,7 +35,7 @@ from worker.clock import FakeClock
 from worker.config import Settings
 from worker.events import Decision
 from worker.ingest import Accepted, IngestLimits, inspect_record
-from worker.kafka import partition_for
+from worker.partitioner import partition_for
 from worker.windows import WindowEngine
 
 __all__ = [

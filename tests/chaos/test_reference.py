@@ -16,7 +16,7 @@ from tests.chaos.reference import (
 from tests.chaos.scenarios import CHAOS_WINDOWS, SHAPE
 from tests.chaos.workload import records_for, workload
 from worker.devtools.traffic import generate
-from worker.kafka import partition_for
+from worker.partitioner import partition_for
 
 pytestmark = pytest.mark.chaos
 

@@ -15,7 +15,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from tests.fixtures.kafka import read_topic
 from tests.fixtures.worker import TestTopics
 from worker.config import load_settings
-from worker.kafka import ensure_topics, partition_for
+from worker.kafka import ensure_topics
+from worker.partitioner import partition_for
 
 pytestmark = pytest.mark.integration
 

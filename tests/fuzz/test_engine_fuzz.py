@@ -22,7 +22,7 @@ from tests.unit.rules.eventkit import DictStore
 from worker.clock import FakeClock
 from worker.events import Decision
 from worker.ingest import Accepted, IngestLimits, Invalid, RecentIds, inspect_record, invalid_record
-from worker.kafka import partition_for
+from worker.partitioner import partition_for
 from worker.rules import RuleConfig
 from worker.windows import Outcome, WindowEngine
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
 from tests.fixtures.collector import ALLOWED_ORIGIN as ORIGIN
 from tests.fixtures.collector import WRITE_KEY as KEY
@@ -23,7 +24,7 @@ from tests.fixtures.kafka import read_topic
 from worker.collector.server import serve
 from worker.config import load_settings
 from worker.errors import TopicMismatchError
-from worker.kafka import ensure_topics, partition_for
+from worker.kafka import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -220,9 +221,10 @@ async def test_events_near_the_size_limit_and_over_it_are_written(
 async def test_keyed_records_land_where_kafkas_default_partitioner_puts_them(
     collector_factory: CollectorFactory, kafka_bootstrap: str
 ) -> None:
-    """The collector names each keyed record's partition itself (worker/collector/
-    partitioner.py); the worker relies on a request's events sitting on the partition
-    Kafka's default partitioner gives its key (aiokafka's, via worker.kafka)."""
+    """The collector names each keyed record's partition itself (worker/partitioner.py);
+    the worker relies on a request's events sitting on the partition Kafka's default
+    partitioner gives its key, so the placement is checked against aiokafka's own
+    ``DefaultPartitioner``, not against the function the collector calls."""
     batches = [[event() for _ in range(20)] for _ in range(3)]
     session = event(type="session_feedback_given", request_id=None, session_id="sess-p",
                     properties={"rating": True})
@@ -237,7 +239,8 @@ async def test_keyed_records_land_where_kafkas_default_partitioner_puts_them(
         valid = await read_topic(kafka_bootstrap, settings.topic_ui_events, expected=61)
     assert len(valid) == 61
     assert {r.key for r in valid} >= {b"sess-p"}
+    every = list(range(8))
     for record in valid:
         assert record.key is not None
-        assert record.partition == partition_for(record.key, 8), record.key
+        assert record.partition == DefaultPartitioner()(record.key, every, every), record.key
     assert len({r.partition for r in valid}) > 4  # spread, not all on one

@@ -18,7 +18,7 @@ import pytest
 from tests.fixtures.kafka import produce, read_topic
 from tests.fixtures.worker import TestTopics, WorkerProcess
 from worker.agents.ingest import EVENT_TIME_HEADER
-from worker.kafka import partition_for
+from worker.partitioner import partition_for
 
 pytestmark = pytest.mark.integration
 

@@ -43,7 +43,7 @@ def test_collector_core_imports_no_io_libraries() -> None:
     no Kafka client, no metrics registry."""
     probe = (
         "import sys, worker.collector.batch, worker.collector.policy, "
-        "worker.collector.partitioner; "
+        "worker.partitioner; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         f"set({sorted(IO_LIBRARIES | {'aiohttp'})!r})))"
     )
@@ -68,11 +68,23 @@ def test_delivery_core_imports_no_io_libraries() -> None:
 
 def test_delivery_engine_imports_no_faust_http_or_metrics() -> None:
     """The engine gets tables, a send function, a poster and a clock injected (issue 14: an
-    engine no longer lives in its adapter).  It uses Kafka's partitioner (aiokafka's murmur2,
+    engine no longer lives in its adapter).  It uses Kafka's partitioner (:mod:`worker.partitioner`,
     pure Python) to route a decision to the partition that owns its request, nothing else."""
     probe = (
         "import sys, worker.delivery_engine; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'faust', 'mode', 'httpx', 'prometheus_client', 'aiohttp'}))"
+    )
+    assert run_probe(probe) == "[]"
+
+
+def test_health_imports_only_the_standard_library() -> None:
+    """Health and supervision are imported by the app and the agents alike, so they import
+    no adapter of the worker and no I/O library (issue 17: no import circle through them)."""
+    probe = (
+        "import sys; before = set(sys.modules); import worker.health; "
+        "print(sorted(m for m in set(sys.modules) - before "
+        "if m.split('.')[0] in {'worker', 'faust', 'mode', 'aiokafka', 'httpx', "
+        "'prometheus_client', 'aiohttp'} and m not in {'worker', 'worker.health'}))"
     )
     assert run_probe(probe) == "[]"

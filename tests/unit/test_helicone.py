@@ -240,7 +240,29 @@ async def test_request_feedback_is_one_bearer_post_with_a_rating() -> None:
     assert request.headers["Content-Type"] == "application/json"
     assert json.loads(request.content) == {"rating": False}
     assert record.endpoint == "request_feedback" and record.status == 201
-    assert record.outcome is DeliveryOutcome.SUCCESS and record.duration_s >= 0
+    assert record.outcome is DeliveryOutcome.SUCCESS
+
+
+@pytest.mark.parametrize("answered", [True, False])
+async def test_a_calls_duration_spans_the_request_on_the_timer(answered: bool) -> None:
+    """The timer moves only while the transport holds the request, so the recorded
+    duration is exactly that span, for an answer and for a transport failure alike."""
+    now_s = [100.0]
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        now_s[0] += 0.25
+        if not answered:
+            raise httpx.ReadTimeout("timed out", request=request)
+        return httpx.Response(201)
+
+    seen: list[DeliveryAttempted] = []
+    client = make_client(slow, observer=seen.append, timer=lambda: now_s[0])
+    if answered:
+        await client.post_request_feedback(REQUEST_ID, True)
+    else:
+        with pytest.raises(RetryableDelivery):
+            await client.post_request_feedback(REQUEST_ID, True)
+    assert [r.duration_s for r in seen] == [0.25]
 
 
 async def test_all_scores_go_in_one_post_as_integers() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 from hypothesis import given
@@ -14,6 +14,7 @@ from worker.ingest import (
     Accepted,
     IngestLimits,
     Invalid,
+    InvalidReason,
     RecentIds,
     inspect_record,
     invalid_record,
@@ -109,8 +110,18 @@ def test_event_time_never_passes_the_record_time(skew_ms: int, delay_ms: int) ->
 
 
 @given(st.binary(max_size=300))
-def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
-    assert isinstance(inspect(raw), Accepted | Invalid)
+def test_arbitrary_bytes_are_invalid_and_kept_for_evidence(raw: bytes) -> None:
+    """Random bytes are never an event (one needs a type, ids and times), so each is refused
+    with a reason and a message, and its invalid-topic document keeps the bytes as sent."""
+    result = inspect(raw)
+    assert isinstance(result, Invalid), result
+    assert result.reason in get_args(InvalidReason) and result.message
+    payload = orjson.loads(
+        invalid_record(result, value=raw, key=None, topic="ui-events", partition=0, offset=0,
+                       record_ts_ms=RECORD_TS, max_value_bytes=4096)
+    )
+    assert base64.b64decode(payload["value_b64"]) == raw
+    assert payload["reason"] == result.reason
 
 
 def test_invalid_record_keeps_the_original_bytes_and_source() -> None:

@@ -31,7 +31,7 @@ from worker.ingest import (
     inspect_record,
     invalid_record,
 )
-from worker.kafka import partition_for
+from worker.partitioner import partition_for
 
 if TYPE_CHECKING:
     from worker.clock import Clock

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiokafka import AIOKafkaProducer
 
-from worker.collector.partitioner import partition_for_key
 from worker.errors import TopicMismatchError
 from worker.kafka import client_kwargs, ensure_topics
+from worker.partitioner import partition_for
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -190,7 +190,7 @@ class KafkaBatchWriter:
 
         ``send`` only queues (it may wait for metadata or buffer space); the futures it
         returns resolve when the broker acknowledged the record.  A keyed record's partition
-        is computed here (:mod:`worker.collector.partitioner`, the same placement as
+        is computed here (:mod:`worker.partitioner`, the same placement as
         aiokafka's default partitioner, which ``partition=`` skips), from the partition
         count the producer's metadata holds at the start of the batch; a topic not in the
         metadata yet, and unkeyed records, are left to aiokafka; a key's partition is
@@ -214,7 +214,7 @@ class KafkaBatchWriter:
                         known = cluster.partitions_for_topic(topic)
                         count = partition_counts[topic] = len(known) if known else 0
                     if count:
-                        partition = placed[topic, key] = partition_for_key(key, count)
+                        partition = placed[topic, key] = partition_for(key, count)
             futures.append(
                 await producer.send(
                     topic, value=value, key=key, partition=partition, timestamp_ms=timestamp_ms

@@ -390,7 +390,10 @@ class FixedWindowLimiter:
 class Received:
     """One write call and how it was answered (``status=None``: connection reset).
 
-    The ``Authorization`` header is deliberately not kept.
+    ``latency_s`` is the injected latency the receiver waited before answering, as it
+    stood when the call came in (0.0 when none was set); a test reads what was applied
+    here rather than timing the call.  The ``Authorization`` header is deliberately not
+    kept.
     """
 
     method: str
@@ -398,6 +401,7 @@ class Received:
     body: Any
     at_ms: int
     status: int | None
+    latency_s: float = 0.0
 
     @property
     def accepted(self) -> bool:
@@ -792,8 +796,9 @@ class Receiver:
             malformed = True
         else:
             malformed = False
-        if self._latency_s:
-            await asyncio.sleep(self._latency_s)
+        latency_s = self._latency_s
+        if latency_s:
+            await asyncio.sleep(latency_s)
         response, accepted = self._answer(request, body, malformed, validate, success)
         if accepted:  # Helicone's own 2xx (not an injected one): it queues what it was sent
             accept(body)
@@ -805,7 +810,7 @@ class Receiver:
         else:
             status = response.status
         self.history.append(
-            Received(request.method, request.path, body, self._clock.now_ms(), status)
+            Received(request.method, request.path, body, self._clock.now_ms(), status, latency_s)
         )
         await self._notify()
         return response

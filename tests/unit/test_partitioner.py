@@ -1,6 +1,7 @@
-"""The collector's partitioner (worker/collector/partitioner.py) places every key exactly where
-Kafka's default partitioner does: the Java client's test vectors, and aiokafka's own
-``murmur2`` and ``DefaultPartitioner`` over arbitrary keys and partition counts."""
+"""The partitioner the collector and the worker share (worker/partitioner.py) places every
+key exactly where Kafka's default partitioner does: the Java client's test vectors, and
+aiokafka's own ``murmur2`` and ``DefaultPartitioner`` over arbitrary keys and partition
+counts."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.collector.partitioner import murmur2, partition_for_key
+from worker.partitioner import murmur2, partition_for
 
 
 def _signed(value: int) -> int:
@@ -54,11 +55,20 @@ def test_murmur2_matches_aiokafka(data: bytes) -> None:
 )
 def test_partition_is_aiokafkas_default_partitioner(key: bytes, partitions: int) -> None:
     every = list(range(partitions))
-    assert partition_for_key(key, partitions) == DefaultPartitioner()(key, every, every)
+    assert partition_for(key, partitions) == DefaultPartitioner()(key, every, every)
 
 
 def test_request_ids_spread_over_the_partitions() -> None:
     counts = [0] * 8
     for _ in range(8_000):
-        counts[partition_for_key(str(uuid.uuid4()).encode(), 8)] += 1
+        counts[partition_for(str(uuid.uuid4()).encode(), 8)] += 1
     assert min(counts) > 800  # 1,000 expected each
+
+
+def test_a_repeated_key_is_answered_from_the_cache() -> None:
+    """The worker asks once per event and per decision; a request's key repeats."""
+    key = str(uuid.uuid4()).encode()
+    first = partition_for(key, 8)
+    hits = partition_for.cache_info().hits
+    assert partition_for(key, 8) == first
+    assert partition_for.cache_info().hits == hits + 1
