@@ -37,7 +37,7 @@ from worker.cli import main as cli_main
 from worker.config import Settings
 from worker.metrics import CollectorMetrics, Metrics
 
-__all__ = ["DEFAULT_OUT", "PAGES", "check", "main", "render_all", "write"]
+__all__ = ["DEFAULT_OUT", "PAGES", "check", "main", "render_all", "setting_default", "write"]
 
 #: Where the pages live, relative to the repository root.
 DEFAULT_OUT = Path("docs/reference")
@@ -142,6 +142,13 @@ def _default(field: FieldInfo) -> str:
     if value == "":
         return '`""` (empty)'
     return f"`{value}`"
+
+
+def setting_default(name: str) -> str:
+    """The default of setting ``NAME`` as the reference shows it, without backticks ("" if
+    none); hand-written tables in docs/ are checked against it."""
+    text = _default(Settings.model_fields[name.lower()]).removesuffix(" (empty)").strip("`")
+    return "" if text == '""' else text
 
 
 def _cell(text: str) -> str:
