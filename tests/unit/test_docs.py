@@ -334,6 +334,19 @@ def test_metric_names_in_the_docs_exist() -> None:
             assert name in exported, f"{_name(path)}: no metric {name}"
 
 
+def test_metric_labels_in_the_docs_are_the_exported_ones() -> None:
+    page = (DOCS / "reference" / "metrics.md").read_text(encoding="utf-8")
+    labels = {
+        name: set(re.findall(r"`(\w+)`", cells))
+        for name, cells in re.findall(r"^\| `(feedback_\w+)` \| \w+ \| ([^|]*) \|", page, re.M)
+    }
+    for path in ALL_TEXT:
+        text = path.read_text(encoding="utf-8")
+        for name, inside in re.findall(r"\b(feedback_[a-z_]+)\{([^}]*)\}", text):
+            shown = {part.split("=")[0].strip() for part in inside.split(",")}
+            assert shown <= labels[name], f"{_name(path)}: {name} has no label {shown}"
+
+
 def test_alert_names_in_the_docs_exist() -> None:
     alerts = (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text(encoding="utf-8")
     defined = set(re.findall(r"- alert: (\w+)", alerts))
