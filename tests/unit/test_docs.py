@@ -2,7 +2,8 @@
 
 - the site builds with ``mkdocs build --strict`` (broken links, anchors and includes fail);
 - docs/reference/ is exactly what worker/devtools/reference.py renders from the code;
-- every JSON example validates against schemas/ (events, batches, decisions, dead letters);
+- every JSON example validates against schemas/ (events, batches, decisions, dead letters),
+  and the Python backend snippet, run against a stand-in producer, publishes valid events;
 - the worked examples on decisions/examples.md go through the real window engine and the
   delivery merge and give the decisions and the Helicone call the page shows;
 - every ``feedback-worker ...`` and ``make ...`` line names real commands, options and targets;
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -156,6 +158,25 @@ def test_json_examples_validate(path: Path) -> None:
     for block in _blocks(path, "json"):
         for obj in _json_objects(block):
             _check_json_example(obj)
+
+
+def test_python_backend_example_publishes_a_valid_event() -> None:
+    """Run the aiokafka snippet of sending/backends.md against a stand-in producer."""
+    (snippet,) = _blocks(DOCS / "sending" / "backends.md", "python")
+    sent: list[tuple[str, bytes, bytes]] = []
+
+    class Producer:
+        async def send_and_wait(self, topic: str, *, key: bytes, value: bytes) -> None:
+            sent.append((topic, key, value))
+
+    namespace: dict[str, Any] = {}
+    exec(compile(snippet, "docs/sending/backends.md", "exec"), namespace)
+    request_id = "5f2b8c1e-3d4a-4b6c-9e7f-1a2b3c4d5e6f"
+    asyncio.run(namespace["publish"](Producer(), request_id, "response_copied"))
+    asyncio.run(namespace["publish"](Producer(), request_id, "feedback_given", rating=True))
+    for topic, key, value in sent:
+        assert (topic, key) == ("ui-events", request_id.encode())
+        _validate_event(json.loads(value))
 
 
 # ------------------------------------------------------------------- worked examples
