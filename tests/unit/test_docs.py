@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 import os
 import re
@@ -79,13 +80,13 @@ def test_site_builds_strict(tmp_path: Path) -> None:
 
 
 def test_generated_reference_matches_the_code() -> None:
-    stale = [
-        name
-        for name, text in reference.render_all().items()
-        if not (DOCS / "reference" / name).exists()
-        or (DOCS / "reference" / name).read_text(encoding="utf-8") != text
-    ]
-    assert not stale, f"docs/reference/{stale} out of date: run `make docs-reference`"
+    for name, text in reference.render_all().items():
+        path = DOCS / "reference" / name
+        committed = path.read_text(encoding="utf-8") if path.exists() else ""
+        diff = "".join(
+            list(difflib.unified_diff(committed.splitlines(True), text.splitlines(True)))[:40]
+        )
+        assert committed == text, f"{_name(path)} is out of date: run `make docs-reference`\n{diff}"
 
 
 def test_every_page_is_in_the_nav() -> None:
@@ -282,7 +283,11 @@ def _check_cli(args: list[str]) -> None:
     while isinstance(command, click.Group) and rest and not rest[0].startswith("-"):
         name = rest.pop(0)
         assert name in command.commands, f"no command {' '.join([*path, name])!r}"
-        parent = click.Context(command, info_name=path[-1], parent=parent)
+        # as click builds it: the group's context_settings (-h) reach its subcommands, and
+        # click caches each command's help option, which the generated CLI page shows
+        parent = click.Context(
+            command, info_name=path[-1], parent=parent, **command.context_settings
+        )
         command, path = command.commands[name], [*path, name]
     try:
         command.make_context(path[-1], rest, parent=parent)

@@ -191,13 +191,13 @@ def configuration_page() -> str:
 def _commands(
     command: click.Command, parent: click.Context | None, path: list[str]
 ) -> Iterator[tuple[list[str], click.Command, click.Context]]:
-    ctx = click.Context(
-        command,
-        info_name=path[-1],
-        parent=parent,
-        terminal_width=_HELP_WIDTH,
-        max_content_width=_HELP_WIDTH,
-    )
+    # As click builds them: the group's context_settings (-h as well as --help) are inherited.
+    settings: dict[str, Any] = {
+        "terminal_width": _HELP_WIDTH,
+        "max_content_width": _HELP_WIDTH,
+        **command.context_settings,
+    }
+    ctx = click.Context(command, info_name=path[-1], parent=parent, **settings)
     yield path, command, ctx
     if isinstance(command, click.Group):
         for name, sub in command.commands.items():
