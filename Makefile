@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install test test-chaos lint typecheck unit integration schemas clean demo bench soak sdk-test
+.PHONY: help install test test-chaos lint typecheck unit integration schemas clean demo bench soak sdk-test docs docs-reference
 
 help:
 	@echo "make demo    the whole system on this machine for a minute, checked end to end"
@@ -14,6 +14,8 @@ help:
 	@echo "make soak    steady mixed load with faults for MINUTES (default 10); fails on growth"
 	@echo "make schemas regenerate schemas/ from the models"
 	@echo "make sdk-test the browser SDK: build, typecheck, unit tests, real-Chromium beacon test, size"
+	@echo "make docs    build the documentation site into site/ (offline, --strict)"
+	@echo "make docs-reference regenerate docs/reference/ from Settings, the CLI, the metrics and schemas/"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,9 +56,17 @@ soak: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/feedback-worker schemas
 
+# The site; `make test` builds it too (tests/unit/test_docs.py), with --strict, into a temp dir.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# docs/reference/ is generated from the code; a unit test fails when it is out of date.
+docs-reference: $(STAMP)
+	$(BIN)/python -m worker.devtools.reference
+
 # Needs Node 20+ and npm; the real-browser test runs when /usr/bin/chromium exists.
 sdk-test:
 	cd sdk/browser && npm ci && npm test
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache site

@@ -59,7 +59,8 @@ def _setup_logging(settings: Settings) -> None:
 def main() -> None:
     """Turn what users do after an LLM answer into feedback in Helicone.
 
-    Configuration comes from environment variables (or a .env file); see the README.
+    Configuration comes from environment variables (or a .env file): every one is in
+    docs/reference/configuration.md.
     """
 
 

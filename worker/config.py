@@ -42,6 +42,9 @@ class Settings(BaseSettings):
         frozen=True,
         case_sensitive=False,
         hide_input_in_errors=True,
+        # The docstring under each field is its description: the configuration reference in
+        # docs/ is generated from it (make docs-reference) and errors quote it as "expected".
+        use_attribute_docstrings=True,
     )
 
     # ---- Kafka
@@ -51,12 +54,19 @@ class Settings(BaseSettings):
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
         "PLAINTEXT"
     )
+    """How the worker talks to the brokers."""
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    """SASL mechanism, with the SASL protocols."""
     kafka_sasl_username: str | None = None
+    """SASL user name; required with the SASL protocols."""
     kafka_sasl_password: SecretStr | None = None
+    """SASL password; required with the SASL protocols; a secret, never shown."""
     kafka_ssl_cafile: str | None = None
+    """TLS: the CA file that signed the brokers' certificates."""
     kafka_ssl_certfile: str | None = None
+    """TLS: the client certificate file."""
     kafka_ssl_keyfile: str | None = None
+    """TLS: the client key file."""
     kafka_producer_batch_bytes: int = Field(
         default=16_384,
         ge=1,
@@ -67,7 +77,8 @@ class Settings(BaseSettings):
         ge=0,
         le=1_000,
         description="How long the producer waits to fill a batch. Every event writes something "
-        "(state, decisions, late events), so 0 sends a produce request every few events.",
+        "(state, decisions, late events), so 0 sends a produce request every few events and "
+        "costs about a fifth of the worker's CPU.",
     )
     kafka_fetch_max_wait_ms: int = Field(
         default=100,
@@ -77,56 +88,92 @@ class Settings(BaseSettings):
         "1,500 ms; brokers that do not answer early then hold new events that long).",
     )
     kafka_rebalance_timeout_s: PositiveSeconds = 60.0
+    """Consumer group rebalance timeout, in seconds."""
     kafka_session_timeout_s: PositiveSeconds = 60.0
+    """Consumer group session timeout, in seconds."""
     worker_group_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(
         default="feedback-worker",
-        description="Consumer group (and Faust app id); every replica of one deployment shares it.",
+        description="Consumer group, state name (and Faust app id); every replica of one "
+        "deployment shares it.",
     )
     topic_partitions: int = Field(default=8, ge=1, le=10_000)
+    """Partitions of the topics the worker creates; the window state is partitioned like the
+    input, so it refuses to start if ui-events or the outbox exists with another count."""
     topic_replication_factor: int = Field(default=1, ge=1, le=10)
+    """Replication factor of the topics the worker creates."""
 
     # ---- topics
     topic_ui_events: TopicName = "ui-events"
+    """The input: one JSON event per UI interaction, keyed by request id."""
     topic_invalid: TopicName = "ui-events-invalid"
+    """Rejected records, with the reason."""
     topic_late: TopicName = "ui-events-late"
+    """Events for windows that already closed."""
     topic_outbox: TopicName = "feedback-outbox"
+    """Decisions."""
     topic_dlq: TopicName = "feedback-dlq"
+    """Decisions Helicone refused for good."""
 
     # ---- ingest
     max_event_bytes: int = Field(default=65_536, ge=256, le=16 * 1024 * 1024)
+    """Larger records are rejected as too_large."""
     clock_skew_tolerance_s: float = Field(default=2.0, ge=0)
+    """How far occurred_at may pass the record time (events without sent_at), in seconds."""
     event_max_future_s: float = Field(default=300.0, gt=0)
+    """Events further in the future than this are timestamp_out_of_range."""
     event_max_age_s: float = Field(default=7 * 86_400.0, gt=0)
+    """Events older than this (seconds) are timestamp_out_of_range."""
     dedupe_cache_size: int = Field(default=100_000, ge=0)
+    """Recent event_ids remembered by ingest, to process duplicates once."""
 
     # ---- windows and rules
     engagement_window_s: PositiveSeconds = 60.0
+    """Length of the engagement window (opened by response_shown)."""
     code_window_s: PositiveSeconds = 30.0
+    """Length of the code suggestion window (opened by suggestion_shown)."""
     clicks_window_s: PositiveSeconds = 300.0
+    """Length of the search clicks window (opened by results_shown)."""
     ticket_window_s: PositiveSeconds = 86_400.0
+    """Length of the ticket resolution window (opened by ticket_opened)."""
     window_grace_s: float = Field(default=5.0, ge=0)
+    """How long a window waits for late, out-of-order events (stream time)."""
     idle_close_s: PositiveSeconds = 30.0
+    """After this much silence on a partition, windows close by the wall clock."""
     max_signals_per_window: int = Field(default=200, ge=1, le=100_000)
-    #: Decoded window states kept in memory per partition (LRU; RocksDB has them all).  Each
-    #: costs about 1 KiB of Python objects; a request's events come in bursts, so a small
-    #: cache catches them, and 1,000,000 open windows do not all live in memory.
+    """Signals kept per window (the earliest; the rest are counted in the evidence)."""
     window_cache_keys: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Decoded window states kept in memory per partition (LRU; RocksDB has them all).  Each
+    costs about 1 KiB of Python objects; a request's events come in bursts, so a small cache
+    catches them, and 1,000,000 open windows do not all live in memory."""
     engagement_long_read_s: float = Field(default=30.0, ge=0)
+    """Engagement: time spent above this is positive (long_read)."""
     engagement_short_read_s: float = Field(default=5.0, ge=0)
+    """Engagement: time spent below this is negative (short_read)."""
     engagement_quick_exit_s: float = Field(default=10.0, ge=0)
+    """Engagement: page_left within this long after response_shown is negative (quick_exit)."""
     correction_phrases: list[str] = Field(
         default_factory=lambda: ["actually", "that's wrong", "that is wrong", "not what I asked"]
     )
+    """JSON list; a follow-up message containing one ends the engagement window with false."""
 
     # ---- Helicone and delivery
     helicone_api_key: SecretStr | None = None
+    """A Helicone key with write access (sk-helicone-...); required unless FEEDBACK_DRY_RUN=true;
+    never logged."""
     helicone_base_url: AnyHttpUrl = AnyHttpUrl("https://api.helicone.ai")
+    """Helicone's API; https://eu.api.helicone.ai for the EU region."""
     feedback_dry_run: bool = False
+    """Log what would be posted, post nothing (no API key needed)."""
     delivery_concurrency: int = Field(default=32, ge=1, le=1_024)
+    """Calls to Helicone in flight at most (one per request)."""
     delivery_rate_per_s: float = Field(default=10.0, gt=0)
+    """The most calls per second to Helicone: at or a little under your tier's limit."""
     delivery_max_attempts: int = Field(default=12, ge=1, le=1_000)
+    """Attempts of one state before its decisions go to the dead-letter topic."""
     delivery_max_age_s: PositiveSeconds = 86_400.0
+    """Seconds of retrying before the decisions go to the dead-letter topic."""
     delivery_timeout_s: PositiveSeconds = 10.0
+    """Timeout of one call to Helicone, in seconds."""
     delivery_backoff_base_s: PositiveSeconds = Field(
         default=1.0, description="First retry delay in seconds; doubles per attempt (+-20 %)."
     )
@@ -170,37 +217,58 @@ class Settings(BaseSettings):
 
     # ---- runtime
     worker_web_port: int = Field(default=6066, ge=0, le=65_535)
+    """Port of /metrics, /healthz and /readyz."""
     worker_web_host: str = "0.0.0.0"
+    """Address that /metrics, /healthz and /readyz listen on."""
     state_dir: str = "./state"
+    """RocksDB state (mount a volume here)."""
     rocksdb_block_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    """RocksDB block cache of each table partition (three tables, one database per partition
+    owned)."""
     rocksdb_write_buffer_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=64 * 1024,
-        description="Memtable size of each table partition's RocksDB (two per database).",
+        description="Memtable size of each table partition's RocksDB (two per database): "
+        "writes stay in memory until one is full, so a worker owning 8 partitions can hold "
+        "up to 24 x 8 MiB there; feedback_rocksdb_memory_bytes shows it.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Least severe level that is logged."""
     log_format: Literal["text", "json"] = "text"
+    """text, or json for one JSON object per line."""
 
     # ---- HTTP collector (DESIGN 11): `feedback-worker collect`
     collector_host: str = "0.0.0.0"
+    """Address where collect listens."""
     collector_port: int = Field(default=8088, ge=0, le=65_535)
+    """Port of collect (/v1/events, /metrics, /healthz, /readyz); 0 picks a free one."""
     collector_write_keys: SecretStr | None = Field(
         default=None,
-        description="Comma-separated write keys; required by `collect`, never logged.",
+        description="Comma-separated write keys; required by `collect`, never logged. A "
+        "client sends one as ?key= or Authorization: Bearer; they are publishable (they only "
+        "allow writing events).",
     )
     collector_allowed_origins: str = Field(
         default="",
-        description="Comma-separated origins such as https://app.example.com, or * for any",
+        description="Comma-separated origins such as https://app.example.com whose pages may "
+        "post from a browser, or * for any (only when set so); requests without Origin "
+        "(backends) are not affected",
     )
     collector_max_body_bytes: int = Field(default=512 * 1024, ge=1024, le=64 * 1024 * 1024)
+    """Larger bodies are refused with 413 while reading."""
     collector_max_events: int = Field(default=500, ge=1, le=100_000)
+    """More events in one batch is 413."""
     collector_rate_per_s: float = Field(
-        default=20.0, gt=0, description="Requests per second per client address (token bucket)"
+        default=20.0,
+        gt=0,
+        description="Requests per second per client address (token bucket, bursts of one "
+        "second's worth); over it: 429 with Retry-After",
     )
     collector_trust_forwarded_for: bool = Field(
         default=False,
         description="Take the client address from the last X-Forwarded-For entry (behind one "
-        "trusted proxy, such as an Ingress); false uses the peer address",
+        "trusted proxy, such as an Ingress, or every client shares the proxy's bucket); false "
+        "uses the peer address",
     )
     collector_idempotent_producer: bool = Field(
         default=True,
@@ -208,16 +276,20 @@ class Settings(BaseSettings):
         "InitProducerId, such as Tansu (DESIGN 2)",
     )
     collector_send_timeout_s: PositiveSeconds = Field(
-        default=10.0, description="Longest wait for the broker to acknowledge a batch"
+        default=10.0,
+        description="Longest wait for the broker to acknowledge a batch before answering 503",
     )
     collector_body_timeout_s: PositiveSeconds = Field(
         default=10.0,
         description="Longest time a request's body may take to arrive once its headers have; "
-        "slower is 408 body_timeout (a client trickling its body holds a connection)",
+        "slower (a client trickling its body, or sending none, holds a connection) is 408 "
+        "body_timeout and the connection is closed",
     )
     collector_idle_timeout_s: PositiveSeconds = Field(
         default=15.0,
-        description="How long an idle keep-alive connection is kept open between requests",
+        description="How long an idle keep-alive connection is kept open between requests; "
+        "behind a proxy that reuses upstream connections, set it above the proxy's idle "
+        "timeout (the Kubernetes ConfigMap sets 75 for ingress-nginx's 60)",
     )
 
     @field_validator("kafka_bootstrap_servers")
@@ -352,7 +424,7 @@ def _expected(name: str) -> str | None:
     if field is None:
         return None
     if field.description:
-        return field.description.rstrip(".")
+        return " ".join(field.description.split()).rstrip(".")
     if field.default is not None and not callable(field.default):
         return f"like the default {field.default!r}"
     return None

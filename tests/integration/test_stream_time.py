@@ -20,7 +20,7 @@ from tests.fixtures.kafka import produce, read_topic
 from tests.fixtures.worker import TestTopics, WorkerProcess
 from tests.integration.test_windows import SHORT_WINDOWS, decisions, settled
 from worker.devtools.traffic import iso
-from worker.kafka import partition_for
+from worker.partitioner import partition_for
 
 pytestmark = pytest.mark.integration
 
