@@ -73,6 +73,7 @@ GROWTH_LIMITS: Mapping[str, GrowthLimit] = {
     "rss_mib": GrowthLimit(rel_tolerance=0.10, abs_floor=16.0),
     "store_mib": GrowthLimit(rel_tolerance=0.25, abs_floor=16.0),
     "windows_open": GrowthLimit(rel_tolerance=0.25, abs_floor=100.0),
+    "windows_per_lifetime": GrowthLimit(rel_tolerance=0.25, abs_floor=15.0),
     "lag_records": GrowthLimit(rel_tolerance=0.30, abs_floor=1_000.0),
 }
 

@@ -71,6 +71,11 @@ class EmbeddedBroker:
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs (to watch its CPU next to the worker's)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self, *, timeout_s: float = 30.0) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
         self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
