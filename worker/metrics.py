@@ -152,6 +152,13 @@ class Metrics:
             "Valid events that arrived for a window that had already closed (to the late topic).",
             registry=r,
         )
+        self.stream_time_overruns = Counter(
+            "feedback_stream_time_overruns",
+            "Forwarded events that found their partition's stream time past what it had seen "
+            "when their source read them; 0 unless the workers' clocks disagree "
+            "(worker.watermarks).",
+            registry=r,
+        )
         self.windows_open = Gauge(
             "feedback_windows_open",
             "Windows open on the partitions this worker owns, by rule.",

@@ -72,6 +72,7 @@ def test_a_held_up_detour_is_waited_for(
     written = settled([worker], events=len(detour) + len(direct))
     late = asyncio.run(read_topic(kafka_bootstrap, topics.late, expected=0, timeout_s=3))
     assert [(orjson.loads(r.value)["type"], orjson.loads(r.value)["reason"]) for r in late] == []
+    assert worker.metric_sum("feedback_stream_time_overruns_total") == 0
     found = {d["request_id"]: d for d in decisions(kafka_bootstrap, topics.outbox, written)}
     assert found[request]["rule"] == "engagement"
     assert found[request]["rating"] is True, found[request]["signals"]

@@ -232,3 +232,25 @@ def test_watermarks_from_before_a_restart_are_ignored() -> None:
         assert len(decided) == 1
 
     asyncio.run(scenario())
+
+
+def test_a_forwarded_event_passed_on_its_way_is_counted() -> None:
+    """The invariant's check (worker.watermarks): a forwarded event that finds stream time past
+    both what the partition had seen when it was read and its own time is counted; one read
+    after the partition saw that far is not."""
+
+    async def scenario() -> None:
+        clock = FakeClock(T0 + 1_000)
+        windows = _adapter(clock, MemoryIO(), [])
+        windows.sources = 0  # no floor: stream time follows the direct events freely
+        read_ms = int(clock.now_ms())
+        clock.advance(0.001)
+        await _a_decided_journey_and_a_later_event(windows)  # stream time: +60 s
+        late = ev("response_shown", 1_000, request_id=OTHER_REQUEST)
+        windows.sources = 2
+        await windows.on_event(0, late, _ack, read_ms=read_ms)
+        assert windows.metrics.stream_time_overruns._value.get() == 1
+        await windows.on_event(0, ev("response_shown", 2_000), _ack, read_ms=int(clock.now_ms()))
+        assert windows.metrics.stream_time_overruns._value.get() == 1
+
+    asyncio.run(scenario())

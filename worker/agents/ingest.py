@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
@@ -37,21 +37,31 @@ if TYPE_CHECKING:
     from worker.clock import Clock
     from worker.metrics import Metrics
 
-__all__ = ["EVENT_TIME_HEADER", "Ack", "Ingest", "NextStage", "RecordSink"]
+__all__ = ["EVENT_TIME_HEADER", "READ_TIME_HEADER", "Ack", "Ingest", "NextStage", "RecordSink"]
 
 log = logging.getLogger(__name__)
 
 #: Header carrying the skew-corrected event time across the rekey hop, so the second hop
 #: does not recompute it from a record timestamp that is now the forwarder's.
 EVENT_TIME_HEADER = "fw-event-time-ms"
+#: Header carrying the wall clock (ms) when the source read a forwarded event, so the owner
+#: can check that its stream time did not pass the event on its way (worker.watermarks).
+READ_TIME_HEADER = "fw-read-ms"
 
 _MAX_KEY_BYTES = 1024
 
 #: Acknowledges one input record, so its offset may be committed.
 Ack = Callable[[], Awaitable[Any]]
-#: What the next stage (the window engine) is: called with the owning partition, the event
-#: and the record's ack, which the stage calls once the event's effects are durable.
-NextStage = Callable[[int, Accepted, Ack], Awaitable[None]]
+class NextStage(Protocol):
+    """The next stage (the window engine): called with the owning partition, the event and
+    the record's ack, which the stage calls once the event's effects are durable; for a
+    forwarded event, also when its source read it (``read_ms``)."""
+
+    def __call__(
+        self, partition: int, accepted: Accepted, ack: Ack, read_ms: int | None = None
+    ) -> Awaitable[None]: ...
+
+
 #: Sends one record: (topic, key, value, partition or None, headers or None).
 RecordSink = Callable[
     [str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None], Awaitable[Any]
@@ -139,7 +149,10 @@ class Ingest:
             routing_key,
             value,
             owner,
-            [(EVENT_TIME_HEADER, str(result.event_time_ms).encode())],
+            [
+                (EVENT_TIME_HEADER, str(result.event_time_ms).encode()),
+                (READ_TIME_HEADER, str(now_ms).encode()),
+            ],
         )
         self.defer_ack(partition, ack)
 
@@ -168,7 +181,7 @@ class Ingest:
             self.defer_ack(partition, ack)
             return
         accepted = Accepted(event, event_time_ms or timestamp_ms)
-        await self.next_stage(partition, accepted, ack)
+        await self.next_stage(partition, accepted, ack, _header_int(headers, READ_TIME_HEADER))
 
     async def _reject(
         self,

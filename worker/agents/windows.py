@@ -270,12 +270,18 @@ class Windows:
             log.info("partition %d: window state loaded", partition)
         return engine
 
-    async def on_event(self, partition: int, accepted: Accepted, ack: Ack) -> None:
-        """One valid event of ``partition``, inside an event of that partition."""
+    async def on_event(
+        self, partition: int, accepted: Accepted, ack: Ack, read_ms: int | None = None
+    ) -> None:
+        """One valid event of ``partition``, inside an event of that partition; ``read_ms``:
+        when its source read it, if it was forwarded."""
         if partition in self._revoked:
             return  # never acked: the partition's next owner processes it again
         epoch = self._epochs.get(partition, 0)
-        await self._publish(partition, self.engine(partition).process(accepted))
+        engine = self.engine(partition)
+        if read_ms is not None:
+            self._check_overrun(partition, engine, accepted, read_ms)
+        await self._publish(partition, engine.process(accepted))
         if self._epochs.get(partition, 0) != epoch:
             return  # revoked (and maybe reassigned) meanwhile: its state went with the engine
         self.hold(partition, ack)
@@ -325,6 +331,24 @@ class Windows:
         if self._epochs.get(partition, 0) != epoch:
             return
         self.hold(partition, ack)
+
+    def _check_overrun(
+        self, partition: int, engine: WindowEngine, accepted: Accepted, read_ms: int
+    ) -> None:
+        """Count a forwarded event that finds stream time past the invariant's bound
+        (worker.watermarks): what this partition had seen when the event was read, or the
+        event's own time.  Only a clock that disagrees between workers lets it happen."""
+        stream_time = engine.stream_time_ms
+        if stream_time is None or not self.sources:
+            return
+        bound = max(engine.seen_as_of(read_ms), accepted.event_time_ms)
+        if stream_time > bound:
+            self.metrics.stream_time_overruns.inc()
+            log.warning(
+                "partition %d: stream time %d ms past a forwarded event read at %d "
+                "(bound %d ms): are the workers' clocks in step?",
+                partition, stream_time, read_ms, bound,
+            )
 
     def _floor(self, partition: int) -> Floor:
         """``partition``'s floor from its sources' latest marks (worker.watermarks)."""
