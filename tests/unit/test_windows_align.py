@@ -1,10 +1,9 @@
 """WindowEngine.align: stream time waits for events that come the long way round.
 
 Events a producer did not key by request id reach their partition forwarded from another
-one.  While the partitions work off a backlog, the events that arrive directly drive stream
-time far ahead of the forwarded ones; without a floor their windows closed first and they
-were reported late (the soak's unkeyed journeys).  The adapter sets the floor to the lowest
-stream time among the sources that are behind (worker.agents.windows).
+one, while the events that arrive directly drive stream time on.  The engine holds stream time
+at the floor the adapter passes; the adapter takes it from its sources' marks
+(worker.watermarks, whose own tests simulate the race).
 """
 
 from __future__ import annotations
