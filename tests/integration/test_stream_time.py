@@ -11,15 +11,24 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from tests.fixtures.kafka import produce, read_topic
-from tests.fixtures.worker import TestTopics, WorkerProcess
-from tests.integration.test_windows import SHORT_WINDOWS, decisions, settled
-from worker.devtools.traffic import iso
+from tests.fixtures.worker import TestTopics, WorkerProcess, make_topics
+from tests.integration.test_windows import (
+    SHAPE,
+    SHORT_WINDOWS,
+    assert_matches,
+    decisions,
+    records_of,
+    settled,
+)
+from worker.devtools.traffic import generate, iso
 from worker.partitioner import partition_for
 
 pytestmark = pytest.mark.integration
@@ -76,3 +85,69 @@ def test_a_held_up_detour_is_waited_for(
     found = {d["request_id"]: d for d in decisions(kafka_bootstrap, topics.outbox, written)}
     assert found[request]["rule"] == "engagement"
     assert found[request]["rating"] is True, found[request]["signals"]
+
+
+async def _publish_live(
+    bootstrap: str, streams: list[tuple[str, list[tuple[bytes | None, bytes]]]], start_ms: int
+) -> None:
+    """Send each stream's records when the wall clock reaches their event time, as users
+    would: ``streams`` are (topic, [(key, value)]) with the same events in the same order."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = []
+        for n, (_, value) in enumerate(streams[0][1]):
+            occurred_ms = iso_ms(orjson.loads(value)["occurred_at"])
+            wait_s = (occurred_ms - time.time() * 1000) / 1000
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            for topic, records in streams:
+                key, body = records[n]
+                futures.append(await producer.send(topic, key=key, value=body))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def iso_ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def test_unkeyed_journeys_decide_as_keyed_ones_under_a_lagging_detour(
+    kafka_bootstrap: str, topics: TestTopics, worker_factory: Any
+) -> None:
+    """The same journeys, published live to two groups at once: once all keyed by request id,
+    once with 30 % of them unkeyed while the detour lags 5 x the grace.  The outboxes must
+    hold the same decisions (ids and ratings), and no event may be late in either."""
+    keyed_topics = make_topics()
+    keyed: WorkerProcess = worker_factory(
+        **SHORT_WINDOWS, **keyed_topics.env(), TOPIC_PARTITIONS=str(PARTITIONS)
+    )
+    detoured: WorkerProcess = worker_factory(module=SLOW_DETOUR, **SHORT_WINDOWS, **DETOUR)
+    keyed.wait_ready()
+    detoured.wait_ready()
+    start = int(time.time() * 1000) + 2_000
+    journeys = generate(60, start_ms=start, spread_ms=12_000, windows=SHAPE, seed=19,
+                        kinds={"chat": 1, "code": 1, "search": 1})
+    unkeyed = {j.request_id for j in journeys[::3]}  # a third: 30 % and some
+    records = records_of(journeys)
+    asyncio.run(_publish_live(kafka_bootstrap, [
+        (keyed_topics.ui_events, list(records)),
+        (topics.ui_events, [(None if rid.decode() in unkeyed else rid, value)
+                            for rid, value in records]),
+    ], start))
+
+    written_keyed = settled([keyed], events=len(records))
+    written = settled([detoured], events=len(records))
+    assert detoured.metric_sum("feedback_events_rekeyed_total") > 0
+    for run in (keyed_topics, topics):
+        late = asyncio.run(read_topic(kafka_bootstrap, run.late, expected=0, timeout_s=3))
+        assert [orjson.loads(r.value)["reason"] for r in late] == [], run.late
+    assert detoured.metric_sum("feedback_stream_time_overruns_total") == 0
+
+    def outcome(found: list[dict[str, Any]]) -> set[tuple[str, Any]]:
+        return {(d["decision_id"], d["rating"]) for d in found}
+
+    reference = decisions(kafka_bootstrap, keyed_topics.outbox, written_keyed)
+    assert_matches(journeys, reference)
+    assert outcome(decisions(kafka_bootstrap, topics.outbox, written)) == outcome(reference)
