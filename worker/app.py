@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
@@ -235,25 +235,23 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
             ack=ack,
         )
 
-    async def rekeyed_agent(agent_stream: faust.StreamT[bytes]) -> None:
-        manual = cast(faust.Stream[bytes], agent_stream).noack()
-        async for event in manual.events():
-            message = event.message
-            progress[message.topic, message.partition] = (message.offset, message.timestamp)
-            ack = partial(manual.ack, event)
-            headers = dict(message.headers or ())
-            if TICK_HEADER in headers:
-                caught_up = headers.get(CAUGHT_UP_HEADER, b"1") == b"1"
-                await windows.on_tick(message.partition, ack, caught_up=caught_up)
-                continue
-            if WATERMARK_HEADER in headers:
-                await windows.on_watermark(
-                    message.partition,
-                    decode_marks(message.value),
-                    ack,
-                    sent_ms=round(message.timestamp * 1000),
-                )
-                continue
+    rekey_topic = rekey_topic_name(settings)
+
+    async def on_rekeyed(message: Any, ack: Ack) -> None:
+        """One record of the rekeyed topic: a tick, a watermark or a forwarded event."""
+        progress[message.topic, message.partition] = (message.offset, message.timestamp)
+        headers = dict(message.headers or ())
+        if TICK_HEADER in headers:
+            caught_up = headers.get(CAUGHT_UP_HEADER, b"1") == b"1"
+            await windows.on_tick(message.partition, ack, caught_up=caught_up)
+        elif WATERMARK_HEADER in headers:
+            await windows.on_watermark(
+                message.partition,
+                decode_marks(message.value),
+                ack,
+                sent_ms=round(message.timestamp * 1000),
+            )
+        else:
             await ingest.on_rekeyed(
                 key=message.key,
                 value=message.value,
@@ -264,27 +262,39 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
                 ack=ack,
             )
 
+    async def on_record(message: Any, ack: Ack) -> None:
+        if message.topic == rekey_topic:
+            await on_rekeyed(message, ack)
+        else:
+            await on_input(message, ack)
+
     liveness = Liveness(clock=clock, on_crash=metrics.agent_crashed)
 
-    # The input topic skips Faust's per-record delivery (worker.intake); if this Faust
-    # version cannot, an ordinary agent consumes it.
-    intake = Intake(app, on_input, on_crash=lambda exc: liveness.crashed("ingest"))
-    if install_intake(app, topics[settings.topic_ui_events], intake):
+    # The input and rekeyed topics skip Faust's per-record delivery (worker.intake): no
+    # conductor, so their records never wait behind the producer buffer that other tables'
+    # writes fill (delivery must not hold stream time back).  If this Faust version cannot,
+    # ordinary agents consume them.
+    intake = Intake(app, on_record, on_crash=lambda exc: liveness.crashed("ingest"))
+    if install_intake(app, [topics[settings.topic_ui_events], topics[rekey_topic]], intake):
         app.task(intake.run)
     else:
-        async def ingest_agent(agent_stream: faust.StreamT[bytes]) -> None:
-            manual = cast(faust.Stream[bytes], agent_stream).noack()
-            async for event in manual.events():
-                await on_input(event.message, partial(manual.ack, event))
+        def agent_for(
+            handler: Callable[[Any, Ack], Awaitable[None]],
+        ) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
+            async def agent(agent_stream: faust.StreamT[bytes]) -> None:
+                manual = cast(faust.Stream[bytes], agent_stream).noack()
+                async for event in manual.events():
+                    await handler(event.message, partial(manual.ack, event))
+
+            return agent
 
         app.agent(topics[settings.topic_ui_events], name="ingest")(
-            supervised("ingest", ingest_agent, liveness)
+            supervised("ingest", agent_for(on_input), liveness)
         )
-    app.agent(topics[rekey_topic_name(settings)], name="rekeyed")(
-        supervised("rekeyed", rekeyed_agent, liveness)
-    )
+        app.agent(topics[rekey_topic], name="rekeyed")(
+            supervised("rekeyed", agent_for(on_rekeyed), liveness)
+        )
 
-    rekey_topic = rekey_topic_name(settings)
 
     def _backlog(partition: int, topic: str = settings.topic_ui_events) -> int | None:
         """Records of ``partition`` of ``topic`` waiting to be processed, as far as the last

@@ -1,4 +1,5 @@
-"""The input topic's records, taken off Faust's per-record path and handed on in batches.
+"""The input and rekeyed topics' records, taken off Faust's per-record path and handed on
+in batches.
 
 Why: Faust's fetch loop (``Consumer._drain_messages``) hands every record to its conductor
 through ``wait_first(callback(record), suspend_flow.wait())``: four futures and an
@@ -13,8 +14,14 @@ acknowledgements and commits (``Consumer.track_message`` and ``Consumer.ack``, w
 what is committed), the rebalance order (:func:`worker.rebalance.seek_before_fetch`), and every
 other topic's records, which still go through the conductor to their agents.
 
+Why the rekeyed topic too: Faust's conductor makes every record it dispatches wait while the
+producer buffer (where table writes such as delivery's state go) holds over 100 messages.  A
+busy producer then starves the rekeyed topic, whose watermarks and ticks are what let stream
+time move and windows close (worker.watermarks); off the conductor, only the producer's own
+backpressure applies, to everything alike.
+
 What changes: :func:`install_intake` replaces the fetch loop with a copy that differs in one
-step.  A record of the intake topic is appended to a batch instead of being passed to the
+step.  A record of an intake topic is appended to a batch instead of being passed to the
 conductor; batches go through a bounded queue (backpressure on the fetch, as Faust's full
 channel queue gives) to one task, :meth:`Intake.run`, which calls the handler for each record
 with an ack for it.  The task, not the fetch loop, runs the handler: Faust stops and restarts
@@ -30,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -102,13 +109,13 @@ def _acker(consumer: Any, sensors: Any, message: Any) -> Callable[[], Awaitable[
     return ack
 
 
-def install_intake(app: Any, topic: Any, intake: Intake) -> bool:
-    """Subscribe ``topic`` and route its records to ``intake`` (module docstring).
+def install_intake(app: Any, topics: Sequence[Any], intake: Intake) -> bool:
+    """Subscribe ``topics`` and route their records to ``intake`` (module docstring).
 
-    ``topic`` is the Faust topic (it must have acks enabled, as topics have by default);
-    the caller starts :meth:`Intake.run` as an app task.  Returns False, and changes
-    nothing, where this Faust version's consumer lacks what the copied fetch loop uses; the
-    caller then consumes ``topic`` with an ordinary agent."""
+    ``topics`` are Faust topics (with acks enabled, as topics have by default); the caller
+    starts :meth:`Intake.run` as an app task.  Returns False, and changes nothing, where
+    this Faust version's consumer lacks what the copied fetch loop uses; the caller then
+    consumes the topics with ordinary agents."""
     consumer = app.consumer
     needed = ("_drain_messages", "getmany", "callback", "wait_first", "commit", "_add_gap",
               "track_message", "ack", "sleep")
@@ -118,20 +125,21 @@ def install_intake(app: Any, topic: Any, intake: Intake) -> bool:
         and hasattr(consumer, "suspend_flow")
         and hasattr(app, "consumer_generation_id")
     ):
-        log.warning("this faust version's fetch loop cannot be replaced; the input topic "
-                    "goes through an ordinary agent")
+        log.warning("this faust version's fetch loop cannot be replaced; the input and "
+                    "rekeyed topics go through ordinary agents")
         return False
-    app.topics.add(topic)  # what iterating it in an agent would do: the consumer subscribes
-    name = topic.get_topic_name()
-    consumer._drain_messages = _drain_messages(consumer, name, intake.queue)
+    for topic in topics:
+        app.topics.add(topic)  # what iterating it in an agent would do: the consumer subscribes
+    names = frozenset(topic.get_topic_name() for topic in topics)
+    consumer._drain_messages = _drain_messages(consumer, names, intake.queue)
     return True
 
 
 def _drain_messages(
-    consumer: Any, intake_topic: str, queue: asyncio.Queue[list[Any]]
+    consumer: Any, intake_topics: frozenset[str], queue: asyncio.Queue[list[Any]]
 ) -> Callable[[Any], Awaitable[None]]:
     """Faust's ``Consumer._drain_messages`` (faust-streaming 0.11 to 0.15), with records of
-    ``intake_topic`` batched onto ``queue`` instead of passed to the conductor one by one.
+    ``intake_topics`` batched onto ``queue`` instead of passed to the conductor one by one.
     Everything else (the read offsets, gap detection, ``commit_every``, the yield every 100
     records, the errors it lets through) is Faust's, line for line, except its diagnostic
     "fetching" flag (``diag.set_flag``), which nothing in Faust or mode reads back."""
@@ -170,7 +178,7 @@ def _drain_messages(
                     if commit_every is not None and consumer._n_acked >= commit_every:
                         consumer._n_acked = 0
                         await consumer.commit()
-                    if tp.topic == intake_topic:
+                    if tp.topic in intake_topics:
                         batch.append(message)
                         if len(batch) >= BATCH_RECORDS:
                             await queue.put(batch)
