@@ -262,21 +262,18 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
                 ack=ack,
             )
 
-    async def on_record(message: Any, ack: Ack) -> None:
-        if message.topic == rekey_topic:
-            await on_rekeyed(message, ack)
-        else:
-            await on_input(message, ack)
-
     liveness = Liveness(clock=clock, on_crash=metrics.agent_crashed)
 
     # The input and rekeyed topics skip Faust's per-record delivery (worker.intake): no
     # conductor, so their records never wait behind the producer buffer that other tables'
     # writes fill (delivery must not hold stream time back).  If this Faust version cannot,
     # ordinary agents consume them.
-    intake = Intake(app, on_record, on_crash=lambda exc: liveness.crashed("ingest"))
-    if install_intake(app, [topics[settings.topic_ui_events], topics[rekey_topic]], intake):
+    intake = Intake(app, on_input, on_crash=lambda exc: liveness.crashed("ingest"))
+    rekeyed = Intake(app, on_rekeyed, on_crash=lambda exc: liveness.crashed("rekeyed"))
+    routes = [(topics[settings.topic_ui_events], intake), (topics[rekey_topic], rekeyed)]
+    if install_intake(app, routes):
         app.task(intake.run)
+        app.task(rekeyed.run)
     else:
         def agent_for(
             handler: Callable[[Any, Ack], Awaitable[None]],
@@ -367,6 +364,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         revoked = args[0] if args else kwargs.get("revoked", ())
         windows.on_revoked({tp.partition for tp in revoked if tp.topic == rekey_topic})
         intake.clear()  # fetched before the rebalance: the seek after it fetches them again
+        rekeyed.clear()
         for tp in revoked:  # a later owner moves them on; stale offsets would look like lag
             progress.pop((tp.topic, tp.partition), None)
             if tp.topic == settings.topic_ui_events:

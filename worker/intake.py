@@ -18,7 +18,8 @@ Why the rekeyed topic too: Faust's conductor makes every record it dispatches wa
 producer buffer (where table writes such as delivery's state go) holds over 100 messages.  A
 busy producer then starves the rekeyed topic, whose watermarks and ticks are what let stream
 time move and windows close (worker.watermarks); off the conductor, only the producer's own
-backpressure applies, to everything alike.
+backpressure applies, to everything alike.  Each topic has its own intake task, as each had
+its own agent: a flush waiting for the producer on one does not stop the other.
 
 What changes: :func:`install_intake` replaces the fetch loop with a copy that differs in one
 step.  A record of an intake topic is appended to a batch instead of being passed to the
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -109,13 +110,15 @@ def _acker(consumer: Any, sensors: Any, message: Any) -> Callable[[], Awaitable[
     return ack
 
 
-def install_intake(app: Any, topics: Sequence[Any], intake: Intake) -> bool:
-    """Subscribe ``topics`` and route their records to ``intake`` (module docstring).
+def install_intake(app: Any, routes: Sequence[tuple[Any, Intake]]) -> bool:
+    """Subscribe each topic of ``routes`` and send its records to its :class:`Intake`
+    (module docstring).
 
-    ``topics`` are Faust topics (with acks enabled, as topics have by default); the caller
-    starts :meth:`Intake.run` as an app task.  Returns False, and changes nothing, where
-    this Faust version's consumer lacks what the copied fetch loop uses; the caller then
-    consumes the topics with ordinary agents."""
+    Topics are Faust topics (with acks enabled, as topics have by default).  Each intake
+    runs as its own task (the caller starts every :meth:`Intake.run` as an app task), so a
+    handler that waits (a flush waiting for the producer) holds back only its own topics.
+    Returns False, and changes nothing, where this Faust version's consumer lacks what the
+    copied fetch loop uses; the caller then consumes the topics with ordinary agents."""
     consumer = app.consumer
     needed = ("_drain_messages", "getmany", "callback", "wait_first", "commit", "_add_gap",
               "track_message", "ack", "sleep")
@@ -128,18 +131,19 @@ def install_intake(app: Any, topics: Sequence[Any], intake: Intake) -> bool:
         log.warning("this faust version's fetch loop cannot be replaced; the input and "
                     "rekeyed topics go through ordinary agents")
         return False
-    for topic in topics:
+    queues = {}
+    for topic, intake in routes:
         app.topics.add(topic)  # what iterating it in an agent would do: the consumer subscribes
-    names = frozenset(topic.get_topic_name() for topic in topics)
-    consumer._drain_messages = _drain_messages(consumer, names, intake.queue)
+        queues[topic.get_topic_name()] = intake.queue
+    consumer._drain_messages = _drain_messages(consumer, queues)
     return True
 
 
 def _drain_messages(
-    consumer: Any, intake_topics: frozenset[str], queue: asyncio.Queue[list[Any]]
+    consumer: Any, queues: Mapping[str, asyncio.Queue[list[Any]]]
 ) -> Callable[[Any], Awaitable[None]]:
     """Faust's ``Consumer._drain_messages`` (faust-streaming 0.11 to 0.15), with records of
-    ``intake_topics`` batched onto ``queue`` instead of passed to the conductor one by one.
+    each topic of ``queues`` batched onto ``queue`` instead of passed to the conductor one by one.
     Everything else (the read offsets, gap detection, ``commit_every``, the yield every 100
     records, the errors it lets through) is Faust's, line for line, except its diagnostic
     "fetching" flag (``diag.set_flag``), which nothing in Faust or mode reads back."""
@@ -162,7 +166,7 @@ def _drain_messages(
                 await consumer.sleep(0)
                 if consumer.should_stop:
                     continue
-                batch: list[Any] = []
+                batches: dict[str, list[Any]] = {}
                 async for tp, message in ait:
                     num_since_yield += 1
                     if num_since_yield > yield_every:
@@ -178,16 +182,18 @@ def _drain_messages(
                     if commit_every is not None and consumer._n_acked >= commit_every:
                         consumer._n_acked = 0
                         await consumer.commit()
-                    if tp.topic in intake_topics:
+                    queue = queues.get(tp.topic)
+                    if queue is not None:
+                        batch = batches.setdefault(tp.topic, [])
                         batch.append(message)
                         if len(batch) >= BATCH_RECORDS:
                             await queue.put(batch)
-                            batch = []
+                            del batches[tp.topic]
                     else:
                         await consumer.wait_first(callback(message), consumer.suspend_flow.wait())
                     set_read_offset(tp, offset)
-                if batch:
-                    await queue.put(batch)
+                for topic, batch in batches.items():
+                    await queues[topic].put(batch)
         except consumer.consumer_stopped_errors:
             if consumer.transport.app.should_stop:
                 log.info("Broker stopped consumer, shutting down...")

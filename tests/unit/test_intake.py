@@ -142,7 +142,7 @@ def test_input_records_reach_the_handler_in_order_and_others_the_conductor() -> 
     app = fake_app(consumer)
     handled: Handled = []
     intake = Intake(app, recording_handler(handled))
-    assert install_intake(app, [input_topic()], intake)
+    assert install_intake(app, [(input_topic(), intake)])
     assert app.topics.added  # subscribed, as an agent iterating it would
 
     asyncio.run(drain(app, intake))
@@ -159,19 +159,33 @@ def test_input_records_reach_the_handler_in_order_and_others_the_conductor() -> 
     assert app.sensors.out == [1]
 
 
-def test_records_of_every_intake_topic_reach_the_handler_in_fetch_order() -> None:
-    """The rekeyed topic goes through the intake too: its records never wait in Faust's
-    conductor behind a full producer buffer (worker.intake)."""
-    records = [message(INPUT, 0, 0), message(OTHER, 3, 5), message(INPUT, 0, 1)]
+def test_each_intake_topic_reaches_its_own_handler_in_order() -> None:
+    """The rekeyed topic goes through an intake too, of its own: its records never wait in
+    Faust's conductor behind a full producer buffer, nor behind the input's handler."""
+    records = [message(INPUT, 0, 0), message(OTHER, 3, 5), message(INPUT, 0, 1),
+               message(OTHER, 3, 6)]
     consumer = FakeConsumer([records])
     app = fake_app(consumer)
-    handled: Handled = []
-    intake = Intake(app, recording_handler(handled))
-    assert install_intake(app, [input_topic(), FakeTopic(OTHER)], intake)
+    inputs: Handled = []
+    others: Handled = []
+    intake = Intake(app, recording_handler(inputs))
+    rekeyed = Intake(app, recording_handler(others))
+    assert install_intake(app, [(input_topic(), intake), (FakeTopic(OTHER), rekeyed)])
 
-    asyncio.run(drain(app, intake))
+    async def both() -> None:
+        runner = asyncio.ensure_future(rekeyed.run())
+        await drain(app, intake)
+        while not rekeyed.queue.empty():
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
 
-    assert [(r.topic, r.offset) for r, _ in handled] == [(INPUT, 0), (OTHER, 5), (INPUT, 1)]
+    asyncio.run(both())
+
+    assert [(r.topic, r.offset) for r, _ in inputs] == [(INPUT, 0), (INPUT, 1)]
+    assert [(r.topic, r.offset) for r, _ in others] == [(OTHER, 5), (OTHER, 6)]
     assert consumer.delivered == []  # nothing went through the conductor
 
 
@@ -181,7 +195,7 @@ def test_batches_are_bounded_and_keep_the_fetch_order() -> None:
     app = fake_app(consumer)
     handled: Handled = []
     intake = Intake(app, recording_handler(handled))
-    assert install_intake(app, [input_topic()], intake)
+    assert install_intake(app, [(input_topic(), intake)])
     sizes: list[int] = []
     put = intake.queue.put
 
@@ -201,7 +215,7 @@ def test_records_already_handed_out_are_dropped_and_gaps_reported_as_faust_does(
     app = fake_app(consumer)
     handled: Handled = []
     intake = Intake(app, recording_handler(handled))
-    assert install_intake(app, [input_topic()], intake)
+    assert install_intake(app, [(input_topic(), intake)])
     consumer._read_offset[TP(INPUT, 0)] = 4
 
     asyncio.run(drain(app, intake))
@@ -217,7 +231,7 @@ def test_records_fetched_before_a_rebalance_are_never_handled_nor_tracked(stale:
     app = fake_app(consumer, generation=1)
     handled: Handled = []
     intake = Intake(app, recording_handler(handled))
-    assert install_intake(app, [input_topic()], intake)
+    assert install_intake(app, [(input_topic(), intake)])
     if stale == "older generation":
         app.consumer_generation_id = 2
     else:
@@ -243,7 +257,7 @@ def test_a_record_that_crashes_the_handler_stays_unacknowledged_and_the_next_go_
         await ack()
 
     intake = Intake(app, handler, on_crash=crashes.append)
-    assert install_intake(app, [input_topic()], intake)
+    assert install_intake(app, [(input_topic(), intake)])
     asyncio.run(drain(app, intake))
 
     assert handled == [0, 2]
@@ -266,7 +280,7 @@ def test_a_consumer_without_the_fetch_loop_is_left_alone() -> None:
     app = fake_app(FakeConsumer([]))
     app.consumer = consumer
     intake = Intake(app, recording_handler([]))
-    assert not install_intake(app, [input_topic()], intake)
+    assert not install_intake(app, [(input_topic(), intake)])
     assert not app.topics.added
 
 
