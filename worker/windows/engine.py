@@ -92,9 +92,8 @@ State layout of one key (an orjson array; ``FORMAT`` guards against misreading):
 
 from __future__ import annotations
 
-import heapq
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -104,7 +103,8 @@ from worker.events import UI_EVENT_ADAPTER, Decision, Evidence, decision_id_for
 from worker.ingest import Accepted
 from worker.rules import RULE_FOR_TYPE, RULES, RuleConfig, RuleSpec, Signal, cite, evaluate, utc
 from worker.rules import scores as scores_rule
-from worker.watermarks import SeenHistory
+from worker.windows.due import DueIndex
+from worker.windows.watermarks import SeenHistory
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -307,50 +307,6 @@ def _decode(key: str, raw: bytes) -> tuple[_KeyState, int]:
     return state, stream_time_ms
 
 
-class _DueIndex:
-    """A min-heap of (due_ms, key) with lazy invalidation: O(log n) per change.
-
-    ``_due[key]`` is the due time of the one heap entry that speaks for ``key``; entries
-    that disagree with it are stale and skipped.  A key's entry may be earlier than its real
-    due time (the key is then looked at, found not due, and rescheduled), never later.
-    """
-
-    __slots__ = ("_due", "_heap")
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[int, str]] = []
-        self._due: dict[str, int] = {}
-
-    def schedule(self, key: str, due_ms: int | None) -> None:
-        if due_ms is None:
-            return
-        current = self._due.get(key)
-        if current is None or due_ms < current:
-            heapq.heappush(self._heap, (due_ms, key))
-            self._due[key] = due_ms
-
-    def next_due_before(self, horizon_ms: int) -> bool:
-        """Whether any entry (possibly stale) is due: the cheap check before popping."""
-        return bool(self._heap) and self._heap[0][0] < horizon_ms
-
-    def pop_due(self, horizon_ms: int) -> Iterator[str]:
-        """Keys whose entry is due (due < horizon), earliest first; each leaves the index."""
-        heap = self._heap
-        while heap and heap[0][0] < horizon_ms:
-            due, key = heapq.heappop(heap)
-            if self._due.get(key) == due:
-                del self._due[key]
-                yield key
-
-    def reset(self, entries: list[tuple[int, str]]) -> None:
-        heapq.heapify(entries)
-        self._heap = entries
-        self._due = {key: due for due, key in entries}
-
-    def __len__(self) -> int:
-        return len(self._due)
-
-
 # --------------------------------------------------------------------------- the engine
 
 
@@ -395,14 +351,14 @@ class WindowEngine:
         self._length = {name: spec.window_ms(config) for name, spec in RULES.items()}
         self._rule_for_type: dict[str, RuleSpec[Any]] = dict(RULE_FOR_TYPE)
         self._cache: OrderedDict[str, _KeyState] = OrderedDict()
-        self._closing = _DueIndex()  # windows to close and held events to settle
-        self._purging = _DueIndex()  # tombstones to drop (by stream time only)
+        self._closing = DueIndex()  # windows to close and held events to settle
+        self._purging = DueIndex()  # tombstones to drop (by stream time only)
         self._open: dict[str, int] = dict.fromkeys(RULES, 0)
         #: Stream time: what closing, lateness and purging are judged by.  It follows the
         #: largest event time seen, except that it does not pass the floor (see :meth:`align`).
         self._stream_time = _NEVER
         self._seen_max = _NEVER  # the largest event time seen
-        #: ...and when it was seen, for the floor (worker.watermarks).
+        #: ...and when it was seen, for the floor (worker.windows.watermarks).
         self._seen = SeenHistory(_NEVER)
         self._floor: int | None = None
         self._meta_stream_time = _NEVER
@@ -473,7 +429,7 @@ class WindowEngine:
         Events that reach this partition by another path than its own input (forwarded from
         the partitions their producer chose) may still be on their way while the events
         that arrive directly move stream time on.  The adapter passes the floor that keeps
-        stream time from passing them (:func:`worker.watermarks.partition_floor`).  Stream
+        stream time from passing them (:func:`worker.windows.watermarks.partition_floor`).  Stream
         time never moves back: a floor below it holds it where it is, and a window once
         closed stays closed.
         """
@@ -492,7 +448,7 @@ class WindowEngine:
         input, and sources that are behind): silence is not idleness while events wait
         unprocessed (after a restart, or while the worker lags), and closing then would send
         the backlog's on-time events to the late topic.  ``until_ms`` limits the wall clock
-        to a time before which everything read has arrived (worker.watermarks: idle close).
+        to a time before which everything read has arrived (worker.windows.watermarks: idle close).
         """
         if not self._ready:
             self.rebuild()
@@ -505,7 +461,8 @@ class WindowEngine:
 
     def seen_as_of(self, wall_ms: int) -> int:
         """The largest event time this partition had seen at wall time ``wall_ms``
-        (:class:`worker.watermarks.SeenHistory`; before the first event, its stream time)."""
+        (:class:`~worker.windows.watermarks.SeenHistory`; before the first event, its stream
+        time)."""
         if not self._ready:
             self.rebuild()
         return self._seen.as_of(wall_ms)
