@@ -132,7 +132,6 @@ META_KEY = "\x00meta"
 SESSION_KEY_PREFIX = "session:"
 
 _NEVER = -(2**62)  # stream time before the first event
-_SCORE = scores_rule.OPENER
 
 LateReason = Literal[
     "window_closed",  # its window already closed (or would have, by stream time)
@@ -350,6 +349,14 @@ class WindowEngine:
         self._cache_size = cache_size
         self._length = {name: spec.window_ms(config) for name, spec in RULES.items()}
         self._rule_for_type: dict[str, RuleSpec[Any]] = dict(RULE_FOR_TYPE)
+        #: Event types of rules that attach to open windows, and names of rules whose
+        #: decisions override ratings (the capabilities of worker.rules.RuleSpec).
+        self._attached: frozenset[str] = frozenset(
+            t for spec in RULES.values() if spec.attaches_to_open_windows for t in spec.event_types
+        )
+        self._overriding: frozenset[str] = frozenset(
+            name for name, spec in RULES.items() if spec.overrides_ratings
+        )
         self._cache: OrderedDict[str, _KeyState] = OrderedDict()
         self._closing = DueIndex()  # windows to close and held events to settle
         self._purging = DueIndex()  # tombstones to drop (by stream time only)
@@ -662,7 +669,7 @@ class WindowEngine:
             return  # the common case: a fresh window with nothing to fit or claim
         start, nominal_end = w.start, w.nominal_end
         for tomb in state.tombs:
-            if tomb[0] == "explicit" and start <= tomb[1] + self._retention:
+            if tomb[0] in self._overriding and start <= tomb[1] + self._retention:
                 w.explicit_ms = tomb[1] if w.explicit_ms is None else min(w.explicit_ms, tomb[1])
         if w.signals:
             self._evict(key, state, w, lambda s: s[0] > nominal_end, "no_window")
@@ -671,7 +678,7 @@ class WindowEngine:
             types = spec.event_types
             keep: list[list[Any]] = []
             for h in state.held:
-                if h[2] != _SCORE and h[2] in types and start <= h[0] <= nominal_end:
+                if h[2] in types and start <= h[0] <= nominal_end:
                     claimed.append(h)
                 else:
                     keep.append(h)
@@ -700,7 +707,7 @@ class WindowEngine:
         """Push out stored signals for which ``outside(signal)``; forwarded scores stay."""
         keep: list[list[Any]] = []
         for s in w.signals:
-            if s[2] != _SCORE and outside(s):
+            if s[2] not in self._attached and outside(s):
                 self._late.append(LateEvent(self._routing(key), s[1], s[2], s[0], reason))
                 self._remember(state, s[1])
             else:
@@ -711,9 +718,10 @@ class WindowEngine:
         """Keep the earliest ``max_signals`` signals; never the decisive one or scores."""
         signals = w.signals
         cut = w.cut
+        attached = self._attached
 
         def pinned(s: list[Any]) -> bool:
-            return s[2] == _SCORE or (s[0] == cut and spec.closes_early(Signal(*s)))
+            return s[2] in attached or (s[0] == cut and spec.closes_early(Signal(*s)))
 
         while len(signals) > self._max_signals:
             candidates = [i for i, s in enumerate(signals) if not pinned(s)] or list(
@@ -742,7 +750,7 @@ class WindowEngine:
             event = accepted.event
             signal = self._signal(spec, accepted)
             signal.extend((None, event.session_id))
-            self._forward(key, state, [signal], {signal[1]: accepted})
+            self._forward(key, state, spec, [signal], {signal[1]: accepted})
         else:
             self._hold(key, state, spec, accepted)
 
@@ -770,7 +778,7 @@ class WindowEngine:
                 request_id=event.request_id,
             )
         self._entomb(state, rule, t, t, [accepted.event.event_id])
-        if rule == "explicit":  # explicit wins (module docstring)
+        if spec.overrides_ratings:  # explicit wins (module docstring)
             for w in state.windows:
                 if w.start <= t + self._retention:
                     w.explicit_ms = t if w.explicit_ms is None else min(w.explicit_ms, t)
@@ -784,12 +792,15 @@ class WindowEngine:
             expired = [h for h in state.held if h[0] + grace < horizon_ms]
             if expired:
                 state.held = [h for h in state.held if h[0] + grace >= horizon_ms]
-                forwarded = [h for h in expired if h[2] == _SCORE]
+                forwarded: dict[str, list[list[Any]]] = {}
                 for h in expired:
-                    if h[2] != _SCORE:
+                    spec = self._rule_for_type[h[2]]
+                    if spec.kind == "forwarded":
+                        forwarded.setdefault(spec.name, []).append(h)
+                    else:
                         self._late_held(key, state, h, "no_window")
-                if forwarded:
-                    self._forward(key, state, forwarded, {})
+                for name, reports in forwarded.items():
+                    self._forward(key, state, RULES[name], reports, {})
         closing = [w for w in state.windows if w.end + grace < horizon_ms]
         for w in sorted(closing, key=lambda w: (w.end, w.rule)):
             self._close(key, state, w)
@@ -798,21 +809,23 @@ class WindowEngine:
         self,
         key: str,
         state: _KeyState,
+        spec: RuleSpec[Any],
         reports: list[list[Any]],
         arrived: dict[str, Accepted],
     ) -> None:
-        """Attach score reports to the windows covering them, or decide them alone."""
+        """Attach ``spec``'s reports to the open windows covering them (if the rule attaches
+        to open windows), or decide them alone, one decision per event time."""
+        attaches = spec.attaches_to_open_windows
         alone: dict[int, list[list[Any]]] = {}
         for report in reports:
             t = report[0]
-            covering = [w for w in state.windows if w.start <= t <= w.end]
+            covering = [w for w in state.windows if w.start <= t <= w.end] if attaches else []
             for w in covering:
                 w.signals.append(report[:4])
             if not covering:
                 alone.setdefault(t, []).append(report)
-        spec = RULES["scores"]
         for t, group in sorted(alone.items()):
-            if any(tomb[0] == "scores" and tomb[1] == t for tomb in state.tombs):
+            if any(tomb[0] == spec.name and tomb[1] == t for tomb in state.tombs):
                 for report in group:
                     if report[1] in arrived:
                         self._report(key, state, arrived[report[1]], "window_closed")
@@ -833,12 +846,12 @@ class WindowEngine:
                     session_id=group[0][5],
                     request_id=key,
                 )
-            self._entomb(state, "scores", t, t, [r[1] for r in group])
+            self._entomb(state, spec.name, t, t, [r[1] for r in group])
 
     def _close(self, key: str, state: _KeyState, w: _Window) -> None:
         spec = RULES[w.rule]
-        own = [Signal(*s) for s in w.signals if s[2] != _SCORE]
-        forwarded = [Signal(*s) for s in w.signals if s[2] == _SCORE]
+        own = [Signal(*s) for s in w.signals if s[2] not in self._attached]
+        forwarded = [Signal(*s) for s in w.signals if s[2] in self._attached]
         anchor = Signal(*w.anchor)
         end = w.end
         verdict = evaluate(spec, anchor, own, closed_at_ms=end, config=self._cfg)
