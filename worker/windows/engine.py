@@ -80,14 +80,7 @@ Semantics the DESIGN leaves open, as decided here:
   judged late).  Key records also carry the stream time at their write; rebuild uses those
   only for state written before :data:`META_KEY` was always kept.
 
-State layout of one key (an orjson array; ``FORMAT`` guards against misreading)::
-
-    [FORMAT, stream_time_ms, windows, held, tombstones, other_ids]
-    window    [rule, start, nominal_end, cut_ms|null, anchor, session_id, signals, overflow,
-               explicit_ms|null]
-    signal    [event_time_ms, event_id, type, data]         (anchor has the same shape)
-    held      [event_time_ms, event_id, type, data, event_json|null, session_id]
-    tombstone [rule, start, nominal_end, purge_at_ms, [event_id, ...]]
+The state of one key and its wire format: :mod:`worker.windows.state`.
 """
 
 from __future__ import annotations
@@ -104,6 +97,7 @@ from worker.ingest import Accepted
 from worker.rules import RULE_FOR_TYPE, RULES, RuleConfig, RuleSpec, Signal, cite, evaluate, utc
 from worker.rules import scores as scores_rule
 from worker.windows.due import DueIndex
+from worker.windows.state import FORMAT, Held, KeyState, StateFormatError, Tomb, Window
 from worker.windows.watermarks import SeenHistory
 
 if TYPE_CHECKING:
@@ -123,8 +117,6 @@ __all__ = [
     "WindowStore",
 ]
 
-#: Version of the stored state layout; a record with another version is refused, not guessed.
-FORMAT = 1
 #: Reserved store key for the partition's stream time (request ids are UUIDs and session
 #: keys carry :data:`SESSION_KEY_PREFIX`, so neither can collide with it).
 META_KEY = "\x00meta"
@@ -157,14 +149,6 @@ class WindowStore(Protocol):
         ...
 
 
-class StateFormatError(ValueError):
-    """A stored record is not in a layout this version can read.
-
-    Operator action: run the worker version that wrote the state, or clear the table (open
-    windows are then lost) after draining it.
-    """
-
-
 @dataclass(frozen=True, slots=True)
 class LateEvent:
     """A valid event that no window counted, for the late topic.
@@ -192,118 +176,6 @@ class Outcome:
     late: list[LateEvent] = field(default_factory=list)
     #: Events ignored as duplicates of an event id already in the key's state.
     duplicates: int = 0
-
-
-# --------------------------------------------------------------------------- state
-
-
-class _Window:
-    __slots__ = (
-        "anchor",
-        "cut",
-        "explicit_ms",
-        "nominal_end",
-        "overflow",
-        "rule",
-        "session_id",
-        "signals",
-        "start",
-    )
-
-    def __init__(
-        self,
-        rule: str,
-        start: int,
-        nominal_end: int,
-        cut: int | None,
-        anchor: list[Any],
-        session_id: str | None,
-        signals: list[list[Any]],
-        overflow: int,
-        explicit_ms: int | None = None,
-    ) -> None:
-        self.rule = rule
-        self.start = start
-        self.nominal_end = nominal_end
-        self.cut = cut  # event time of the earliest decisive signal, if any
-        self.anchor = anchor
-        self.session_id = session_id
-        self.signals = signals
-        self.overflow = overflow
-        self.explicit_ms = explicit_ms  # earliest explicit rating that overrides this window
-
-    @property
-    def end(self) -> int:
-        """The effective end: the nominal end, or the decisive signal's time."""
-        return self.nominal_end if self.cut is None else min(self.cut, self.nominal_end)
-
-    def dump(self) -> list[Any]:
-        return [
-            self.rule,
-            self.start,
-            self.nominal_end,
-            self.cut,
-            self.anchor,
-            self.session_id,
-            self.signals,
-            self.overflow,
-            self.explicit_ms,
-        ]
-
-
-class _KeyState:
-    __slots__ = ("held", "ids", "other", "persisted", "tombs", "windows")
-
-    def __init__(self) -> None:
-        self.windows: list[_Window] = []
-        self.held: list[list[Any]] = []
-        self.tombs: list[list[Any]] = []
-        self.other: list[str] = []
-        self.ids: set[str] = set()
-        self.persisted = False
-
-    def is_empty(self) -> bool:
-        return not (self.windows or self.held or self.tombs)
-
-    def collect_ids(self) -> set[str]:
-        ids = set(self.other)
-        for w in self.windows:
-            ids.add(w.anchor[1])
-            ids.update(s[1] for s in w.signals)
-        ids.update(h[1] for h in self.held)
-        for tomb in self.tombs:
-            ids.update(tomb[4])
-        return ids
-
-
-def _encode(state: _KeyState, stream_time_ms: int) -> bytes:
-    return orjson.dumps(
-        [
-            FORMAT,
-            stream_time_ms,
-            [w.dump() for w in state.windows],
-            state.held,
-            state.tombs,
-            state.other,
-        ]
-    )
-
-
-def _decode(key: str, raw: bytes) -> tuple[_KeyState, int]:
-    try:
-        fmt, stream_time_ms, windows, held, tombs, other = orjson.loads(raw)
-    except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
-        raise StateFormatError(f"window state of {key!r} is unreadable: {exc}") from exc
-    if fmt != FORMAT:
-        raise StateFormatError(f"window state of {key!r} has format {fmt!r}, expected {FORMAT}")
-    state = _KeyState()
-    state.windows = [_Window(*w) for w in windows]
-    state.held = held
-    state.tombs = tombs
-    state.other = other
-    state.ids = state.collect_ids()
-    state.persisted = True
-    return state, stream_time_ms
 
 
 # --------------------------------------------------------------------------- the engine
@@ -357,7 +229,7 @@ class WindowEngine:
         self._overriding: frozenset[str] = frozenset(
             name for name, spec in RULES.items() if spec.overrides_ratings
         )
-        self._cache: OrderedDict[str, _KeyState] = OrderedDict()
+        self._cache: OrderedDict[str, KeyState] = OrderedDict()
         self._closing = DueIndex()  # windows to close and held events to settle
         self._purging = DueIndex()  # tombstones to drop (by stream time only)
         self._open: dict[str, int] = dict.fromkeys(RULES, 0)
@@ -372,7 +244,7 @@ class WindowEngine:
         self._last_event_wall_ms = clock.now_ms()
         self._ready = False
         # per step
-        self._dirty: dict[str, _KeyState] = {}
+        self._dirty: dict[str, KeyState] = {}
         self._decisions: list[Decision] = []
         self._late: list[LateEvent] = []
         self._now_ms = 0
@@ -493,7 +365,7 @@ class WindowEngine:
             if key == META_KEY:
                 meta = int(orjson.loads(raw)["stream_time_ms"])
                 continue
-            state, stamp = _decode(key, raw)
+            state, stamp = KeyState.load(key, raw)
             stamps = max(stamps, stamp)
             for w in state.windows:
                 self._open[w.rule] += 1
@@ -515,13 +387,13 @@ class WindowEngine:
 
     # ------------------------------------------------------------------ steps
 
-    def _load(self, key: str) -> _KeyState:
+    def _load(self, key: str) -> KeyState:
         state = self._cache.get(key)
         if state is not None:
             self._cache.move_to_end(key)
             return state
         raw = self._store.get(key)
-        state = _decode(key, raw)[0] if raw is not None else _KeyState()
+        state = KeyState.load(key, raw)[0] if raw is not None else KeyState()
         self._cache[key] = state
         return state
 
@@ -556,7 +428,7 @@ class WindowEngine:
                     state.persisted = False
                 self._cache.pop(key, None)
                 continue
-            store.put(key, _encode(state, self._stream_time))
+            store.put(key, state.dump(self._stream_time))
             state.persisted = True
             self._closing.schedule(key, self._close_due(state))
             if state.tombs:
@@ -573,7 +445,7 @@ class WindowEngine:
         self._late = []
         return outcome
 
-    def _close_due(self, state: _KeyState) -> int | None:
+    def _close_due(self, state: KeyState) -> int | None:
         """When the key next needs settling: a window's end + grace or a hold's time + grace."""
         first: int | None = None
         for w in state.windows:
@@ -581,18 +453,19 @@ class WindowEngine:
             if first is None or end < first:
                 first = end
         for h in state.held:
-            if first is None or h[0] < first:
-                first = h[0]
+            t = h.signal.time_ms
+            if first is None or t < first:
+                first = t
         return None if first is None else first + self._grace
 
     @staticmethod
-    def _purge_due(state: _KeyState) -> int | None:
-        return min(tomb[3] for tomb in state.tombs) if state.tombs else None
+    def _purge_due(state: KeyState) -> int | None:
+        return min(tomb.purge_at_ms for tomb in state.tombs) if state.tombs else None
 
     # ------------------------------------------------------------------ apply
 
     def _open_window(
-        self, key: str, state: _KeyState, spec: RuleSpec[Any], accepted: Accepted
+        self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted
     ) -> None:
         t = accepted.event_time_ms
         rule = spec.name
@@ -603,7 +476,7 @@ class WindowEngine:
                 self._join(key, state, w, spec, signal, accepted)  # a repeated opener
                 return
         for tomb in state.tombs:
-            if tomb[0] == rule and t <= tomb[2] and t + length >= tomb[1]:
+            if tomb.overlaps(rule, t, t + length):
                 self._report(key, state, accepted, "window_closed")
                 return
         if t + length + self._grace < self._stream_time:
@@ -619,13 +492,13 @@ class WindowEngine:
                 w.session_id = event.session_id
                 self._reshape(key, state, w, spec)
                 return
-        window = _Window(rule, t, t + length, None, signal, event.session_id, [], 0)
+        window = Window(rule, t, t + length, None, signal, event.session_id, [], 0)
         state.windows.append(window)
         self._open[rule] += 1
         self._reshape(key, state, window, spec)
 
     def _add_to_window(
-        self, key: str, state: _KeyState, spec: RuleSpec[Any], accepted: Accepted
+        self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted
     ) -> None:
         t = accepted.event_time_ms
         rule = spec.name
@@ -634,7 +507,7 @@ class WindowEngine:
                 self._join(key, state, w, spec, self._signal(spec, accepted), accepted)
                 return
         for tomb in state.tombs:
-            if tomb[0] == rule and tomb[1] <= t <= tomb[2]:
+            if tomb.covers(rule, t):
                 self._report(key, state, accepted, "window_closed")
                 return
         if t + self._grace < self._stream_time:
@@ -645,53 +518,55 @@ class WindowEngine:
     def _join(
         self,
         key: str,
-        state: _KeyState,
-        w: _Window,
+        state: KeyState,
+        w: Window,
         spec: RuleSpec[Any],
-        signal: list[Any],
+        signal: Signal,
         accepted: Accepted,
     ) -> None:
-        t = signal[0]
+        t = signal.time_ms
         if t > w.end:
             self._report(key, state, accepted, "after_close")
             return
         w.signals.append(signal)
-        if spec.closes_early(Signal(*signal)) and (w.cut is None or t < w.cut):
+        if spec.closes_early(signal) and (w.cut is None or t < w.cut):
             w.cut = t
-            self._evict(key, state, w, lambda s: s[0] > t, "after_close")
+            self._evict(key, state, w, lambda s: s.time_ms > t, "after_close")
             self._overdue = self._overdue or t + self._grace < self._stream_time
         if len(w.signals) > self._max_signals:
             self._cap(state, w, spec)
 
-    def _reshape(self, key: str, state: _KeyState, w: _Window, spec: RuleSpec[Any]) -> None:
+    def _reshape(self, key: str, state: KeyState, w: Window, spec: RuleSpec[Any]) -> None:
         """After a window opened or moved: fit its signals to its range, claim held ones."""
         if not (w.signals or state.held or state.tombs):
             return  # the common case: a fresh window with nothing to fit or claim
         start, nominal_end = w.start, w.nominal_end
         for tomb in state.tombs:
-            if tomb[0] in self._overriding and start <= tomb[1] + self._retention:
-                w.explicit_ms = tomb[1] if w.explicit_ms is None else min(w.explicit_ms, tomb[1])
+            if tomb.rule in self._overriding and start <= tomb.start + self._retention:
+                e = tomb.start
+                w.explicit_ms = e if w.explicit_ms is None else min(w.explicit_ms, e)
         if w.signals:
-            self._evict(key, state, w, lambda s: s[0] > nominal_end, "no_window")
-        claimed: list[list[Any]] = []
+            self._evict(key, state, w, lambda s: s.time_ms > nominal_end, "no_window")
+        claimed: list[Held] = []
         if state.held:
             types = spec.event_types
-            keep: list[list[Any]] = []
+            keep: list[Held] = []
             for h in state.held:
-                if h[2] in types and start <= h[0] <= nominal_end:
+                if h.signal.type in types and start <= h.signal.time_ms <= nominal_end:
                     claimed.append(h)
                 else:
                     keep.append(h)
             state.held = keep
-        decisive = [s[0] for s in (*w.signals, *claimed) if spec.closes_early(Signal(*s[:4]))]
+        candidates = (*w.signals, *(h.signal for h in claimed))
+        decisive = [s.time_ms for s in candidates if spec.closes_early(s)]
         cut = w.cut = min(decisive) if decisive else None
         for h in claimed:
-            if cut is not None and h[0] > cut:
+            if cut is not None and h.signal.time_ms > cut:
                 self._late_held(key, state, h, "after_close")
             else:
-                w.signals.append(h[:4])
+                w.signals.append(h.signal)
         if cut is not None:
-            self._evict(key, state, w, lambda s: s[0] > cut, "after_close")
+            self._evict(key, state, w, lambda s: s.time_ms > cut, "after_close")
             self._overdue = self._overdue or w.end + self._grace < self._stream_time
         if len(w.signals) > self._max_signals:
             self._cap(state, w, spec)
@@ -699,71 +574,69 @@ class WindowEngine:
     def _evict(
         self,
         key: str,
-        state: _KeyState,
-        w: _Window,
-        outside: Callable[[list[Any]], bool],
+        state: KeyState,
+        w: Window,
+        outside: Callable[[Signal], bool],
         reason: LateReason,
     ) -> None:
         """Push out stored signals for which ``outside(signal)``; forwarded scores stay."""
-        keep: list[list[Any]] = []
+        keep: list[Signal] = []
         for s in w.signals:
-            if s[2] not in self._attached and outside(s):
-                self._late.append(LateEvent(self._routing(key), s[1], s[2], s[0], reason))
-                self._remember(state, s[1])
+            if s.type not in self._attached and outside(s):
+                routing = self._routing(key)
+                self._late.append(LateEvent(routing, s.event_id, s.type, s.time_ms, reason))
+                self._remember(state, s.event_id)
             else:
                 keep.append(s)
         w.signals = keep
 
-    def _cap(self, state: _KeyState, w: _Window, spec: RuleSpec[Any]) -> None:
+    def _cap(self, state: KeyState, w: Window, spec: RuleSpec[Any]) -> None:
         """Keep the earliest ``max_signals`` signals; never the decisive one or scores."""
         signals = w.signals
         cut = w.cut
         attached = self._attached
 
-        def pinned(s: list[Any]) -> bool:
-            return s[2] in attached or (s[0] == cut and spec.closes_early(Signal(*s)))
+        def pinned(s: Signal) -> bool:
+            return s.type in attached or (s.time_ms == cut and spec.closes_early(s))
 
         while len(signals) > self._max_signals:
             candidates = [i for i, s in enumerate(signals) if not pinned(s)] or list(
                 range(len(signals))
             )
-            victim = max(candidates, key=lambda i: (signals[i][0], signals[i][1]))
-            self._remember(state, signals.pop(victim)[1])
+            victim = max(candidates, key=lambda i: signals[i].order)
+            self._remember(state, signals.pop(victim).event_id)
             w.overflow += 1
 
-    def _hold(self, key: str, state: _KeyState, spec: RuleSpec[Any], accepted: Accepted) -> None:
+    def _hold(self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted) -> None:
         event = accepted.event
         signal = self._signal(spec, accepted)
         # a held signal keeps its event's JSON so that, if no window claims it, the late topic
         # gets the whole event; a score report is (almost) never late, so it skips that cost
         raw = None if spec.kind == "forwarded" else event.model_dump_json()
-        signal.extend((raw, event.session_id))
-        state.held.append(signal)
+        state.held.append(Held(signal, raw, event.session_id))
         if len(state.held) > self._max_signals:
-            victim = max(range(len(state.held)), key=lambda i: state.held[i][:2])
+            victim = max(range(len(state.held)), key=lambda i: state.held[i].signal.order)
             self._late_held(key, state, state.held.pop(victim), "capped")
 
     def _hold_forwarded(
-        self, key: str, state: _KeyState, spec: RuleSpec[Any], accepted: Accepted
+        self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted
     ) -> None:
         if accepted.event_time_ms + self._grace < self._stream_time:  # too late to hold
-            event = accepted.event
-            signal = self._signal(spec, accepted)
-            signal.extend((None, event.session_id))
-            self._forward(key, state, spec, [signal], {signal[1]: accepted})
+            held = Held(self._signal(spec, accepted), None, accepted.event.session_id)
+            self._forward(key, state, spec, [held], {held.signal.event_id: accepted})
         else:
             self._hold(key, state, spec, accepted)
 
     def _decide_at_once(
-        self, key: str, state: _KeyState, spec: RuleSpec[Any], accepted: Accepted
+        self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted
     ) -> None:
         t = accepted.event_time_ms
         rule = spec.name
-        if any(tomb[0] == rule and tomb[1] == t for tomb in state.tombs):
+        if any(tomb.starts_at(rule, t) for tomb in state.tombs):
             self._report(key, state, accepted, "window_closed")  # same instant, same id
             return
         signal = self._signal(spec, accepted)
-        verdict = evaluate(spec, Signal(*signal), (), closed_at_ms=t, config=self._cfg)
+        verdict = evaluate(spec, signal, (), closed_at_ms=t, config=self._cfg)
         event = accepted.event
         if verdict is not None:
             self._emit(
@@ -785,16 +658,16 @@ class WindowEngine:
 
     # ------------------------------------------------------------------ settle
 
-    def _settle(self, key: str, state: _KeyState, horizon_ms: int) -> None:
+    def _settle(self, key: str, state: KeyState, horizon_ms: int) -> None:
         """Expire holds and close windows of one key that are due before ``horizon_ms``."""
         grace = self._grace
         if state.held:
-            expired = [h for h in state.held if h[0] + grace < horizon_ms]
+            expired = [h for h in state.held if h.signal.time_ms + grace < horizon_ms]
             if expired:
-                state.held = [h for h in state.held if h[0] + grace >= horizon_ms]
-                forwarded: dict[str, list[list[Any]]] = {}
+                state.held = [h for h in state.held if h.signal.time_ms + grace >= horizon_ms]
+                forwarded: dict[str, list[Held]] = {}
                 for h in expired:
-                    spec = self._rule_for_type[h[2]]
+                    spec = self._rule_for_type[h.signal.type]
                     if spec.kind == "forwarded":
                         forwarded.setdefault(spec.name, []).append(h)
                     else:
@@ -808,31 +681,31 @@ class WindowEngine:
     def _forward(
         self,
         key: str,
-        state: _KeyState,
+        state: KeyState,
         spec: RuleSpec[Any],
-        reports: list[list[Any]],
+        reports: list[Held],
         arrived: dict[str, Accepted],
     ) -> None:
         """Attach ``spec``'s reports to the open windows covering them (if the rule attaches
         to open windows), or decide them alone, one decision per event time."""
         attaches = spec.attaches_to_open_windows
-        alone: dict[int, list[list[Any]]] = {}
+        alone: dict[int, list[Held]] = {}
         for report in reports:
-            t = report[0]
+            t = report.signal.time_ms
             covering = [w for w in state.windows if w.start <= t <= w.end] if attaches else []
             for w in covering:
-                w.signals.append(report[:4])
+                w.signals.append(report.signal)
             if not covering:
                 alone.setdefault(t, []).append(report)
         for t, group in sorted(alone.items()):
-            if any(tomb[0] == spec.name and tomb[1] == t for tomb in state.tombs):
+            if any(tomb.starts_at(spec.name, t) for tomb in state.tombs):
                 for report in group:
-                    if report[1] in arrived:
-                        self._report(key, state, arrived[report[1]], "window_closed")
+                    if report.signal.event_id in arrived:
+                        self._report(key, state, arrived[report.signal.event_id], "window_closed")
                     else:
                         self._late_held(key, state, report, "window_closed")
                 continue
-            signals = sorted((Signal(*r[:4]) for r in group), key=lambda s: s.order)
+            signals = sorted((r.signal for r in group), key=lambda s: s.order)
             verdict = evaluate(spec, signals[0], signals[1:], closed_at_ms=t, config=self._cfg)
             if verdict is not None:
                 self._emit(
@@ -843,16 +716,16 @@ class WindowEngine:
                     rating=None,
                     scores=dict(verdict.scores),
                     evidence=list(verdict.evidence),
-                    session_id=group[0][5],
+                    session_id=group[0].session_id,
                     request_id=key,
                 )
-            self._entomb(state, spec.name, t, t, [r[1] for r in group])
+            self._entomb(state, spec.name, t, t, [r.signal.event_id for r in group])
 
-    def _close(self, key: str, state: _KeyState, w: _Window) -> None:
+    def _close(self, key: str, state: KeyState, w: Window) -> None:
         spec = RULES[w.rule]
-        own = [Signal(*s) for s in w.signals if s[2] not in self._attached]
-        forwarded = [Signal(*s) for s in w.signals if s[2] in self._attached]
-        anchor = Signal(*w.anchor)
+        own = [s for s in w.signals if s.type not in self._attached]
+        forwarded = [s for s in w.signals if s.type in self._attached]
+        anchor = w.anchor
         end = w.end
         verdict = evaluate(spec, anchor, own, closed_at_ms=end, config=self._cfg)
         suppressed = w.explicit_ms is not None and w.explicit_ms <= end
@@ -890,47 +763,50 @@ class WindowEngine:
                 session_id=w.session_id,
                 request_id=key,
             )
-        ids = [w.anchor[1], *(s[1] for s in w.signals)]
+        ids = [w.anchor.event_id, *(s.event_id for s in w.signals)]
         self._entomb(state, w.rule, w.start, w.nominal_end, ids)
         state.windows.remove(w)
         self._open[w.rule] -= 1
 
-    def _purge(self, state: _KeyState) -> None:
+    def _purge(self, state: KeyState) -> None:
         horizon = self._stream_time
-        kept = [tomb for tomb in state.tombs if tomb[3] >= horizon]
+        kept = [tomb for tomb in state.tombs if tomb.purge_at_ms >= horizon]
         if len(kept) != len(state.tombs):
             state.tombs = kept
             state.ids = state.collect_ids()
 
     # ------------------------------------------------------------------ helpers
 
-    def _signal(self, spec: RuleSpec[Any], accepted: Accepted) -> list[Any]:
+    def _signal(self, spec: RuleSpec[Any], accepted: Accepted) -> Signal:
         event = accepted.event
-        return [accepted.event_time_ms, event.event_id, event.type, spec.extract(event, self._cfg)]
+        data = spec.extract(event, self._cfg)
+        return Signal(accepted.event_time_ms, event.event_id, event.type, data)
 
     def _entomb(
-        self, state: _KeyState, rule: str, start: int, nominal_end: int, ids: list[str]
+        self, state: KeyState, rule: str, start: int, nominal_end: int, ids: list[str]
     ) -> None:
         purge_at = nominal_end + self._grace + max(self._length[rule], self._retention)
         if purge_at >= self._stream_time:  # else stream time alone already proves lateness
-            state.tombs.append([rule, start, nominal_end, purge_at, ids])
+            state.tombs.append(Tomb(rule, start, nominal_end, purge_at, ids))
 
-    def _remember(self, state: _KeyState, event_id: str) -> None:
+    def _remember(self, state: KeyState, event_id: str) -> None:
         """Keep the id of an event that left no other trace (capped, oldest dropped)."""
         state.other.append(event_id)
         if len(state.other) > self._max_signals:
             del state.other[0]
             state.ids = state.collect_ids()
 
-    def _late_held(self, key: str, state: _KeyState, held: list[Any], reason: LateReason) -> None:
+    def _late_held(self, key: str, state: KeyState, held: Held, reason: LateReason) -> None:
         """Report a held entry; its event is rebuilt from the JSON kept with it, if any."""
-        accepted = Accepted(UI_EVENT_ADAPTER.validate_json(held[4]), held[0]) if held[4] else None
+        s = held.signal
+        raw = held.event_json
+        accepted = Accepted(UI_EVENT_ADAPTER.validate_json(raw), s.time_ms) if raw else None
         self._late.append(
-            LateEvent(self._routing(key), held[1], held[2], held[0], reason, accepted)
+            LateEvent(self._routing(key), s.event_id, s.type, s.time_ms, reason, accepted)
         )
-        self._remember(state, held[1])
+        self._remember(state, s.event_id)
 
-    def _report(self, key: str, state: _KeyState, accepted: Accepted, reason: LateReason) -> None:
+    def _report(self, key: str, state: KeyState, accepted: Accepted, reason: LateReason) -> None:
         event = accepted.event
         self._late.append(
             LateEvent(
