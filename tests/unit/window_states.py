@@ -6,8 +6,8 @@ the cap), held signals (with and without their event's JSON), tombstones, ids of
 changed nothing, session keys and the stream-time record.  Event ids and times are fixed, so
 the output does not depend on the run.
 
-``window_states_v1.json`` next to this module holds what the engine of format 1 wrote when
-the state layout was first given named slot classes; ``test_window_state_format.py`` checks
+``window_states_v1.json`` next to this module holds what the engine wrote before its state
+got named slot classes (format 1, commit b7a8156); ``test_window_state_format.py`` checks
 that every record still decodes and re-encodes to the same bytes.  Run this module to print
 the current engine's output (``python -m tests.unit.window_states``).
 """

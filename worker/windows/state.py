@@ -29,10 +29,20 @@ import orjson
 
 from worker.rules import Signal
 
-__all__ = ["FORMAT", "Held", "KeyState", "StateFormatError", "Tomb", "Window"]
+__all__ = [
+    "FORMAT",
+    "SESSION_KEY_PREFIX",
+    "Held",
+    "KeyState",
+    "StateFormatError",
+    "Tomb",
+    "Window",
+]
 
 #: Version of the stored state layout; a record with another version is refused, not guessed.
 FORMAT = 1
+#: Store keys of session-keyed state are prefixed so a session id can never alias a request.
+SESSION_KEY_PREFIX = "session:"
 
 
 class StateFormatError(ValueError):
