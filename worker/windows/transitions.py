@@ -99,6 +99,10 @@ class Transitions:
     def _open_window(
         self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted
     ) -> None:
+        """An opener joins the open window of its rule that covers it (a second opener is
+        evidence), is late when a closed window of its rule overlaps its range or its whole
+        window is past grace, re-anchors an open window that starts after it but at most one
+        length later (so shuffled input gives the window sorted input gives), or opens one."""
         t = accepted.event_time_ms
         rule = spec.name
         length = self._length[rule]
@@ -132,6 +136,9 @@ class Transitions:
     def _add_to_window(
         self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted
     ) -> None:
+        """A window signal joins the open window covering its time, is late when a closed
+        window covered it or its grace has passed, or else waits for an opener (held): one
+        that claims it can still arrive within grace."""
         t = accepted.event_time_ms
         rule = spec.name
         for w in state.windows:
@@ -156,6 +163,9 @@ class Transitions:
         signal: Signal,
         accepted: Accepted,
     ) -> None:
+        """Store ``signal`` in ``w``.  A decisive signal moves the window's end back to its
+        own time and pushes out later signals; the window is decided only after end + grace,
+        so an earlier decisive signal that arrives later still wins whatever the order."""
         t = signal.time_ms
         if t > w.end:
             self._report(key, state, accepted, "after_close")
@@ -211,7 +221,9 @@ class Transitions:
         outside: Callable[[Signal], bool],
         reason: LateReason,
     ) -> None:
-        """Push out stored signals for which ``outside(signal)``; forwarded scores stay."""
+        """Push out stored signals for which ``outside(signal)``; attached events (of rules
+        that attach to open windows) stay: their time alone decides which windows carry
+        them."""
         keep: list[Signal] = []
         for s in w.signals:
             if s.type not in self._attached and outside(s):
@@ -223,7 +235,8 @@ class Transitions:
         w.signals = keep
 
     def _cap(self, state: KeyState, w: Window, spec: RuleSpec[Any]) -> None:
-        """Keep the earliest ``max_signals`` signals; never the decisive one or scores."""
+        """Keep the earliest ``max_signals`` signals by (time, id), so which ones survive does
+        not depend on arrival order; never drop the decisive one or attached events."""
         signals = w.signals
         cut = w.cut
         attached = self._attached
@@ -240,10 +253,12 @@ class Transitions:
             w.overflow += 1
 
     def _hold(self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted) -> None:
+        """Keep an event until stream time passes its time + grace (:meth:`settle`); over the
+        per-key cap the latest held event by (time, id) is reported ``capped``."""
         event = accepted.event
         signal = self._signal(spec, accepted)
         # a held signal keeps its event's JSON so that, if no window claims it, the late topic
-        # gets the whole event; a score report is (almost) never late, so it skips that cost
+        # gets the whole event; a forwarded event is (almost) never late, so it skips that cost
         raw = None if spec.kind == "forwarded" else event.model_dump_json()
         state.held.append(Held(signal, raw, event.session_id))
         if len(state.held) > self._max_signals:
@@ -262,6 +277,10 @@ class Transitions:
     def _decide_at_once(
         self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted
     ) -> None:
+        """An instant rule's event is decided now, over its own instant; its tombstone makes a
+        second event of the key at the same millisecond late (it would share the decision
+        id).  A decision that overrides ratings marks the key's open windows here, and the
+        tombstone marks windows opened later (:meth:`_reshape`)."""
         t = accepted.event_time_ms
         rule = spec.name
         if any(tomb.starts_at(rule, t) for tomb in state.tombs):
@@ -354,6 +373,9 @@ class Transitions:
             self._entomb(state, spec.name, t, t, [r.signal.event_id for r in group])
 
     def _close(self, key: str, state: KeyState, w: Window) -> None:
+        """Decide ``w`` and leave its tombstone.  The rule folds the anchor and its own
+        signals; attached events merge into the scores; an override suppresses the rating
+        but not the scores; no decision when there is neither a rating nor a score."""
         spec = RULES[w.rule]
         own = [s for s in w.signals if s.type not in self._attached]
         forwarded = [s for s in w.signals if s.type in self._attached]
@@ -401,6 +423,8 @@ class Transitions:
         self.open[w.rule] -= 1
 
     def purge(self, state: KeyState) -> None:
+        """Drop tombstones whose purge time stream time has passed: by then stream time alone
+        proves any event for their range late, so the window cannot reopen."""
         horizon = self.stream_time
         kept = [tomb for tomb in state.tombs if tomb.purge_at_ms >= horizon]
         if len(kept) != len(state.tombs):
