@@ -23,6 +23,11 @@ OPEN_WINDOWS = {
 
 
 def test_the_engine_still_writes_the_recorded_states() -> None:
+    """The whole path (rules' extracted data, engine, codec) writes what it wrote then.
+
+    A deliberate change of what a rule stores makes this fail: then change this expectation,
+    never the recorded file, which the round trip below needs as written by the old engine.
+    """
     assert generate() == load_fixture()
 
 
