@@ -21,25 +21,15 @@ import orjson
 from worker.ingest import Accepted
 from worker.rules import RULE_FOR_TYPE, RULES, RuleConfig, RuleSpec
 from worker.windows.due import DueIndex
-from worker.windows.outcome import LateEvent, LateReason, Outcome
-from worker.windows.state import FORMAT, SESSION_KEY_PREFIX, KeyState, StateFormatError
+from worker.windows.outcome import Outcome
+from worker.windows.state import SESSION_KEY_PREFIX, KeyState
 from worker.windows.transitions import NEVER, Transitions
 from worker.windows.watermarks import SeenHistory
 
 if TYPE_CHECKING:
     from worker.clock import Clock
 
-__all__ = [
-    "FORMAT",
-    "META_KEY",
-    "SESSION_KEY_PREFIX",
-    "LateEvent",
-    "LateReason",
-    "Outcome",
-    "StateFormatError",
-    "WindowEngine",
-    "WindowStore",
-]
+__all__ = ["META_KEY", "WindowEngine", "WindowStore"]
 
 #: Reserved store key for the partition's stream time (request ids are UUIDs and session
 #: keys carry :data:`SESSION_KEY_PREFIX`, so neither can collide with it).

@@ -19,7 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 from worker.events import UI_EVENT_ADAPTER, Decision, Evidence, decision_id_for
 from worker.ingest import Accepted
-from worker.rules import RULE_FOR_TYPE, RULES, RuleConfig, RuleSpec, Signal, cite, evaluate, utc
+from worker.rules import (
+    RULE_FOR_TYPE,
+    RULES,
+    RuleConfig,
+    RuleSpec,
+    Signal,
+    Verdict,
+    cite,
+    evaluate,
+    utc,
+)
 from worker.rules import scores as scores_rule
 from worker.windows.outcome import LateEvent, LateReason, Outcome
 from worker.windows.state import SESSION_KEY_PREFIX, Held, KeyState, Tomb, Window
@@ -290,16 +300,8 @@ class Transitions:
         verdict = evaluate(spec, signal, (), closed_at_ms=t, config=self._cfg)
         event = accepted.event
         if verdict is not None:
-            self._emit(
-                spec,
-                key,
-                start=t,
-                end=t,
-                rating=verdict.rating,
-                scores=dict(verdict.scores),
-                evidence=list(verdict.evidence),
-                session_id=event.session_id,
-                request_id=event.request_id,
+            self._emit_instant(
+                spec, key, t, verdict, verdict.rating, event.session_id, event.request_id
             )
         self._entomb(state, rule, t, t, [accepted.event.event_id])
         if spec.overrides_ratings:  # explicit wins (worker.windows)
@@ -359,17 +361,7 @@ class Transitions:
             signals = sorted((r.signal for r in group), key=lambda s: s.order)
             verdict = evaluate(spec, signals[0], signals[1:], closed_at_ms=t, config=self._cfg)
             if verdict is not None:
-                self._emit(
-                    spec,
-                    key,
-                    start=t,
-                    end=t,
-                    rating=None,
-                    scores=dict(verdict.scores),
-                    evidence=list(verdict.evidence),
-                    session_id=group[0].session_id,
-                    request_id=key,
-                )
+                self._emit_instant(spec, key, t, verdict, None, group[0].session_id, key)
             self._entomb(state, spec.name, t, t, [r.signal.event_id for r in group])
 
     def _close(self, key: str, state: KeyState, w: Window) -> None:
@@ -479,6 +471,31 @@ class Transitions:
     @staticmethod
     def _routing(key: str) -> str:
         return key.removeprefix(SESSION_KEY_PREFIX)
+
+    def _emit_instant(
+        self,
+        spec: RuleSpec[Any],
+        key: str,
+        t: int,
+        verdict: Verdict,
+        rating: bool | None,
+        session_id: str | None,
+        request_id: str | None,
+    ) -> None:
+        """A decision over the instant ``t``: an instant rule's, or forwarded events'
+        decided alone."""
+        scores, evidence = dict(verdict.scores), list(verdict.evidence)
+        self._emit(
+            spec,
+            key,
+            start=t,
+            end=t,
+            rating=rating,
+            scores=scores,
+            evidence=evidence,
+            session_id=session_id,
+            request_id=request_id,
+        )
 
     def _emit(
         self,
