@@ -49,7 +49,7 @@ from worker.rebalance import count_gaps, keep_dropped_records, seek_before_fetch
 from worker.recovery import report_lost_changelogs
 from worker.rules import RuleConfig
 from worker.stores import rocksdb_memory
-from worker.watermarks import SourceMark, decode_marks, encode_marks, source_mark
+from worker.windows.watermarks import SourceMark, decode_marks, encode_marks, source_mark
 
 if TYPE_CHECKING:
     from worker.config import Settings

@@ -156,7 +156,7 @@ class Metrics:
             "feedback_stream_time_overruns",
             "Forwarded events that found their partition's stream time past what it had seen "
             "when their source read them; 0 unless the workers' clocks disagree "
-            "(worker.watermarks).",
+            "(worker.windows.watermarks).",
             registry=r,
         )
         self.windows_open = Gauge(

@@ -21,7 +21,8 @@ from tests.unit.rules.eventkit import OTHER_REQUEST, T0, engine, ev, new_id
 from worker.clock import FakeClock
 from worker.ingest import Accepted
 from worker.rules import RuleConfig
-from worker.watermarks import (
+from worker.windows import WindowEngine
+from worker.windows.watermarks import (
     HOLD,
     Floor,
     SeenHistory,
@@ -31,7 +32,6 @@ from worker.watermarks import (
     partition_floor,
     source_mark,
 )
-from worker.windows import WindowEngine
 
 # --------------------------------------------------------------------------- SeenHistory
 

@@ -33,7 +33,7 @@ from worker.events import UI_EVENT_ADAPTER
 from worker.ingest import Accepted
 from worker.metrics import Metrics
 from worker.rules import RuleConfig
-from worker.watermarks import SourceMark
+from worker.windows.watermarks import SourceMark
 
 
 def test_a_floor_keeps_a_forwarded_signal_in_its_window() -> None:

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 #: does not recompute it from a record timestamp that is now the forwarder's.
 EVENT_TIME_HEADER = "fw-event-time-ms"
 #: Header carrying the wall clock (ms) when the source read a forwarded event, so the owner
-#: can check that its stream time did not pass the event on its way (worker.watermarks).
+#: can check that its stream time did not pass the event on its way (worker.windows.watermarks).
 READ_TIME_HEADER = "fw-read-ms"
 
 _MAX_KEY_BYTES = 1024
@@ -86,10 +86,10 @@ class Ingest:
     clock: Clock
     recent: RecentIds
     #: Input partition -> the largest event time of its valid records read since it was
-    #: assigned: its bound on other partitions while it is behind (worker.watermarks).
+    #: assigned: its bound on other partitions while it is behind (worker.windows.watermarks).
     source_time: dict[int, int] = field(default_factory=dict)
     #: Input partition -> when the record it is routing now was read: until that record is
-    #: applied or queued, a watermark's cut must not be later (worker.watermarks).
+    #: applied or queued, a watermark's cut must not be later (worker.windows.watermarks).
     routing: dict[int, int] = field(default_factory=dict)
 
     async def on_input(

@@ -41,8 +41,8 @@ import orjson
 from faust.types import TP
 
 from worker.agents.ingest import Ack
-from worker.watermarks import Floor, SourceMark, partition_floor
 from worker.windows import META_KEY, LateEvent, Outcome, WindowEngine
+from worker.windows.watermarks import Floor, SourceMark, partition_floor
 
 if TYPE_CHECKING:
     from worker.clock import Clock

@@ -39,7 +39,8 @@ __all__ = [
 RuleKind = Literal[
     "window",  # opened by an event, collects signals for a while, decided at close
     "instant",  # decided from the one event that triggers it (explicit ratings)
-    "forwarded",  # held for grace, then merged into covering windows or decided alone (scores)
+    "forwarded",  # held for grace, then decided alone or (attaches_to_open_windows) carried
+    # by the windows that cover it (scores)
 ]
 Target = Literal["request", "session"]
 
@@ -125,6 +126,21 @@ class RuleSpec(Generic[S]):
     closes_early: Callable[[Signal], bool] = _never
     #: The window length; 0 for instant and forwarded rules.
     window_ms: Callable[[RuleConfig], int] = _no_window
+    #: An instant rule whose decision wins over implicit ratings: a window of the same key
+    #: that has not closed, ends at or after the decision's event time and starts no later
+    #: than the engine's ``retention_ms`` after it emits no rating, only its scores.
+    overrides_ratings: bool = False
+    #: A forwarded rule whose events, once held for grace, join every window of the same
+    #: key that covers their event time and is still open (its decision carries them); an
+    #: event no window covers is decided alone.  Such events are never the ones a window
+    #: drops for its cap or for a decisive signal.
+    attaches_to_open_windows: bool = False
+
+    def __post_init__(self) -> None:
+        if self.overrides_ratings and self.kind != "instant":
+            raise ValueError(f"rule {self.name}: only an instant rule can override ratings")
+        if self.attaches_to_open_windows and self.kind != "forwarded":
+            raise ValueError(f"rule {self.name}: only a forwarded rule can attach to windows")
 
     @property
     def event_types(self) -> frozenset[str]:

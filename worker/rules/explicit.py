@@ -63,4 +63,5 @@ RULE: RuleSpec[RatingState] = RuleSpec(
     extract=extract,
     observe=observe,
     decide=decide,
+    overrides_ratings=True,
 )

@@ -108,4 +108,5 @@ RULE: RuleSpec[ScoresState] = RuleSpec(
     extract=extract,
     observe=observe,
     decide=decide,
+    attaches_to_open_windows=True,
 )
