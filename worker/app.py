@@ -154,7 +154,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         headers: list[tuple[str, bytes]] | None,
     ) -> Any:
         # force: queued now, never attached to a Faust event and sent when it is acked,
-        # so a watermark sent after it is behind it (worker.watermarks).
+        # so a watermark sent after it is behind it (worker.windows.watermarks).
         return await topics[topic].send(
             key=key, value=value, partition=partition, headers=headers, force=True
         )
@@ -310,7 +310,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         return _backlog(partition) == 0
 
     def _marks() -> dict[int, SourceMark]:
-        """Each owned input partition's mark for every partition (worker.watermarks)."""
+        """Each owned input partition's mark for every partition (worker.windows.watermarks)."""
         now = clock.now_ms()
         return {
             tp.partition: source_mark(
@@ -325,7 +325,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
 
     async def _send_watermarks() -> None:
         """Every partition, owned here or not, gets this worker's input partitions' marks,
-        behind everything they forwarded before (worker.watermarks)."""
+        behind everything they forwarded before (worker.windows.watermarks)."""
         marks = _marks()
         if not marks:
             return

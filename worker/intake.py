@@ -17,7 +17,7 @@ other topic's records, which still go through the conductor to their agents.
 Why the rekeyed topic too: Faust's conductor makes every record it dispatches wait while the
 producer buffer (where table writes such as delivery's state go) holds over 100 messages.  A
 busy producer then starves the rekeyed topic, whose watermarks and ticks are what let stream
-time move and windows close (worker.watermarks); off the conductor, only the producer's own
+time move and windows close (worker.windows.watermarks); off the conductor, only the producer's own
 backpressure applies, to everything alike.  Each topic has its own intake task, as each had
 its own agent: a flush waiting for the producer on one does not stop the other.
 

@@ -233,7 +233,7 @@ def test_unkeyed_events_in_a_backlog_reach_their_windows_in_time(
     of the journeys sent without a key.  Their events take the rekeyed topic's detour while
     the keyed ones arrive directly and drive stream time ahead; the sources' watermarks must
     hold stream time back until the detour has delivered them, so none is late and every
-    window decides as its journey meant (worker.watermarks)."""
+    window decides as its journey meant (worker.windows.watermarks)."""
     start = int(time.time() * 1000) - 60_000
     journeys = generate(150, start_ms=start, spread_ms=30_000, windows=SHAPE, seed=21,
                         kinds={"chat": 1, "code": 1, "search": 1})

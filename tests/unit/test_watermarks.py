@@ -1,4 +1,4 @@
-"""worker.watermarks: the pure functions behind a partition's floor, and a simulation of the
+"""worker.windows.watermarks: the pure functions behind a partition's floor, and a simulation of the
 race between the direct path and the detour through the rekeyed topic.
 
 The simulation runs the real :class:`~worker.windows.WindowEngine` of one partition ``P`` fed

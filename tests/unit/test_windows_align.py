@@ -3,7 +3,7 @@
 Events a producer did not key by request id reach their partition forwarded from another
 one, while the events that arrive directly drive stream time on.  The engine holds stream time
 at the floor the adapter passes; the adapter takes it from its sources' marks
-(worker.watermarks, whose own tests simulate the race).
+(worker.windows.watermarks, whose own tests simulate the race).
 """
 
 from __future__ import annotations
@@ -234,9 +234,9 @@ def test_watermarks_from_before_a_restart_are_ignored() -> None:
 
 
 def test_a_forwarded_event_passed_on_its_way_is_counted() -> None:
-    """The invariant's check (worker.watermarks): a forwarded event that finds stream time past
-    both what the partition had seen when it was read and its own time is counted; one read
-    after the partition saw that far is not."""
+    """The invariant's check (worker.windows.watermarks): a forwarded event that finds stream
+    time past both what the partition had seen when it was read and its own time is counted;
+    one read after the partition saw that far is not."""
 
     async def scenario() -> None:
         clock = FakeClock(T0 + 1_000)

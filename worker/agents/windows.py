@@ -66,8 +66,8 @@ TICK_HEADER = "fw-tick"
 #: Tick header: b"1" if the partition's input had no backlog when the tick was sent.
 CAUGHT_UP_HEADER = "fw-caught-up"
 #: Header marking a watermark record on the rekeyed topic; its value holds one
-#: :class:`~worker.watermarks.SourceMark` per input partition of the sending worker
-#: (:func:`worker.watermarks.encode_marks`).
+#: :class:`~worker.windows.watermarks.SourceMark` per input partition of the sending worker
+#: (:func:`worker.windows.watermarks.encode_marks`).
 WATERMARK_HEADER = "fw-watermark"
 
 #: Queues one record (topic, key, value); what it returns is awaited for the delivery.
@@ -315,7 +315,7 @@ class Windows:
     async def on_watermark(
         self, partition: int, marks: Mapping[int, SourceMark], ack: Ack, *, sent_ms: int
     ) -> None:
-        """Marks of input partitions (worker.watermarks), which bound ``partition``'s stream
+        """Marks of input partitions (worker.windows.watermarks), which bound ``partition``'s stream
         time so that events they forwarded here are not passed while on their way.
 
         Watermarks sent before this worker took the partition over are ignored: their cuts
@@ -336,7 +336,7 @@ class Windows:
         self, partition: int, engine: WindowEngine, accepted: Accepted, read_ms: int
     ) -> None:
         """Count a forwarded event that finds stream time past the invariant's bound
-        (worker.watermarks): what this partition had seen when the event was read, or the
+        (worker.windows.watermarks): what this partition had seen when the event was read, or the
         event's own time.  Only a clock that disagrees between workers lets it happen."""
         stream_time = engine.stream_time_ms
         if stream_time is None or not self.sources:
@@ -351,7 +351,7 @@ class Windows:
             )
 
     def _floor(self, partition: int) -> Floor:
-        """``partition``'s floor from its sources' latest marks (worker.watermarks)."""
+        """``partition``'s floor from its sources' latest marks (worker.windows.watermarks)."""
         if not self.sources:
             return Floor(None, self.clock.now_ms())
         engine = self._engines[partition]
