@@ -2,8 +2,8 @@
 
 :func:`build_app` has no side effects at import time and builds everything from the settings it
 is given, so tests and the command line build apps the same way.  The consumers are thin: the
-input topic's records come in batches from :mod:`worker.intake` (off Faust's per-record
-delivery), the rekeyed and outbox topics' through Faust agents, and each is handed to an
+input topic's records come in batches from :mod:`worker.faust_compat.intake` (off Faust's
+per-record delivery), the rekeyed and outbox topics' through Faust agents, and each is handed to an
 adapter (:class:`~worker.agents.ingest.Ingest`, :class:`~worker.agents.windows.Windows`) that
 calls the pure core.
 """
@@ -34,9 +34,17 @@ from worker.agents.windows import (
     Windows,
 )
 from worker.clock import Clock, SystemClock
+from worker.faust_compat import (
+    Intake,
+    count_gaps,
+    install_intake,
+    keep_dropped_records,
+    report_lost_changelogs,
+    rocksdb_memory,
+    seek_before_fetch,
+)
 from worker.health import Liveness, Readiness, healthz, readyz, supervised
 from worker.ingest import IngestLimits, RecentIds
-from worker.intake import Intake, install_intake
 from worker.kafka import (
     WINDOWS_TABLE,
     ensure_topics,
@@ -45,10 +53,7 @@ from worker.kafka import (
     ssl_context,
 )
 from worker.metrics import CONTENT_TYPE_LATEST, Metrics
-from worker.rebalance import count_gaps, keep_dropped_records, seek_before_fetch
-from worker.recovery import report_lost_changelogs
 from worker.rules import RuleConfig
-from worker.stores import rocksdb_memory
 from worker.watermarks import SourceMark, decode_marks, encode_marks, source_mark
 
 if TYPE_CHECKING:
@@ -112,7 +117,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         # are simply processed again by the new owner, so do not wait for them.
         stream_wait_empty=False,
         # A changelog shorter than the local store stops the worker in Faust's check; the
-        # worker keeps its state and reports it instead (worker.recovery).
+        # worker keeps its state and reports it instead (worker.faust_compat.recovery).
         recovery_consistency_check=False,
         producer_max_batch_size=settings.kafka_producer_batch_bytes,
         # A few ms of linger turns a produce request per handful of events into one per batch:
@@ -266,8 +271,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
 
     liveness = Liveness(clock=clock, on_crash=metrics.agent_crashed)
 
-    # The input topic skips Faust's per-record delivery (worker.intake); if this Faust
-    # version cannot, an ordinary agent consumes it.
+    # The input topic skips Faust's per-record delivery (worker.faust_compat.intake); if this
+    # Faust version cannot, an ordinary agent consumes it.
     intake = Intake(app, on_input, on_crash=lambda exc: liveness.crashed("ingest"))
     if install_intake(app, topics[settings.topic_ui_events], intake):
         app.task(intake.run)

@@ -1,5 +1,5 @@
-"""worker.rebalance: the order Faust resumes, seeks and fetches in after a rebalance, and
-what its fetch returns for partitions paused meanwhile.
+"""worker.faust_compat.rebalance: the order Faust resumes, seeks and fetches in after a
+rebalance, and what its fetch returns for partitions paused meanwhile.
 
 The Faust consumer here is a small stand-in with the same methods: what is tested is the
 wrapping (which call is held, which passes, what is released when).  The real
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from worker.rebalance import count_gaps, keep_dropped_records, seek_before_fetch
+from worker.faust_compat.rebalance import count_gaps, keep_dropped_records, seek_before_fetch
 
 INPUT = [TP("ui-events", 0), TP("ui-events", 1)]
 CHANGELOG = TP("fw-windows-changelog", 0)
@@ -132,11 +132,11 @@ def test_partitions_revoked_meanwhile_are_not_resumed() -> None:
 
 def test_an_unknown_faust_is_left_alone(caplog: pytest.LogCaptureFixture) -> None:
     app = SimpleNamespace(consumer=SimpleNamespace())
-    with caplog.at_level(logging.WARNING, logger="worker.rebalance"):
+    with caplog.at_level(logging.WARNING, logger="worker.faust_compat.rebalance"):
         assert not seek_before_fetch(app)
     assert "cannot hold stream partitions" in caplog.text
     assert not count_gaps(app, lambda topic, missing: None)
-    with caplog.at_level(logging.WARNING, logger="worker.rebalance"):
+    with caplog.at_level(logging.WARNING, logger="worker.faust_compat.rebalance"):
         assert not keep_dropped_records(app)
     assert "cannot be checked for dropped records" in caplog.text
 
@@ -148,7 +148,7 @@ def test_gaps_in_stream_partitions_are_counted_and_still_recorded(
     counted: list[tuple[str, int]] = []
     assert count_gaps(app, lambda topic, missing: counted.append((topic, missing)))
 
-    with caplog.at_level(logging.WARNING, logger="worker.rebalance"):
+    with caplog.at_level(logging.WARNING, logger="worker.faust_compat.rebalance"):
         # Faust's call when offset 55 arrives after read offset 43: 44..54 are missing.
         asyncio.run(app.consumer._add_gap(INPUT[0], 44, 55))
         asyncio.run(app.consumer._add_gap(CHANGELOG, 3, 5))
@@ -218,7 +218,7 @@ def test_records_of_a_partition_paused_during_the_fetch_are_handed_back(
     active = set(INPUT)
     app = fetching_app({INPUT[0]: records(41, 92), INPUT[1]: records(7, 9)},
                        during=lambda asked: active.discard(INPUT[0]))  # held by a rebalance
-    with caplog.at_level(logging.INFO, logger="worker.rebalance"):
+    with caplog.at_level(logging.INFO, logger="worker.faust_compat.rebalance"):
         got = asyncio.run(app.consumer._getmany(active, 1.0))
     assert list(got) == [INPUT[1]]  # what Faust would drop is not passed on
     assert app.consumer._thread.aiokafka.seeks == [(INPUT[0], 41)]  # fetched again later

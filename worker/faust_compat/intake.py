@@ -8,10 +8,11 @@ and in the event loop's handling of those futures, more per record than the work
 validation, windows and rules together.
 
 What stays Faust's: the consumer, the group membership and assignment, the fetch (with
-:func:`worker.rebalance.keep_dropped_records`), the read offsets and gap bookkeeping, the
-acknowledgements and commits (``Consumer.track_message`` and ``Consumer.ack``, which decide
-what is committed), the rebalance order (:func:`worker.rebalance.seek_before_fetch`), and every
-other topic's records, which still go through the conductor to their agents.
+:func:`~worker.faust_compat.rebalance.keep_dropped_records`), the read offsets and gap
+bookkeeping, the acknowledgements and commits (``Consumer.track_message`` and
+``Consumer.ack``, which decide what is committed), the rebalance order
+(:func:`~worker.faust_compat.rebalance.seek_before_fetch`), and every other topic's records,
+which still go through the conductor to their agents.
 
 What changes: :func:`install_intake` replaces the fetch loop with a copy that differs in one
 step.  A record of the intake topic is appended to a batch instead of being passed to the

@@ -1,5 +1,5 @@
-"""worker.intake: the input topic's records batched off Faust's fetch loop, and handed to the
-ingest handler only while they belong to the current consumer generation.
+"""worker.faust_compat.intake: the input topic's records batched off Faust's fetch loop,
+and handed to the ingest handler only while they belong to the current consumer generation.
 
 The Faust app and consumer here are small stand-ins with the attributes the intake uses:
 what is tested is which records reach the handler, in which order, and what is
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from worker.intake import BATCH_RECORDS, Intake, install_intake
+from worker.faust_compat.intake import BATCH_RECORDS, Intake, install_intake
 
 INPUT = "ui-events"
 OTHER = "fw-rekeyed"

@@ -1,0 +1,43 @@
+"""Every use of a private Faust, aiokafka or mode name, in one package.
+
+Invariant: no module of ``worker`` outside this package reads, calls or replaces a name that
+faust-streaming, aiokafka or mode-streaming do not offer as public API (an attribute or method
+starting with ``_``, or an internal object such as the consumer thread, the fetcher or
+table recovery).  The rest of the worker imports what it needs from here.
+
+Why: those names change between releases without notice, and several of the patches here
+decide what the consumer commits.  Gathered in one place, each is listed with the release it
+was read from (:data:`worker.faust_compat.names.NAMES`), the upstream functions copied or
+wrapped are pinned by a hash of their source (:data:`worker.faust_compat.names.UPSTREAM`,
+checked by ``tests/unit/test_compat_names.py``), and an upgrade of any of the three libraries
+has one package to re-read.
+
+The modules:
+
+* :mod:`~worker.faust_compat.intake`: the input topic's records batched off Faust's fetch loop;
+* :mod:`~worker.faust_compat.rebalance`: the order Faust resumes, seeks and fetches in after a
+  rebalance, and the offsets it would commit past without an acknowledgement;
+* :mod:`~worker.faust_compat.recovery`: changelogs that end before their local store;
+* :mod:`~worker.faust_compat.stores`: RocksDB partitions used directly
+  (:class:`~worker.faust_compat.stores.TableIO`) and their memory;
+* :mod:`~worker.faust_compat.consumer`: read offsets, fetch positions, high watermarks and the
+  fetch wait of the running consumer.
+"""
+
+from __future__ import annotations
+
+from worker.faust_compat.intake import Intake, install_intake
+from worker.faust_compat.rebalance import count_gaps, keep_dropped_records, seek_before_fetch
+from worker.faust_compat.recovery import report_lost_changelogs
+from worker.faust_compat.stores import ROCKSDB_MEMORY_PROPERTIES, rocksdb_memory
+
+__all__ = [
+    "ROCKSDB_MEMORY_PROPERTIES",
+    "Intake",
+    "count_gaps",
+    "install_intake",
+    "keep_dropped_records",
+    "report_lost_changelogs",
+    "rocksdb_memory",
+    "seek_before_fetch",
+]
