@@ -26,18 +26,35 @@ The modules:
 
 from __future__ import annotations
 
+from worker.faust_compat.consumer import (
+    aiokafka_consumer,
+    consumer_lags,
+    fetch_position,
+    highwater,
+    read_offset,
+    recovery_completed,
+    set_fetch_max_wait,
+)
 from worker.faust_compat.intake import Intake, install_intake
 from worker.faust_compat.rebalance import count_gaps, keep_dropped_records, seek_before_fetch
 from worker.faust_compat.recovery import report_lost_changelogs
-from worker.faust_compat.stores import ROCKSDB_MEMORY_PROPERTIES, rocksdb_memory
+from worker.faust_compat.stores import ROCKSDB_MEMORY_PROPERTIES, TableIO, rocksdb_memory
 
 __all__ = [
     "ROCKSDB_MEMORY_PROPERTIES",
     "Intake",
+    "TableIO",
+    "aiokafka_consumer",
+    "consumer_lags",
     "count_gaps",
+    "fetch_position",
+    "highwater",
     "install_intake",
     "keep_dropped_records",
+    "read_offset",
+    "recovery_completed",
     "report_lost_changelogs",
     "rocksdb_memory",
     "seek_before_fetch",
+    "set_fetch_max_wait",
 ]

@@ -16,7 +16,7 @@ on, logs an error per partition and counts it in ``feedback_changelog_behind_sto
 
 Nothing needs rewinding: recovery reads nothing from such a partition (its store is ahead),
 and the store's remembered offset is replaced by the changelog's own offset at the next
-write (Faust's tables on send, :meth:`worker.agents.windows.TableIO.committed` for the
+write (Faust's tables on send, :meth:`worker.faust_compat.stores.TableIO.committed` for the
 windows).  What is lost stays lost for any *other* worker that takes the partition over
 later: it can only rebuild what the changelog still has.
 """
