@@ -1,11 +1,20 @@
 """The input topic's records, taken off Faust's per-record path and handed on in batches.
 
+Invariant: the handler sees exactly the records a Faust agent on the input topic would see,
+in the same order, and acknowledges them through Faust's own ``track_message``/``ack``, so
+what is committed is decided as for any agent.  Only the path from the fetch to the handler
+differs.
+
 Why: Faust's fetch loop (``Consumer._drain_messages``) hands every record to its conductor
 through ``wait_first(callback(record), suspend_flow.wait())``: four futures and an
-``asyncio.wait`` per record, then a channel queue, an ``Event`` and a ``Stream`` step.  A
-profile of the worker under ``bench/pipeline.py`` spent about 55 % of its main thread there
-and in the event loop's handling of those futures, more per record than the worker's own
-validation, windows and rules together.
+``asyncio.wait`` per record, then a channel queue, an ``Event`` and a ``Stream`` step, which
+cost more per record than the worker's own validation, windows and rules together
+(``bench/pipeline.py`` measures it).
+
+Performance only: where the copied fetch loop cannot install (:func:`install_intake` returns
+False and warns), the app consumes the input topic with an ordinary Faust agent, which is
+correct and slower.  So this patch, unlike those of :mod:`worker.faust_compat.rebalance`,
+never stops the worker from starting.
 
 What stays Faust's: the consumer, the group membership and assignment, the fetch (with
 :func:`~worker.faust_compat.rebalance.keep_dropped_records`), the read offsets and gap
@@ -109,7 +118,8 @@ def install_intake(app: Any, topic: Any, intake: Intake) -> bool:
     ``topic`` is the Faust topic (it must have acks enabled, as topics have by default);
     the caller starts :meth:`Intake.run` as an app task.  Returns False, and changes
     nothing, where this Faust version's consumer lacks what the copied fetch loop uses; the
-    caller then consumes ``topic`` with an ordinary agent."""
+    caller then consumes ``topic`` with an ordinary agent (performance only: correct, slower;
+    module docstring)."""
     consumer = app.consumer
     needed = ("_drain_messages", "getmany", "callback", "wait_first", "commit", "_add_gap",
               "track_message", "ack", "sleep")

@@ -21,9 +21,11 @@ import importlib
 import importlib.metadata
 import inspect
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from worker.errors import IncompatibleLibraryError
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -32,6 +34,7 @@ __all__ = [
     "PrivateName",
     "Upstream",
     "allowed_range",
+    "incompatible",
     "installed_versions",
     "resolve",
     "source_hash",
@@ -228,5 +231,24 @@ def allowed_range(distribution: str) -> str:
     for requirement in requirements:
         match = re.match(r"([A-Za-z0-9_.-]+)(\[[^]]*\])?\s*([^;]*)", requirement)
         if match and match.group(1).lower() == distribution and ";" not in requirement:
-            return match.group(3).strip()
+            bounds = [bound.strip() for bound in match.group(3).split(",") if bound.strip()]
+            return ",".join(sorted(bounds, key=lambda bound: not bound.startswith(">")))
     return ""
+
+
+def incompatible(patch: str, missing: Iterable[str], risk: str) -> IncompatibleLibraryError:
+    """The error a correctness patch raises when it cannot install: ``patch`` (its dotted
+    name) needs ``missing``; without it ``risk``."""
+    read_from = {"faust-streaming": FAUST, "aiokafka": AIOKAFKA, "mode-streaming": MODE}
+    installed = ", ".join(f"{name} {version}" for name, version in installed_versions().items())
+    supported = ", ".join(
+        f"{name}{allowed_range(name) or ' (as faust-streaming requires)'} "
+        f"(read from {read_from[name]})"
+        for name in DISTRIBUTIONS
+    )
+    return IncompatibleLibraryError(
+        f"{patch} cannot install: it needs {', '.join(missing)}, which the installed "
+        f"libraries lack. Without it {risk}. Installed: {installed}. Supported: {supported}. "
+        "Install a supported release (pip install -e .) or re-read the upstream code "
+        "(worker/faust_compat/names.py) before adapting the patch."
+    )

@@ -5,7 +5,9 @@ databases hold, for ``feedback_rocksdb_memory_bytes``.
 Invariant of :class:`TableIO`: what it writes is byte for byte what Faust's own table would
 write (key encoding, values, the persisted-offset key), so Faust's recovery and standbys read
 it back unchanged.  It holds because every encoding step is Faust's own store method, called
-rather than copied.
+rather than copied.  The windows' state cannot be kept without it, so a RocksDB store that
+lacks one of those methods stops the worker at start (:func:`require_rocksdb_store`, raising
+:class:`~worker.errors.IncompatibleLibraryError`) instead of at the first write.
 
 RocksDB's memory is most of a worker's RSS beyond the Python heap, and none of it is visible
 to Python: memtables fill with writes until they are flushed (ROCKSDB_WRITE_BUFFER_BYTES), the
@@ -26,7 +28,9 @@ from typing import Any
 
 from faust.types import TP
 
-__all__ = ["ROCKSDB_MEMORY_PROPERTIES", "TableIO", "rocksdb_memory"]
+from worker.faust_compat.names import incompatible
+
+__all__ = ["ROCKSDB_MEMORY_PROPERTIES", "TableIO", "require_rocksdb_store", "rocksdb_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +71,13 @@ class TableIO:
     changelog reader.  The flush can also *wait* until the changelog holds the records before
     the inputs are acknowledged, which ``table[key] = value`` never does.
 
-    It relies on the RocksDB store's ``_db_for_partition``, ``_encode_key``, ``_decode_key``
-    and ``set_persisted_offset`` (faust-streaming 0.11 to 0.15, the range pyproject allows).
+    It relies on the RocksDB store's ``_db_for_partition``, ``_encode_key``, ``_decode_key``,
+    ``offset_key`` and ``set_persisted_offset`` (:data:`worker.faust_compat.names.NAMES`),
+    checked when it is created (:func:`require_rocksdb_store`).
     """
 
     def __init__(self, table: Any, producer_send: Callable[..., Awaitable[Any]]) -> None:
+        require_rocksdb_store()
         self._table = table
         self._send = producer_send
 
@@ -127,4 +133,24 @@ class TableIO:
         """The changelog holds everything up to ``offset``: recovery may start after it."""
         self._store.set_persisted_offset(
             TP(self._table.changelog_topic.get_topic_name(), partition), offset
+        )
+
+
+#: What :class:`TableIO` uses of Faust's RocksDB store.
+STORE_NEEDS = ("_db_for_partition", "_encode_key", "_decode_key", "offset_key",
+               "set_persisted_offset")
+
+
+def require_rocksdb_store(store_class: Any = None) -> None:
+    """Raise :class:`~worker.errors.IncompatibleLibraryError` unless Faust's RocksDB store
+    (or ``store_class``) has everything :class:`TableIO` uses."""
+    if store_class is None:
+        from faust.stores import rocksdb
+
+        store_class = rocksdb.Store
+    missing = [f"Store.{name}" for name in STORE_NEEDS if not hasattr(store_class, name)]
+    if missing:
+        raise incompatible(
+            "worker.faust_compat.stores.TableIO", missing,
+            "the windows' state cannot be written to the table or read back",
         )
