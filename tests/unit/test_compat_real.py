@@ -9,12 +9,10 @@ replaced on the instance and everything around it stays Faust's.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiokafka
@@ -25,22 +23,9 @@ from aiokafka.structs import TopicPartition
 from faust.tables.recovery import Recovery
 from faust.types import TP, Message
 
+from tests.unit.test_compat_intake import drain
+from worker import faust_compat as compat
 from worker.errors import IncompatibleLibraryError
-from worker.faust_compat import (
-    Intake,
-    TableIO,
-    consumer_lags,
-    count_gaps,
-    fetch_position,
-    install_intake,
-    keep_dropped_records,
-    read_offset,
-    recovery_completed,
-    report_lost_changelogs,
-    rocksdb_memory,
-    seek_before_fetch,
-    set_fetch_max_wait,
-)
 from worker.faust_compat.stores import require_rocksdb_store
 
 INPUT = "ui-events"
@@ -89,7 +74,7 @@ async def test_seek_before_fetch_holds_faust_s_resume_until_faust_s_seek(tmp_pat
     table = changelog_table(app)
     changelog = TP(table.changelog_topic.get_topic_name(), 0)
     consumer = app.consumer
-    seek_before_fetch(app)
+    compat.seek_before_fetch(app)
 
     committed = {TPS[0]: 40, TPS[1]: 7}
 
@@ -115,7 +100,7 @@ async def test_count_gaps_reports_and_faust_still_records_the_gap(tmp_path: Path
     app = real_app(tmp_path)
     consumer = app.consumer
     counted: list[tuple[str, int]] = []
-    assert count_gaps(app, lambda topic, missing: counted.append((topic, missing)))
+    assert compat.count_gaps(app, lambda topic, missing: counted.append((topic, missing)))
     consumer._committed_offset[TPS[0]] = 40
 
     await consumer._add_gap(TPS[0], 44, 55)
@@ -147,7 +132,7 @@ async def test_keep_dropped_records_hands_back_through_the_real_consumers(
     thread.call_thread = call_thread
     with aiokafka_consumer({TPS[0]: 44, TPS[1]: 9}) as real:
         thread._consumer = real
-        keep_dropped_records(app)
+        compat.keep_dropped_records(app)
         got = await consumer._getmany(active, 1.0)  # the patch over Faust's _getmany
         assert list(got) == [TPS[1]]
         assert asked[0] == set(TPS) and asked[0] is not active
@@ -167,8 +152,8 @@ async def test_intake_replaces_the_real_fetch_loop_and_acks_through_faust(
         handled.append(record.offset)
         await ack()
 
-    intake = Intake(app, handler)
-    assert install_intake(app, topic, intake)
+    intake = compat.Intake(app, handler)
+    assert compat.install_intake(app, topic, intake)
     await app.topics._update_indices()  # what subscribing does: acks enabled for the topic
     assert app.topics.acks_enabled_for(INPUT)
     batches = [[message(o, app) for o in (3, 4, 7)]]
@@ -185,14 +170,7 @@ async def test_intake_replaces_the_real_fetch_loop_and_acks_through_faust(
     consumer._read_offset[TPS[0]] = 2
     consumer._committed_offset[TPS[0]] = 2
 
-    runner = asyncio.ensure_future(intake.run())
-    await consumer._drain_messages(SimpleNamespace(_stopped=asyncio.Event()))
-    while not intake.queue.empty():
-        await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    runner.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await runner
+    await drain(app, intake)  # Faust's real consumer, with the copied loop installed
 
     assert handled == [3, 4, 7]
     assert consumer._read_offset[TPS[0]] == 7
@@ -218,13 +196,13 @@ async def test_report_lost_changelogs_wraps_the_real_recovery(tmp_path: Path) ->
     recovery.active_offsets[changelog] = 57
     recovery.active_highwaters[changelog] = -1
     lost: list[tuple[Any, int, int]] = []
-    assert report_lost_changelogs(app, lambda *args: lost.append(args))
+    assert compat.report_lost_changelogs(app, lambda *args: lost.append(args))
 
     await recovery.on_recovery_completed(3)
 
     assert lost == [(changelog, 57, -1)]
     assert completed == [3]
-    assert not recovery_completed(app)
+    assert not compat.recovery_completed(app)
 
 
 async def test_tableio_writes_what_faust_s_rocksdb_store_reads(tmp_path: Path) -> None:
@@ -236,7 +214,7 @@ async def test_tableio_writes_what_faust_s_rocksdb_store_reads(tmp_path: Path) -
         sent.append(args)
         return None
 
-    io = TableIO(table, send)
+    io = compat.TableIO(table, send)
     io.put_local(1, {"1/a": b"x", "1/b": b"y"})
     io.put_local(1, {"1/b": None})
     await io.send_changelog(1, {"1/a": b"x"}, lambda: True)
@@ -248,7 +226,7 @@ async def test_tableio_writes_what_faust_s_rocksdb_store_reads(tmp_path: Path) -
     assert store.persisted_offset(TP(table.changelog_topic.get_topic_name(), 1)) == 41
     changelog = table.changelog_topic.get_topic_name()
     assert sent == [(changelog, store._encode_key("1/a"), b"x", 1, None, None)]
-    assert set(rocksdb_memory([table])) == {"memtables", "block_cache", "table_readers"}
+    assert set(compat.rocksdb_memory([table])) == {"memtables", "block_cache", "table_readers"}
 
 
 def test_a_store_without_what_tableio_uses_stops_the_worker() -> None:
@@ -260,17 +238,17 @@ def test_a_store_without_what_tableio_uses_stops_the_worker() -> None:
 async def test_the_consumer_readers_on_real_consumers(tmp_path: Path) -> None:
     app = real_app(tmp_path)
     consumer = app.consumer
-    assert read_offset(app, TPS[0]) is None and fetch_position(app, TPS[0]) is None
+    assert compat.read_offset(app, TPS[0]) is None and compat.fetch_position(app, TPS[0]) is None
     consumer._read_offset[TPS[0]] = 12
-    assert read_offset(app, TPS[0]) == 12
+    assert compat.read_offset(app, TPS[0]) == 12
     with aiokafka_consumer({TPS[0]: 20}) as real:
         consumer._thread._consumer = real
-        assert fetch_position(app, TPS[0]) == 20
-        assert fetch_position(app, TPS[1]) is None  # not assigned
-        set_fetch_max_wait(app, 25)
+        assert compat.fetch_position(app, TPS[0]) == 20
+        assert compat.fetch_position(app, TPS[1]) is None  # not assigned
+        compat.set_fetch_max_wait(app, 25)
         assert real._fetcher._fetch_max_wait_ms == 25
         await real._fetcher.close()
-    assert consumer_lags(app, {}, now_s=0.0) == {}  # nothing assigned yet
+    assert compat.consumer_lags(app, {}, now_s=0.0) == {}  # nothing assigned yet
 
 
 def test_build_app_installs_every_patch_on_faust_s_classes(
