@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +58,20 @@ def message(offset: int, app: Any, partition: int = 0) -> Message:
                    generation_id=app.consumer_generation_id, tp=tp)
 
 
-@contextlib.contextmanager
-def aiokafka_consumer(positions: dict[TP, int]) -> Iterator[aiokafka.AIOKafkaConsumer]:
+@contextlib.asynccontextmanager
+async def aiokafka_consumer(
+    positions: dict[TP, int],
+) -> AsyncIterator[aiokafka.AIOKafkaConsumer]:
     """A real aiokafka consumer, never started, with ``positions`` assigned and sought."""
     consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers="localhost:1")
     consumer.assign([TopicPartition(tp.topic, tp.partition) for tp in positions])
     for tp, offset in positions.items():
         consumer._subscription.subscription.assignment.state_value(tp).seek(offset)
     consumer._fetcher = Fetcher(consumer._client, consumer._subscription)
-    yield consumer
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()  # closes the fetcher too
 
 
 async def test_seek_before_fetch_holds_faust_s_resume_until_faust_s_seek(tmp_path: Path) -> None:
@@ -87,10 +92,10 @@ async def test_seek_before_fetch_holds_faust_s_resume_until_faust_s_seek(tmp_pat
     assert consumer._get_active_partitions() == {changelog}  # Faust's own active set
     consumer._read_offset[TPS[0]] = 99  # handed out before the rebalance
 
-    with aiokafka_consumer({TPS[0]: 0, changelog: 0}) as real:  # partition 1 revoked meanwhile
+    # partition 1 was revoked meanwhile: not released
+    async with aiokafka_consumer({TPS[0]: 0, changelog: 0}) as real:
         consumer._thread._consumer = real
         await consumer.perform_seek()
-        await real._fetcher.close()
 
     assert consumer._get_active_partitions() == {TPS[0], changelog}
     assert consumer._read_offset[TPS[0]] == 40  # Faust's seek ran, then the release
@@ -130,14 +135,13 @@ async def test_keep_dropped_records_hands_back_through_the_real_consumers(
 
     thread.getmany = getmany
     thread.call_thread = call_thread
-    with aiokafka_consumer({TPS[0]: 44, TPS[1]: 9}) as real:
+    async with aiokafka_consumer({TPS[0]: 44, TPS[1]: 9}) as real:
         thread._consumer = real
         compat.keep_dropped_records(app)
         got = await consumer._getmany(active, 1.0)  # the patch over Faust's _getmany
         assert list(got) == [TPS[1]]
         assert asked[0] == set(TPS) and asked[0] is not active
         assert await real.position(TopicPartition(INPUT, 0)) == 41  # fetched again later
-        await real._fetcher.close()
 
 
 async def test_intake_replaces_the_real_fetch_loop_and_acks_through_faust(
@@ -241,14 +245,26 @@ async def test_the_consumer_readers_on_real_consumers(tmp_path: Path) -> None:
     assert compat.read_offset(app, TPS[0]) is None and compat.fetch_position(app, TPS[0]) is None
     consumer._read_offset[TPS[0]] = 12
     assert compat.read_offset(app, TPS[0]) == 12
-    with aiokafka_consumer({TPS[0]: 20}) as real:
+    async with aiokafka_consumer({TPS[0]: 20}) as real:
         consumer._thread._consumer = real
         assert compat.fetch_position(app, TPS[0]) == 20
         assert compat.fetch_position(app, TPS[1]) is None  # not assigned
         compat.set_fetch_max_wait(app, 25)
         assert real._fetcher._fetch_max_wait_ms == 25
-        await real._fetcher.close()
     assert compat.consumer_lags(app, {}, now_s=0.0) == {}  # nothing assigned yet
+
+
+async def test_without_faust_s_read_offsets_the_position_is_not_trusted_alone(
+    tmp_path: Path,
+) -> None:
+    """The position counts records still waiting in the stream buffer: without the read
+    offsets beside it, the backlog must stay unknown rather than look caught up."""
+    app = real_app(tmp_path)
+    async with aiokafka_consumer({TPS[0]: 20}) as real:
+        app.consumer._thread._consumer = real
+        del app.consumer._read_offset  # a Faust that keeps them elsewhere
+        assert compat.read_offset(app, TPS[0]) is None
+        assert compat.fetch_position(app, TPS[0]) is None
 
 
 def test_build_app_installs_every_patch_on_faust_s_classes(

@@ -2,7 +2,8 @@
 
 Invariant: these readers never block and never call into the consumer thread; each returns
 None (or leaves the setting alone, with a warning) where the Faust or aiokafka version keeps
-the value elsewhere, and the callers treat None as "unknown", never as "caught up".
+the value elsewhere, and None never makes a partition look caught up: the callers treat it
+as "unknown" (:func:`worker.kafka.input_backlog`).
 
 Why read internals: the partition backlog that gates idle close (:func:`worker.kafka.
 input_backlog`) needs Faust's read offset (``Consumer._read_offset``) and the fetch position
@@ -70,7 +71,13 @@ def fetch_position(app: Any, tp: TP) -> int | None:
 
     Read from aiokafka's subscription state: ``await app.consumer.position()`` is a call into
     the consumer thread, and a tick that makes it for every partition each second queues
-    behind (and delays) the thread's own work, such as table recovery at start-up."""
+    behind (and delays) the thread's own work, such as table recovery at start-up.
+
+    None as well where Faust keeps no read offsets (:func:`read_offset`): the position counts
+    records fetched but not yet processed, so on its own it could call a partition caught up
+    while its records wait in the stream buffer (:func:`worker.kafka.input_backlog`)."""
+    if not isinstance(getattr(app.consumer, "_read_offset", None), Mapping):
+        return None
     consumer = aiokafka_consumer(app)
     subscription = getattr(getattr(consumer, "_subscription", None), "subscription", None)
     assignment = getattr(subscription, "assignment", None)
