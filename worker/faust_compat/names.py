@@ -23,7 +23,7 @@ import inspect
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from worker.errors import IncompatibleLibraryError
 
@@ -50,6 +50,10 @@ AIOKAFKA = "0.14.0"
 MODE = "0.7.1"
 
 
+#: How a name is found: an attribute of the class, or assigned to ``self`` (instances only).
+Kind = Literal["member", "instance"]
+
+
 @dataclass(frozen=True)
 class PrivateName:
     """One private (or internal) name: ``owner`` has ``name``.
@@ -63,7 +67,7 @@ class PrivateName:
     name: str
     read_from: str
     used_by: str
-    kind: str = "member"
+    kind: Kind = "member"
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class Upstream:
 
     library: str
     target: str
-    relation: str
+    relation: Literal["copied", "wrapped", "relied on"]
     used_by: str
     hashes: Mapping[str, str] = field(default_factory=dict)
 
@@ -90,15 +94,15 @@ _AIOKAFKA = "aiokafka.consumer.consumer:AIOKafkaConsumer"
 _SUBSCRIPTION = "aiokafka.consumer.subscription_state"
 
 
-def _faust(owner: str, name: str, used_by: str, kind: str = "member") -> PrivateName:
+def _faust(owner: str, name: str, used_by: str, kind: Kind = "member") -> PrivateName:
     return PrivateName("faust-streaming", owner, name, FAUST, used_by, kind)
 
 
-def _aiokafka(owner: str, name: str, used_by: str, kind: str = "member") -> PrivateName:
+def _aiokafka(owner: str, name: str, used_by: str, kind: Kind = "member") -> PrivateName:
     return PrivateName("aiokafka", owner, name, AIOKAFKA, used_by, kind)
 
 
-def _mode(owner: str, name: str, used_by: str, kind: str = "member") -> PrivateName:
+def _mode(owner: str, name: str, used_by: str, kind: Kind = "member") -> PrivateName:
     return PrivateName("mode-streaming", owner, name, MODE, used_by, kind)
 
 
