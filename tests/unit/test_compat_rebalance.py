@@ -2,8 +2,9 @@
 rebalance, and what its fetch returns for partitions paused meanwhile.
 
 The Faust consumer here is a small stand-in with the same methods: what is tested is the
-wrapping (which call is held, which passes, what is released when).  The real
-thing runs in the join/leave chaos test (tests/chaos), which lost decisions without it.
+wrapping (which call is held, which passes, what is released when).
+tests/unit/test_compat_real.py installs the patches on Faust's real consumer, and the
+join/leave chaos test (tests/chaos) runs them against a real broker.
 """
 
 from __future__ import annotations
