@@ -14,7 +14,7 @@
 DESIGN 2: Tansu answers ListOffsets wrongly after multi-record batches.  Faust takes a
 changelog's end from that answer, so a cold restore stops short, and a warm restart finds
 its store past that end (Faust's ``ConsistencyError``; the worker logs it as a lost changelog
-and keeps its state, ``worker.recovery``).  Steps 1-3 therefore run with
+and keeps its state, ``worker.faust_compat.recovery``).  Steps 1-3 therefore run with
 KAFKA_PRODUCER_BATCH_BYTES=1 (the worker writes its changelog one record per batch); that
 slows the changelog writes, so step 1's events/s is a lower bound.  ``--normal-batching``
 repeats 1-3 with the default batching in a second group, records what the restarts do there,

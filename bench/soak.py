@@ -152,8 +152,9 @@ WORKER_SETTINGS = {
 }
 #: DESIGN 2: Tansu answers ListOffsets wrongly after multi-record batches; Faust takes a
 #: changelog's end from it, so a restore misses the changelog's tail, and a restart on the same
-#: state dir finds its store past that end (logged as a lost changelog, worker.recovery).  The
-#: soak restarts workers, so they write one record per batch, as the restart tests do.
+#: state dir finds its store past that end (logged as a lost changelog,
+#: worker.faust_compat.recovery).  The soak restarts workers, so they write one record per
+#: batch, as the restart tests do.
 #: Production Kafka does not need this; ``--normal-batching`` runs without it.
 ONE_RECORD_PER_BATCH = {"KAFKA_PRODUCER_BATCH_BYTES": "1"}
 

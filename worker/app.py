@@ -2,8 +2,8 @@
 
 :func:`build_app` has no side effects at import time and builds everything from the settings it
 is given, so tests and the command line build apps the same way.  The consumers are thin: the
-input topic's records come in batches from :mod:`worker.intake` (off Faust's per-record
-delivery), the rekeyed and outbox topics' through Faust agents, and each is handed to an
+input topic's records come in batches from :mod:`worker.faust_compat.intake` (off Faust's
+per-record delivery), the rekeyed and outbox topics' through Faust agents, and each is handed to an
 adapter (:class:`~worker.agents.ingest.Ingest`, :class:`~worker.agents.windows.Windows`) that
 calls the pure core.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, cast
 import faust
 from aiohttp import web
 from faust.tables.base import Collection
-from faust.tables.manager import TableManager
 from faust.types import TP
 from faust.web import Request, Response, View
 
@@ -30,13 +29,27 @@ from worker.agents.windows import (
     CAUGHT_UP_HEADER,
     TICK_HEADER,
     WATERMARK_HEADER,
-    TableIO,
     Windows,
 )
 from worker.clock import Clock, SystemClock
+from worker.faust_compat import (
+    Intake,
+    TableIO,
+    consumer_lags,
+    count_gaps,
+    fetch_position,
+    highwater,
+    install_intake,
+    keep_dropped_records,
+    read_offset,
+    recovery_completed,
+    report_lost_changelogs,
+    rocksdb_memory,
+    seek_before_fetch,
+    set_fetch_max_wait,
+)
 from worker.health import Liveness, Readiness, healthz, readyz, supervised
 from worker.ingest import IngestLimits, RecentIds
-from worker.intake import Intake, install_intake
 from worker.kafka import (
     WINDOWS_TABLE,
     ensure_topics,
@@ -45,10 +58,7 @@ from worker.kafka import (
     ssl_context,
 )
 from worker.metrics import CONTENT_TYPE_LATEST, Metrics
-from worker.rebalance import count_gaps, keep_dropped_records, seek_before_fetch
-from worker.recovery import report_lost_changelogs
 from worker.rules import RuleConfig
-from worker.stores import rocksdb_memory
 from worker.windows.watermarks import SourceMark, decode_marks, encode_marks, source_mark
 
 if TYPE_CHECKING:
@@ -112,7 +122,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         # are simply processed again by the new owner, so do not wait for them.
         stream_wait_empty=False,
         # A changelog shorter than the local store stops the worker in Faust's check; the
-        # worker keeps its state and reports it instead (worker.recovery).
+        # worker keeps its state and reports it instead (worker.faust_compat.recovery).
         recovery_consistency_check=False,
         producer_max_batch_size=settings.kafka_producer_batch_bytes,
         # A few ms of linger turns a produce request per handful of events into one per batch:
@@ -264,10 +274,10 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
 
     liveness = Liveness(clock=clock, on_crash=metrics.agent_crashed)
 
-    # The input and rekeyed topics skip Faust's per-record delivery (worker.intake): no
-    # conductor, so their records never wait behind the producer buffer that other tables'
-    # writes fill (delivery must not hold stream time back).  If this Faust version cannot,
-    # ordinary agents consume them.
+    # The input and rekeyed topics skip Faust's per-record delivery
+    # (worker.faust_compat.intake): no conductor, so their records never wait behind the
+    # producer buffer that other tables' writes fill (delivery must not hold stream time
+    # back).  If this Faust version cannot, ordinary agents consume them.
     intake = Intake(app, on_input, on_crash=lambda exc: liveness.crashed("ingest"))
     rekeyed = Intake(app, on_rekeyed, on_crash=lambda exc: liveness.crashed("rekeyed"))
     routes = [(topics[settings.topic_ui_events], intake), (topics[rekey_topic], rekeyed)]
@@ -299,10 +309,10 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         tp = TP(topic, partition)
         seen = progress.get((tp.topic, partition))
         return input_backlog(
-            highwater=app.consumer.highwater(tp),
+            highwater=highwater(app, tp),
             processed=seen[0] if seen is not None else None,
-            handed_out=_read_offset(app, tp),
-            position=_fetch_position(app, tp),
+            handed_out=read_offset(app, tp),
+            position=fetch_position(app, tp),
         )
 
     def _caught_up(partition: int) -> bool:
@@ -355,7 +365,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
                 )
         windows.refresh_gauges()
         metrics.set_rocksdb_memory(rocksdb_memory(app.tables.values()))
-        metrics.set_consumer_lag(_lags(app, progress, now_s=clock.now_ms() / 1000))
+        metrics.set_consumer_lag(consumer_lags(app, progress, now_s=clock.now_ms() / 1000))
 
     app.timer(interval=TICK_INTERVAL_S)(_tick)
 
@@ -393,7 +403,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         topic_checks.add(check)
         check.add_done_callback(topic_checks.discard)
         windows.on_assigned({tp.partition for tp in assigned if tp.topic == rekey_topic})
-        _set_fetch_max_wait(app, settings.kafka_fetch_max_wait_ms)
+        set_fetch_max_wait(app, settings.kafka_fetch_max_wait_ms)
 
     @app.on_rebalance_complete.connect
     def _joined(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -416,72 +426,6 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     )
     _add_routes(app, metrics, readiness, liveness)
     return FeedbackApp(app, settings, metrics, ingest, windows, readiness, topics)
-
-
-def _aiokafka_consumer(app: faust.App) -> Any:
-    """The aiokafka consumer inside Faust's consumer thread (None before it starts).
-
-    Private to Faust; the two helpers below read it only through getattr and fall back
-    when it is missing."""
-    return getattr(getattr(app.consumer, "_thread", None), "_consumer", None)
-
-
-def _set_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
-    """Apply KAFKA_FETCH_MAX_WAIT_MS to the running consumer.
-
-    Faust creates its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting to change
-    it.  Apache Kafka answers a fetch as soon as a record arrives, so there it only bounds idle
-    polling; Tansu (and any broker that does not answer early) holds new events for the whole
-    wait, which alone would put 1.5 s into the decision delay.  The fetcher reads the value for
-    every request, so setting it after start is enough.
-    """
-    fetcher = getattr(_aiokafka_consumer(app), "_fetcher", None)
-    if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
-        log.warning("cannot set the fetch wait on this faust/aiokafka version; it stays 1.5 s")
-        return
-    if fetcher._fetch_max_wait_ms != wait_ms:
-        fetcher._fetch_max_wait_ms = wait_ms
-        log.info("consumer fetch wait set to %d ms (KAFKA_FETCH_MAX_WAIT_MS)", wait_ms)
-
-
-def _read_offset(app: faust.App, tp: TP) -> int | None:
-    """Faust's read offset of ``tp`` (see :func:`worker.kafka.input_backlog`), or None."""
-    read_offsets = getattr(app.consumer, "_read_offset", None)
-    return read_offsets.get(tp) if isinstance(read_offsets, Mapping) else None
-
-
-def _fetch_position(app: faust.App, tp: TP) -> int | None:
-    """The consumer's next fetch offset for ``tp``, or None while unknown.
-
-    Read from aiokafka's subscription state: ``await app.consumer.position()`` is a call into
-    the consumer thread, and a tick that makes it for every partition each second queues
-    behind (and delays) the thread's own work, such as table recovery at start-up."""
-    consumer = _aiokafka_consumer(app)
-    subscription = getattr(getattr(consumer, "_subscription", None), "subscription", None)
-    assignment = getattr(subscription, "assignment", None)
-    state = assignment.state_value(tp) if assignment is not None else None
-    if state is None or not state.has_valid_position:
-        return None
-    return int(state.position)
-
-
-def _lags(
-    app: faust.App, progress: dict[tuple[str, int], tuple[int, float]], *, now_s: float
-) -> dict[tuple[str, int], tuple[int, float]]:
-    """Lag of every owned partition we have processed a record of (DESIGN 2: the high
-    watermark comes from fetch responses, which Tansu gets right and ListOffsets does not)."""
-    lags = {}
-    for tp in app.consumer.assignment():
-        seen = progress.get((tp.topic, tp.partition))
-        if seen is None:
-            continue
-        offset, timestamp_s = seen
-        highwater = app.consumer.highwater(tp)
-        if highwater is None or highwater < 0:
-            continue
-        behind = max(0, highwater - offset - 1)
-        lags[tp.topic, tp.partition] = (behind, max(0.0, now_s - timestamp_s) if behind else 0.0)
-    return lags
 
 
 def _add_routes(
@@ -508,7 +452,7 @@ def _add_routes(
             body, status = readyz(
                 readiness,
                 rebalancing=app.rebalancing,
-                recovery_done=cast(TableManager, app.tables).recovery.completed.is_set(),
+                recovery_done=recovery_completed(app),
             )
             return self.json(body, status=status)
 

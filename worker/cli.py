@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from worker.commands.demo import demo
 from worker.commands.dlq import dlq
 from worker.config import Settings, load_settings
-from worker.errors import ConfigError, TopicMismatchError
+from worker.errors import ConfigError, IncompatibleLibraryError, TopicMismatchError
 from worker.logs import logging_config
 
 __all__ = ["main"]
@@ -87,7 +87,11 @@ def run() -> None:
     except TopicMismatchError as exc:
         click.echo(f"feedback-worker: {exc}", err=True)
         sys.exit(2)
-    feedback = build_app(settings)
+    try:
+        feedback = build_app(settings)
+    except IncompatibleLibraryError as exc:  # a correctness patch cannot install
+        click.echo(f"feedback-worker: {exc}", err=True)
+        sys.exit(2)
     log.info(
         "starting worker group=%s bootstrap=%s partitions=%d",
         settings.worker_group_id,

@@ -3,6 +3,8 @@
     FeedbackWorkerError
       x ConfigError                a bad setting, named, at start-up; fix the environment
       x TopicMismatchError         an existing topic does not fit the worker's tables
+      x IncompatibleLibraryError   the installed Faust/aiokafka/mode lacks what a correctness
+                                   patch needs (worker.faust_compat); install a supported release
       x DeliveryError              a post to Helicone failed (.endpoint, .status, .body_excerpt)
         + RetryableDelivery        timeouts, connection errors, 408/425/429/5xx; .retry_after_s
         + PermanentDelivery        400/404/422: straight to the dead-letter topic
@@ -22,6 +24,7 @@ __all__ = [
     "ConfigError",
     "DeliveryError",
     "FeedbackWorkerError",
+    "IncompatibleLibraryError",
     "PermanentDelivery",
     "RetryableDelivery",
     "TopicMismatchError",
@@ -45,6 +48,15 @@ class TopicMismatchError(FeedbackWorkerError):
 
     Operator action: create the topic with ``TOPIC_PARTITIONS`` partitions, or set
     ``TOPIC_PARTITIONS`` to the topic's count before the worker's first start.
+    """
+
+
+class IncompatibleLibraryError(FeedbackWorkerError):
+    """A correctness patch of :mod:`worker.faust_compat` cannot install on the installed
+    faust-streaming, aiokafka or mode-streaming; the message names the patch, what is
+    missing, what could go wrong without it, and the installed and supported releases.
+
+    Operator action: install the releases pyproject.toml allows (``pip install -e .``).
     """
 
 

@@ -106,7 +106,7 @@ class Metrics:
             "Offsets of a stream partition that Faust will commit without an agent having "
             "acknowledged them (a gap in the fetched offsets), by topic. Normal only on "
             "topics with transaction markers or compaction; anything else means records "
-            "were skipped (worker.rebalance).",
+            "were skipped (worker.faust_compat.rebalance).",
             ["topic"],
             registry=r,
         )
@@ -115,7 +115,7 @@ class Metrics:
             "feedback_changelog_behind_store",
             "Recoveries that found a changelog partition ending before the offset its local "
             "store had applied: the broker lost changelog records; the worker kept its local "
-            "state (worker.recovery).",
+            "state (worker.faust_compat.recovery).",
             registry=r,
         )
 
@@ -124,7 +124,7 @@ class Metrics:
             "Memory held by the tables' RocksDB databases, summed over those open: memtables "
             "(writes not yet flushed; at most 2 x ROCKSDB_WRITE_BUFFER_BYTES each), "
             "block_cache (at most ROCKSDB_BLOCK_CACHE_BYTES each), table_readers (index and "
-            "filter blocks) (worker.stores).",
+            "filter blocks) (worker.faust_compat.stores).",
             ["kind"],
             registry=r,
         )

@@ -106,8 +106,8 @@ def test_broker_restarted_on_the_same_port(
             alive(worker)
             time.sleep(0.5)
         worker.wait_ready(timeout_s=60)
-        # It says the changelogs lost what its stores hold (and kept its state: worker.recovery)
-        # and created its topics again.
+        # It says the changelogs lost what its stores hold (and kept its state:
+        # worker.faust_compat.recovery) and created its topics again.
         assert worker.metric_sum("feedback_changelog_behind_store_total") >= n
         logs = worker.logs()
         assert "the broker lost changelog records" in logs, logs[-3000:]

@@ -118,7 +118,7 @@ def test_workers_joining_and_leaving_mid_stream(
     are open; partitions, their window state and their waiting deliveries move with them.
 
     With seed 8001715 this lost or changed a few decisions in about 1 run in 3 until the
-    worker held resumed partitions until Faust's seek (worker/rebalance.py)."""
+    worker held resumed partitions until Faust's seek (worker/faust_compat/rebalance.py)."""
     rng = random.Random(chaos_seed)
     if FULL:
         plan, seconds = ["join", "join", "leave", "join", "leave"], 90.0

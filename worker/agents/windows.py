@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from faust.types import TP
 
 from worker.agents.ingest import Ack
+from worker.faust_compat import TableIO
 from worker.windows import META_KEY, LateEvent, Outcome, WindowEngine
 from worker.windows.watermarks import Floor, SourceMark, partition_floor
 
@@ -74,82 +74,6 @@ WATERMARK_HEADER = "fw-watermark"
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 
 _DELETED = None
-
-
-class TableIO:
-    """One Faust table's RocksDB partitions and changelog, used directly.
-
-    Why not ``table[key] = value``: each such write becomes one changelog message that goes
-    through Faust's producer buffer on its own (about 190 us, and the stream stalls with
-    "producer buffer full" when a flush writes thousands of keys), and it needs the current
-    event to pick the partition.  Here a flush writes the partition's RocksDB instance
-    directly and sends the changelog records with the app's producer in one go, so the
-    on-disk and changelog layouts stay exactly Faust's (keys encoded by the table's key
-    serializer, Faust's persisted-offset key), and recovery and standbys still use Faust's own
-    changelog reader.  The flush can also *wait* until the changelog holds the records before
-    the inputs are acknowledged, which ``table[key] = value`` never does.
-
-    It relies on the RocksDB store's ``_db_for_partition``, ``_encode_key``, ``_decode_key``
-    and ``set_persisted_offset`` (faust-streaming 0.11 to 0.15, the range pyproject allows).
-    """
-
-    def __init__(self, table: Any, producer_send: Callable[..., Awaitable[Any]]) -> None:
-        self._table = table
-        self._send = producer_send
-
-    @property
-    def _store(self) -> Any:
-        return self._table.data  # created lazily by Faust, after the app starts
-
-    def get(self, partition: int, key: str) -> bytes | None:
-        store = self._store
-        value: bytes | None = store._db_for_partition(partition).get(store._encode_key(key))
-        return value
-
-    def items(self, partition: int, prefix: str) -> Iterator[tuple[str, bytes]]:
-        """Entries of ``partition`` whose key starts with ``prefix``, prefix included."""
-        store = self._store
-        db = store._db_for_partition(partition)
-        for raw_key, value in db.items():
-            if raw_key == store.offset_key or value is None:
-                continue
-            key = store._decode_key(raw_key)
-            if isinstance(key, str) and key.startswith(prefix):
-                yield key, value
-
-    def put_local(self, partition: int, entries: dict[str, bytes | None]) -> None:
-        """Write ``entries`` (None deletes) to the partition's RocksDB instance, at once."""
-        store = self._store
-        db = store._db_for_partition(partition)
-        for key, value in entries.items():
-            raw_key = store._encode_key(key)
-            if value is None:
-                db.delete(raw_key)
-            else:
-                db.put(raw_key, value)
-
-    async def send_changelog(
-        self, partition: int, entries: dict[str, bytes | None], owned: Callable[[], bool]
-    ) -> list[Awaitable[Any]]:
-        """Queue ``entries`` on the changelog, while ``owned()``; returns the futures.
-
-        Stops when the partition is revoked: its next owner writes that changelog now."""
-        store = self._store
-        topic = self._table.changelog_topic.get_topic_name()
-        futures = []
-        for key, value in entries.items():
-            if not owned():
-                break
-            futures.append(
-                await self._send(topic, store._encode_key(key), value, partition, None, None)
-            )
-        return futures
-
-    def committed(self, partition: int, offset: int) -> None:
-        """The changelog holds everything up to ``offset``: recovery may start after it."""
-        self._store.set_persisted_offset(
-            TP(self._table.changelog_topic.get_topic_name(), partition), offset
-        )
 
 
 class PartitionStore:

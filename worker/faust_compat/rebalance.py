@@ -1,44 +1,36 @@
-"""Keep Faust from committing past records whose window state is not written yet.
+"""Faust commits only offsets whose records were processed, across rebalances too.
 
-After every rebalance Faust's table recovery ends in this order (faust-streaming 0.11 to
-0.15, ``Recovery.on_recovery_completed`` and ``Recovery._resume_streams``):
+Invariant: an offset of a stream partition is committed only once every record below it
+was handed to an agent and acknowledged, or Faust recorded it as a gap (:func:`count_gaps`
+makes every such gap visible).  The windows adapter acknowledges a record only after its
+window state reached the changelog (:mod:`worker.agents.windows`), so a commit never covers
+state that is still in memory, and a partition that moves is taken over exactly where its
+state ends.
 
-1. resume fetching the stream partitions;
-2. seek them to their committed offsets (``Consumer.perform_seek``), which also resets
-   Faust's per-partition "read offset" to the committed offset.
+Why Faust alone does not keep it.  After every rebalance its table recovery ends in this
+order (``Recovery._resume_streams``): (1) resume fetching the stream partitions; (2) seek
+them to their committed offsets (``Consumer.perform_seek``), which also resets Faust's
+per-partition read offset to the committed one.  Records fetched between the two keep
+arriving after the seek, far above the reset read offset, and Faust takes that jump for a gap
+(as compaction or transaction markers leave) and counts the offsets in it as acknowledged:
+the next commit covers records whose state may still be in memory.
+:func:`seek_before_fetch` keeps stream partitions resumed during a rebalance paused until the
+seek has finished, so the first record a partition hands on after a rebalance is the one at
+its committed offset.
 
-Between the two the fetcher already hands records to the agents.  After the seek, the rest
-of the batch fetched before it keeps arriving, so the next record is far above the reset
-read offset.  Faust takes that jump for a gap in the partition (as compaction or
-transaction markers leave) and counts the offsets in it as *acknowledged*.  The records in
-it were handed to the agents, but their window state may still be in memory: the windows
-adapter acknowledges a record only after its state reached the changelog
-(:mod:`worker.agents.windows`).  The next commit then covers them anyway, and if the
-partition moves before the state is flushed, the new owner starts after records nobody
-wrote down.  Their window is decided without them, and the rest of its events go to the late
-topic.
+And in its fetch: Faust asks the consumer thread for records of its *active* partitions,
+passing its live set of them, and drops what comes back for a partition no longer in that
+set (paused meanwhile).  The consumer's position has moved past those records, and only a
+later seek brings them back; when the fetch returns after the rebalance's seek (it waits up
+to a second for data, a quick recovery takes less), nothing does, and the next record looks
+like the end of a gap.  The set is also shared with the consumer thread while Faust changes
+it, and aiokafka reads an empty set as "every partition".  :func:`keep_dropped_records`
+fetches a copy of the set and hands what Faust would drop back to the consumer.
 
-The join/leave chaos test lost decisions that way, about one run in three.  A trace of
-every fetched record showed the records delivered before the seek, the jump to a spurious
-gap right after it, and the commit over it.
-
-:func:`seek_before_fetch` changes the order: stream partitions resumed during a rebalance
-stay paused until the seek has finished.  So the first record a partition hands on after a
-rebalance is the one at its committed offset, and Faust records no gap unless the partition
-really has one.  :func:`count_gaps` makes any gap Faust records visible (log and metric):
-each lets a commit skip records the agents never acknowledged.
-
-:func:`keep_dropped_records` closes a second hole, in Faust's fetch.  Faust asks the
-consumer thread for records of its *active* partitions, passing its live set of them, and
-drops what comes back for a partition no longer in that set (paused or held meanwhile).
-But the consumer's position has moved past those records, and only a later seek to the
-committed offsets brings them back.  When the fetch returns *after* that seek (it waits up
-to a second for data, and a rebalance with a quick recovery takes less), nothing does: the
-partition's records up to its end are gone from this worker until the next rebalance, and
-the next record that arrives looks like the end of a gap, which a commit skips.  The set is
-also shared with the consumer thread while Faust changes it, and aiokafka reads an empty
-set as "every partition".  The join/leave chaos test (seed 537580044) lost 67 of 117
-decisions that way, with the fetch of every input partition dropped 4 ms before the seek.
+Both are correctness patches: :func:`seek_before_fetch` and :func:`keep_dropped_records`
+raise :class:`~worker.errors.IncompatibleLibraryError` when they cannot install, and the
+worker does not start.  :func:`count_gaps` only reports (a log line and a metric), so where
+it cannot install it warns and the worker runs without the report.
 """
 
 from __future__ import annotations
@@ -47,28 +39,34 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from worker.faust_compat.names import incompatible
+
 __all__ = ["count_gaps", "keep_dropped_records", "seek_before_fetch"]
 
 log = logging.getLogger(__name__)
 
 
-def seek_before_fetch(app: Any) -> bool:
+def seek_before_fetch(app: Any) -> None:
     """Hold back the stream partitions Faust resumes during a rebalance until its seek to
     the committed offsets has finished.
 
     Changelog partitions pass straight through: recovery reads them before the seek.
-    Returns False (and changes nothing) where the Faust version lacks the consumer's
-    ``resume_partitions``, ``pause_partitions``, ``perform_seek`` or the app's
-    ``rebalancing`` flag."""
+    Raises :class:`~worker.errors.IncompatibleLibraryError` (and changes nothing) where the
+    Faust version lacks the consumer's ``resume_partitions``, ``pause_partitions``,
+    ``perform_seek``, ``assignment`` or the app's ``rebalancing`` flag."""
     consumer = app.consumer
-    if not hasattr(app, "rebalancing") or not all(
-        callable(getattr(consumer, name, None))
+    missing = [
+        f"Consumer.{name}"
         for name in ("resume_partitions", "pause_partitions", "perform_seek", "assignment")
-    ):
-        log.warning("this faust version cannot hold stream partitions until they are sought "
-                    "to their committed offsets; a rebalance may commit past records whose "
-                    "window state is not written")
-        return False
+        if not callable(getattr(consumer, name, None))
+    ]
+    if not hasattr(app, "rebalancing"):
+        missing.append("App.rebalancing")
+    if missing:
+        raise incompatible(
+            f"{__name__}.seek_before_fetch", missing,
+            "a rebalance may commit past records whose window state is not written",
+        )
     faust_resume_partitions = consumer.resume_partitions
     faust_pause_partitions = consumer.pause_partitions
     faust_perform_seek = consumer.perform_seek
@@ -104,17 +102,19 @@ def seek_before_fetch(app: Any) -> bool:
     consumer.resume_partitions = resume_partitions
     consumer.pause_partitions = pause_partitions
     consumer.perform_seek = perform_seek
-    return True
 
 
 def count_gaps(app: Any, on_gap: Callable[[str, int], object]) -> bool:
     """Call ``on_gap(topic, missing)`` and log each time Faust records a gap in a stream
     partition's offsets (offsets it will commit past without an acknowledgement).
 
-    Returns False where this Faust version has no ``Consumer._add_gap``."""
+    Reporting only: returns False, with a warning, where this Faust version has no
+    ``Consumer._add_gap``; the worker runs on without the report."""
     consumer = app.consumer
     faust_add_gap = getattr(consumer, "_add_gap", None)
     if not callable(faust_add_gap):
+        log.warning("this faust version's gaps in stream partitions cannot be counted "
+                    "(feedback_consumer_offsets_skipped_total stays 0)")
         return False
 
     async def add_gap(tp: Any, offset_from: int, offset_to: int) -> None:
@@ -133,7 +133,7 @@ def count_gaps(app: Any, on_gap: Callable[[str, int], object]) -> bool:
     return True
 
 
-def keep_dropped_records(app: Any) -> bool:
+def keep_dropped_records(app: Any) -> None:
     """Fetch only the partitions active when the fetch starts, and hand back to the consumer
     what comes back for partitions that stopped being active meanwhile (module docstring).
 
@@ -142,20 +142,30 @@ def keep_dropped_records(app: Any) -> bool:
     one: a seek meanwhile (to the committed offsets, at the end of a rebalance) decides
     where the partition goes on, not this.  (A seek to exactly that offset in the moment
     between would be undone; it would need the partition lost, processed elsewhere up to
-    there and regained within that moment.)  Returns False, and changes nothing, where the
-    Faust version lacks the consumer's ``_getmany``, ``_buffered_partitions`` or its
-    thread's ``call_thread`` and ``_ensure_consumer``."""
+    there and regained within that moment.)  Raises
+    :class:`~worker.errors.IncompatibleLibraryError` (and changes nothing) where the Faust
+    version lacks the consumer's ``_getmany``, ``_buffered_partitions`` or its thread's
+    ``call_thread`` and ``_ensure_consumer``."""
     consumer = app.consumer
     thread: Any = getattr(consumer, "_thread", None)
-    if not (
-        callable(getattr(consumer, "_getmany", None))
-        and callable(getattr(thread, "call_thread", None))
-        and callable(getattr(thread, "_ensure_consumer", None))
-        and isinstance(getattr(consumer, "_buffered_partitions", None), set)
-    ):
-        log.warning("this faust version's fetch cannot be checked for dropped records; "
-                    "records fetched for a partition paused meanwhile may be skipped")
-        return False
+    missing = [
+        what
+        for what, present in (
+            ("Consumer._getmany", callable(getattr(consumer, "_getmany", None))),
+            ("Consumer._buffered_partitions (a set)",
+             isinstance(getattr(consumer, "_buffered_partitions", None), set)),
+            ("Consumer._thread.call_thread", callable(getattr(thread, "call_thread", None))),
+            ("Consumer._thread._ensure_consumer",
+             callable(getattr(thread, "_ensure_consumer", None))),
+        )
+        if not present
+    ]
+    if missing:
+        raise incompatible(
+            f"{__name__}.keep_dropped_records", missing,
+            "records fetched for a partition paused meanwhile may be skipped and committed "
+            "unprocessed",
+        )
     faust_getmany = consumer._getmany
 
     async def getmany(active_partitions: set[Any] | None, timeout: float) -> Any:
@@ -179,7 +189,6 @@ def keep_dropped_records(app: Any) -> bool:
         return records
 
     consumer._getmany = getmany
-    return True
 
 
 async def _hand_back(aiokafka_consumer: Any, gone: Mapping[Any, tuple[int, int]]) -> None:

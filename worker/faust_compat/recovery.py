@@ -1,5 +1,10 @@
 """What the worker does when a changelog is shorter than its local store says.
 
+Invariant: such a changelog never stops the worker and never costs it its local state; each
+one is reported (an error log and ``feedback_changelog_behind_store_total``).  The report is
+the only part that reads Faust's internals (``Recovery``'s offsets and highwaters); where it
+cannot install, a warning says so and the worker runs on, keeping its state as before.
+
 Each RocksDB partition remembers the last changelog offset it has applied, and recovery reads
 the changelog from there.  If the broker's changelog ends before that offset, it lost records
 the store has: the topic was deleted and created again, or the broker lost its data (the
@@ -16,7 +21,7 @@ on, logs an error per partition and counts it in ``feedback_changelog_behind_sto
 
 Nothing needs rewinding: recovery reads nothing from such a partition (its store is ahead),
 and the store's remembered offset is replaced by the changelog's own offset at the next
-write (Faust's tables on send, :meth:`worker.agents.windows.TableIO.committed` for the
+write (Faust's tables on send, :meth:`worker.faust_compat.stores.TableIO.committed` for the
 windows).  What is lost stays lost for any *other* worker that takes the partition over
 later: it can only rebuild what the changelog still has.
 """
@@ -37,8 +42,9 @@ def report_lost_changelogs(app: Any, on_lost: Callable[[Any, int, int], object])
     log an error) for every changelog partition whose end lies before the offset its local
     store has applied.
 
-    Returns False (and changes nothing) where the Faust version's recovery lacks what this
-    reads."""
+    Reporting only (the state is kept by ``recovery_consistency_check=False`` either way):
+    returns False, with a warning, and changes nothing where the Faust version's recovery
+    lacks what this reads; the worker runs on without the report."""
     recovery = app.tables.recovery
     names = ("on_recovery_completed", "active_offsets", "active_highwaters",
              "standby_offsets", "standby_highwaters")

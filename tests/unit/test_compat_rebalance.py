@@ -1,9 +1,10 @@
-"""worker.rebalance: the order Faust resumes, seeks and fetches in after a rebalance, and
-what its fetch returns for partitions paused meanwhile.
+"""worker.faust_compat.rebalance: the order Faust resumes, seeks and fetches in after a
+rebalance, and what its fetch returns for partitions paused meanwhile.
 
 The Faust consumer here is a small stand-in with the same methods: what is tested is the
-wrapping (which call is held, which passes, what is released when).  The real
-thing runs in the join/leave chaos test (tests/chaos), which lost decisions without it.
+wrapping (which call is held, which passes, what is released when).
+tests/unit/test_compat_real.py installs the patches on Faust's real consumer, and the
+join/leave chaos test (tests/chaos) runs them against a real broker.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from worker.rebalance import count_gaps, keep_dropped_records, seek_before_fetch
+from worker.errors import IncompatibleLibraryError
+from worker.faust_compat.names import installed_versions
+from worker.faust_compat.rebalance import count_gaps, keep_dropped_records, seek_before_fetch
 
 INPUT = [TP("ui-events", 0), TP("ui-events", 1)]
 CHANGELOG = TP("fw-windows-changelog", 0)
@@ -63,7 +66,7 @@ async def seek(app: Any) -> None:
 
 def test_stream_partitions_wait_for_the_seek_changelogs_do_not() -> None:
     app = fake_app()
-    assert seek_before_fetch(app)
+    seek_before_fetch(app)
     consumer = app.consumer
 
     consumer.resume_partitions({CHANGELOG})  # recovery reads changelogs first
@@ -130,15 +133,26 @@ def test_partitions_revoked_meanwhile_are_not_resumed() -> None:
     assert app.consumer.resumed == [{INPUT[1]}]
 
 
-def test_an_unknown_faust_is_left_alone(caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unknown_faust_stops_the_worker_for_correctness_patches_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without the hold or the hand-back commits may skip records: the worker must not
+    start.  Without the gap count only a metric is missing: a warning."""
     app = SimpleNamespace(consumer=SimpleNamespace())
-    with caplog.at_level(logging.WARNING, logger="worker.rebalance"):
-        assert not seek_before_fetch(app)
-    assert "cannot hold stream partitions" in caplog.text
-    assert not count_gaps(app, lambda topic, missing: None)
-    with caplog.at_level(logging.WARNING, logger="worker.rebalance"):
-        assert not keep_dropped_records(app)
-    assert "cannot be checked for dropped records" in caplog.text
+    with pytest.raises(IncompatibleLibraryError) as hold:
+        seek_before_fetch(app)
+    message = str(hold.value)
+    assert "seek_before_fetch cannot install" in message
+    assert "Consumer.perform_seek" in message and "App.rebalancing" in message
+    assert "may commit past records" in message
+    assert f"faust-streaming {installed_versions()['faust-streaming']}" in message
+    assert "faust-streaming>=0.11,<0.16" in message  # pyproject's range
+    with pytest.raises(IncompatibleLibraryError, match="keep_dropped_records cannot install"):
+        keep_dropped_records(app)
+    assert not hasattr(app.consumer, "_getmany")  # nothing was changed
+    with caplog.at_level(logging.WARNING, logger="worker.faust_compat.rebalance"):
+        assert not count_gaps(app, lambda topic, missing: None)
+    assert "cannot be counted" in caplog.text
 
 
 def test_gaps_in_stream_partitions_are_counted_and_still_recorded(
@@ -148,7 +162,7 @@ def test_gaps_in_stream_partitions_are_counted_and_still_recorded(
     counted: list[tuple[str, int]] = []
     assert count_gaps(app, lambda topic, missing: counted.append((topic, missing)))
 
-    with caplog.at_level(logging.WARNING, logger="worker.rebalance"):
+    with caplog.at_level(logging.WARNING, logger="worker.faust_compat.rebalance"):
         # Faust's call when offset 55 arrives after read offset 43: 44..54 are missing.
         asyncio.run(app.consumer._add_gap(INPUT[0], 44, 55))
         asyncio.run(app.consumer._add_gap(CHANGELOG, 3, 5))
@@ -208,7 +222,7 @@ def fetching_app(fetched: dict[TP, list[Any]], *, during: Any = None) -> Any:
 
     consumer._getmany = _getmany
     app = SimpleNamespace(consumer=consumer)
-    assert keep_dropped_records(app)
+    keep_dropped_records(app)
     return app
 
 
@@ -218,7 +232,7 @@ def test_records_of_a_partition_paused_during_the_fetch_are_handed_back(
     active = set(INPUT)
     app = fetching_app({INPUT[0]: records(41, 92), INPUT[1]: records(7, 9)},
                        during=lambda asked: active.discard(INPUT[0]))  # held by a rebalance
-    with caplog.at_level(logging.INFO, logger="worker.rebalance"):
+    with caplog.at_level(logging.INFO, logger="worker.faust_compat.rebalance"):
         got = asyncio.run(app.consumer._getmany(active, 1.0))
     assert list(got) == [INPUT[1]]  # what Faust would drop is not passed on
     assert app.consumer._thread.aiokafka.seeks == [(INPUT[0], 41)]  # fetched again later
@@ -270,3 +284,31 @@ def test_a_fetch_with_every_partition_still_active_goes_straight_through() -> No
     app = fetching_app({INPUT[0]: records(0, 3)})
     got = asyncio.run(app.consumer._getmany(set(INPUT), 1.0))
     assert list(got) == [INPUT[0]] and app.consumer._thread.calls == 0
+
+
+def test_the_cli_refuses_to_start_with_the_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """``feedback-worker run`` prints the error (no traceback) and exits 2."""
+    from click.testing import CliRunner
+
+    import worker.app
+    import worker.kafka
+    from worker.cli import main
+
+    async def no_topics(settings: Any, **kwargs: Any) -> list[str]:
+        return []
+
+    def build_app(settings: Any, **kwargs: Any) -> Any:
+        seek_before_fetch(SimpleNamespace(consumer=SimpleNamespace()))
+
+    monkeypatch.setattr(worker.kafka, "ensure_topics", no_topics)
+    monkeypatch.setattr(worker.app, "build_app", build_app)
+    monkeypatch.setenv("FEEDBACK_DRY_RUN", "true")
+    monkeypatch.setenv("STATE_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["run"])
+    assert result.exit_code == 2
+    assert "feedback-worker: worker.faust_compat.rebalance.seek_before_fetch cannot install" in (
+        result.output
+    )
+    assert "Traceback" not in result.output

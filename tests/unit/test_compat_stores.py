@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import rocksdict
 
 from worker.config import Settings
-from worker.stores import ROCKSDB_MEMORY_PROPERTIES, rocksdb_memory
+from worker.faust_compat.stores import ROCKSDB_MEMORY_PROPERTIES, rocksdb_memory
 
 
 def _table(dbs: Mapping[int, object]) -> SimpleNamespace:

@@ -1,25 +1,36 @@
 """The input and rekeyed topics' records, taken off Faust's per-record path and handed on
 in batches.
 
+Invariant: each handler sees exactly the records a Faust agent on its topic would see, in
+the same order, and acknowledges them through Faust's own ``track_message``/``ack``, so
+what is committed is decided as for any agent.  Only the path from the fetch to the handler
+differs.
+
 Why: Faust's fetch loop (``Consumer._drain_messages``) hands every record to its conductor
 through ``wait_first(callback(record), suspend_flow.wait())``: four futures and an
-``asyncio.wait`` per record, then a channel queue, an ``Event`` and a ``Stream`` step.  A
-profile of the worker under ``bench/pipeline.py`` spent about 55 % of its main thread there
-and in the event loop's handling of those futures, more per record than the worker's own
-validation, windows and rules together.
+``asyncio.wait`` per record, then a channel queue, an ``Event`` and a ``Stream`` step, which
+cost more per record than the worker's own validation, windows and rules together
+(``bench/pipeline.py`` measures it).
+
+Performance only: where the copied fetch loop cannot install (:func:`install_intake` returns
+False and warns), the app consumes the input and rekeyed topics with ordinary Faust agents,
+which is correct and slower.  So this patch, unlike those of :mod:`worker.faust_compat.rebalance`,
+never stops the worker from starting.
 
 What stays Faust's: the consumer, the group membership and assignment, the fetch (with
-:func:`worker.rebalance.keep_dropped_records`), the read offsets and gap bookkeeping, the
-acknowledgements and commits (``Consumer.track_message`` and ``Consumer.ack``, which decide
-what is committed), the rebalance order (:func:`worker.rebalance.seek_before_fetch`), and every
-other topic's records, which still go through the conductor to their agents.
+:func:`~worker.faust_compat.rebalance.keep_dropped_records`), the read offsets and gap
+bookkeeping, the acknowledgements and commits (``Consumer.track_message`` and
+``Consumer.ack``, which decide what is committed), the rebalance order
+(:func:`~worker.faust_compat.rebalance.seek_before_fetch`), and every other topic's records,
+which still go through the conductor to their agents.
 
 Why the rekeyed topic too: Faust's conductor makes every record it dispatches wait while the
 producer buffer (where table writes such as delivery's state go) holds over 100 messages.  A
 busy producer then starves the rekeyed topic, whose watermarks and ticks are what let stream
-time move and windows close (worker.windows.watermarks); off the conductor, only the producer's own
-backpressure applies, to everything alike.  Each topic has its own intake task, as each had
-its own agent: a flush waiting for the producer on one does not stop the other.
+time move and windows close (worker.windows.watermarks); off the conductor, only the
+producer's own backpressure applies, to everything alike.  Each topic has its own intake
+task, as each had its own agent: a flush waiting for the producer on one does not stop the
+other.
 
 What changes: :func:`install_intake` replaces the fetch loop with a copy that differs in one
 step.  A record of an intake topic is appended to a batch instead of being passed to the
@@ -118,7 +129,8 @@ def install_intake(app: Any, routes: Sequence[tuple[Any, Intake]]) -> bool:
     runs as its own task (the caller starts every :meth:`Intake.run` as an app task), so a
     handler that waits (a flush waiting for the producer) holds back only its own topics.
     Returns False, and changes nothing, where this Faust version's consumer lacks what the
-    copied fetch loop uses; the caller then consumes the topics with ordinary agents."""
+    copied fetch loop uses; the caller then consumes the topics with ordinary agents
+    (performance only: correct, slower; module docstring)."""
     consumer = app.consumer
     needed = ("_drain_messages", "getmany", "callback", "wait_first", "commit", "_add_gap",
               "track_message", "ack", "sleep")

@@ -1,4 +1,5 @@
-"""worker.recovery: a changelog that ends before its local store is reported, not fatal.
+"""worker.faust_compat.recovery: a changelog that ends before its local store is reported,
+not fatal.
 
 The end-to-end case (a broker restarted empty under a running worker) is
 tests/chaos/test_broker_restart.py; here the decision and the wrapping.
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from worker.recovery import behind, report_lost_changelogs
+from worker.faust_compat.recovery import behind, report_lost_changelogs
 
 A = TP("fw-windows-changelog", 0)
 B = TP("fw-windows-changelog", 1)
@@ -50,7 +51,7 @@ def test_each_lost_changelog_is_logged_and_counted_then_recovery_completes(
     lost: list[tuple[TP, int, int]] = []
     assert report_lost_changelogs(app, lambda *args: lost.append(args))
 
-    with caplog.at_level(logging.ERROR, logger="worker.recovery"):
+    with caplog.at_level(logging.ERROR, logger="worker.faust_compat.recovery"):
         asyncio.run(recovery.on_recovery_completed(7))
 
     assert lost == [(A, 57, -1), (C, 8, 3)]
@@ -61,6 +62,6 @@ def test_each_lost_changelog_is_logged_and_counted_then_recovery_completes(
 
 def test_an_unknown_faust_is_left_alone(caplog: pytest.LogCaptureFixture) -> None:
     app: Any = SimpleNamespace(tables=SimpleNamespace(recovery=SimpleNamespace()))
-    with caplog.at_level(logging.WARNING, logger="worker.recovery"):
+    with caplog.at_level(logging.WARNING, logger="worker.faust_compat.recovery"):
         assert not report_lost_changelogs(app, lambda *args: None)
     assert "cannot be checked" in caplog.text

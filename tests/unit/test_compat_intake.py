@@ -1,10 +1,10 @@
-"""worker.intake: the input topic's records batched off Faust's fetch loop, and handed to the
-ingest handler only while they belong to the current consumer generation.
+"""worker.faust_compat.intake: the input topic's records batched off Faust's fetch loop,
+and handed to the ingest handler only while they belong to the current consumer generation.
 
 The Faust app and consumer here are small stand-ins with the attributes the intake uses:
 what is tested is which records reach the handler, in which order, and what is
-acknowledged.  The real consumer runs under every integration and chaos test, which all
-read the input topic through this path.
+acknowledged.  tests/unit/test_compat_real.py installs the same loop on Faust's real
+consumer, and every integration and chaos test reads the input topic through this path.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from worker.intake import BATCH_RECORDS, Intake, install_intake
+from worker.faust_compat.intake import BATCH_RECORDS, Intake, install_intake
 
 INPUT = "ui-events"
 OTHER = "fw-rekeyed"
