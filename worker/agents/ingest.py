@@ -105,56 +105,46 @@ class Ingest:
         """Handle one record of the input topic; ``ack`` is called (here or by the next
         stage) once nothing about the record can be lost any more."""
         now_ms = self.clock.now_ms()
-        self.routing[partition] = now_ms
+        self.routing[partition] = now_ms  # a watermark's cut waits for this record
         try:
-            await self._route(key, value, partition, offset, timestamp_ms, ack, now_ms)
-        finally:
-            del self.routing[partition]
-
-    async def _route(
-        self,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int,
-        offset: int,
-        timestamp_ms: int,
-        ack: Ack,
-        now_ms: int,
-    ) -> None:
-        result = inspect_record(value, record_ts_ms=timestamp_ms, now_ms=now_ms, limits=self.limits)
-        if isinstance(result, Invalid):
-            await self._reject(
-                result, key=key, value=value, partition=partition, offset=offset,
-                timestamp_ms=timestamp_ms, topic=self.input_topic,
+            result = inspect_record(
+                value, record_ts_ms=timestamp_ms, now_ms=now_ms, limits=self.limits
+            )
+            if isinstance(result, Invalid):
+                await self._reject(
+                    result, key=key, value=value, partition=partition, offset=offset,
+                    timestamp_ms=timestamp_ms, topic=self.input_topic,
+                )
+                self.defer_ack(partition, ack)
+                return
+            if self.recent.seen(result.event.event_id):
+                self.metrics.events_duplicate.inc()
+                self.defer_ack(partition, ack)
+                return
+            self.metrics.events_by_type[result.event.type].inc()
+            self.metrics.last_event_timestamp.set(result.event_time_ms / 1000)
+            if result.event_time_ms > self.source_time.get(partition, 0):
+                self.source_time[partition] = result.event_time_ms
+            routing_key = result.key.encode()
+            owner = partition_for(routing_key, self.partitions)
+            if owner == partition:
+                await self.next_stage(partition, result, ack)
+                return
+            self.metrics.events_rekeyed.inc()
+            assert value is not None
+            await self.send(
+                self.rekey_topic,
+                routing_key,
+                value,
+                owner,
+                [
+                    (EVENT_TIME_HEADER, str(result.event_time_ms).encode()),
+                    (READ_TIME_HEADER, str(now_ms).encode()),
+                ],
             )
             self.defer_ack(partition, ack)
-            return
-        if self.recent.seen(result.event.event_id):
-            self.metrics.events_duplicate.inc()
-            self.defer_ack(partition, ack)
-            return
-        self.metrics.events_by_type[result.event.type].inc()
-        self.metrics.last_event_timestamp.set(result.event_time_ms / 1000)
-        if result.event_time_ms > self.source_time.get(partition, 0):
-            self.source_time[partition] = result.event_time_ms
-        routing_key = result.key.encode()
-        owner = partition_for(routing_key, self.partitions)
-        if owner == partition:
-            await self.next_stage(partition, result, ack)
-            return
-        self.metrics.events_rekeyed.inc()
-        assert value is not None
-        await self.send(
-            self.rekey_topic,
-            routing_key,
-            value,
-            owner,
-            [
-                (EVENT_TIME_HEADER, str(result.event_time_ms).encode()),
-                (READ_TIME_HEADER, str(now_ms).encode()),
-            ],
-        )
-        self.defer_ack(partition, ack)
+        finally:
+            del self.routing[partition]
 
     async def on_rekeyed(
         self,

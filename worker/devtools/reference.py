@@ -96,17 +96,21 @@ def _base_type(annotation: Any) -> tuple[str, bool]:
     return names.get(annotation, getattr(annotation, "__name__", str(annotation))), optional
 
 
+#: The numeric bounds a field's metadata may carry, and how the reference writes them.
+_BOUNDS: tuple[tuple[type, str, str], ...] = (
+    (annotated_types.Gt, "gt", ">"),
+    (annotated_types.Ge, "ge", ">="),
+    (annotated_types.Lt, "lt", "<"),
+    (annotated_types.Le, "le", "<="),
+)
+
+
 def _constraints(field: FieldInfo) -> list[str]:
     words: list[str] = []
     for item in field.metadata:
-        if isinstance(item, annotated_types.Gt):
-            words.append(f"> {_number(item.gt)}")
-        if isinstance(item, annotated_types.Ge):
-            words.append(f">= {_number(item.ge)}")
-        if isinstance(item, annotated_types.Lt):
-            words.append(f"< {_number(item.lt)}")
-        if isinstance(item, annotated_types.Le):
-            words.append(f"<= {_number(item.le)}")
+        for kind, attribute, sign in _BOUNDS:
+            if isinstance(item, kind):
+                words.append(f"{sign} {_number(getattr(item, attribute))}")
         if isinstance(item, annotated_types.MinLen):
             words.append(f"length >= {item.min_length}")
         if isinstance(item, annotated_types.MaxLen):
