@@ -2,8 +2,8 @@
 
 :func:`build_app` has no side effects at import time and builds everything from the settings it
 is given, so tests and the command line build apps the same way.  The consumers are thin: the
-input topic's records come in batches from :mod:`worker.faust_compat.intake` (off Faust's
-per-record delivery), the rekeyed and outbox topics' through Faust agents, and each is handed to an
+input and rekeyed topics' records come in batches from :mod:`worker.faust_compat.intake` (off
+Faust's per-record delivery), the outbox's through a Faust agent, and each is handed to an
 adapter (:class:`~worker.agents.ingest.Ingest`, :class:`~worker.agents.windows.Windows`) that
 calls the pure core.
 """
@@ -303,10 +303,10 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         )
 
 
-    def _backlog(partition: int, topic: str = settings.topic_ui_events) -> int | None:
-        """Records of ``partition`` of ``topic`` waiting to be processed, as far as the last
-        fetch answer tells (its high watermark); None before one."""
-        tp = TP(topic, partition)
+    def _backlog(partition: int) -> int | None:
+        """Records of input partition ``partition`` waiting to be processed, as far as the
+        last fetch answer tells (its high watermark); None before one."""
+        tp = TP(settings.topic_ui_events, partition)
         seen = progress.get((tp.topic, partition))
         return input_backlog(
             highwater=highwater(app, tp),
