@@ -39,6 +39,7 @@ from worker.faust_compat import (
     count_gaps,
     fetch_position,
     highwater,
+    honour_rocksdb_options,
     install_intake,
     keep_dropped_records,
     read_offset,
@@ -414,6 +415,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     keep_dropped_records(app)
     count_gaps(app, lambda topic, missing: metrics.offsets_skipped.labels(topic=topic).inc(missing))
     report_lost_changelogs(app, lambda *_: metrics.changelog_behind_store.inc())
+    honour_rocksdb_options()
 
     install_delivery(
         app,

@@ -40,6 +40,8 @@ patch                         kind         where it cannot install
 ``read_offset``,              reading      None: the backlog is unknown, so a partition is
 ``fetch_position``                         never taken for caught up on their account
 ``rocksdb_memory``            reporting    stores it cannot read count 0
+``honour_rocksdb_options``    memory       a warning; a reopened database has RocksDB's
+                                           default 8 MiB block cache and no bloom filter
 ============================  ===========  ====================================================
 
 A correctness patch protects what the worker commits (a commit never covers records whose
@@ -65,6 +67,7 @@ from worker.faust_compat.recovery import report_lost_changelogs
 from worker.faust_compat.stores import (
     ROCKSDB_MEMORY_PROPERTIES,
     TableIO,
+    honour_rocksdb_options,
     require_rocksdb_store,
     rocksdb_memory,
 )
@@ -78,6 +81,7 @@ __all__ = [
     "count_gaps",
     "fetch_position",
     "highwater",
+    "honour_rocksdb_options",
     "install_intake",
     "keep_dropped_records",
     "read_offset",

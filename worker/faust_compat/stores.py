@@ -18,19 +18,37 @@ open now, so an operator can tell a full cache from a leak.
 
 It reads Faust's RocksDB store's ``_dbs`` (partition -> rocksdict ``Rdict``); stores of other
 kinds (``memory://`` in tests) are skipped.
+
+Invariant of :func:`honour_rocksdb_options`: a database Faust opens has the block cache and
+bloom filter the worker configured (ROCKSDB_BLOCK_CACHE_BYTES), whether it is created or
+reopened.  Faust's ``RocksDBOptions.open`` passes its options to rocksdict's ``Rdict`` as
+``options`` only; rocksdict takes the table options of an *existing* database's column
+families from its OPTIONS file, which records neither the cache nor the filter, so after
+every restart each database silently had RocksDB's default 8 MiB cache and no bloom filter
+(16 databases: 128 MiB where 16 MiB were configured).  Passing the same options for the
+``default`` column family, which is the only one Faust uses, makes rocksdict use them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
+import rocksdict
+from faust.stores import rocksdb as faust_rocksdb
 from faust.types import TP
 
 from worker.faust_compat.names import incompatible
 
-__all__ = ["ROCKSDB_MEMORY_PROPERTIES", "TableIO", "require_rocksdb_store", "rocksdb_memory"]
+__all__ = [
+    "ROCKSDB_MEMORY_PROPERTIES",
+    "TableIO",
+    "honour_rocksdb_options",
+    "require_rocksdb_store",
+    "rocksdb_memory",
+]
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +172,48 @@ def require_rocksdb_store(store_class: Any = None) -> None:
             "worker.faust_compat.stores.TableIO", missing,
             "the windows' state cannot be written to the table or read back",
         )
+
+
+_FAUST_OPEN = faust_rocksdb.RocksDBOptions.open
+
+
+def _open_with_options(
+    self: faust_rocksdb.RocksDBOptions, path: Path, *, read_only: bool = False
+) -> Any:
+    """Faust's ``RocksDBOptions.open`` for rocksdict, with the options also given for the
+    ``default`` column family (see the module docstring); other drivers go to Faust's."""
+    if not self.use_rocksdict:
+        return _FAUST_OPEN(self, path, read_only=read_only)
+    access_type = (
+        rocksdict.AccessType.read_write()
+        if self.ttl is None
+        else rocksdict.AccessType.with_ttl(self.ttl)
+    )
+    db = rocksdict.Rdict(
+        str(path),
+        options=self.as_options(),
+        column_families={"default": self.as_options()},
+        access_type=access_type,
+    )
+    db.set_read_options(rocksdict.ReadOptions())
+    return db
+
+
+def honour_rocksdb_options() -> bool:
+    """Make every database Faust opens from now on use the configured options, also when it
+    is reopened (idempotent).  Returns False, with a warning, where Faust's ``RocksDBOptions``
+    lacks what the replacement uses: the databases then run with RocksDB's default cache
+    after a restart, which costs memory and reads, never correctness."""
+    options_class = faust_rocksdb.RocksDBOptions
+    if options_class.open is _open_with_options:
+        return True
+    missing = [name for name in ("open", "as_options") if not hasattr(options_class, name)]
+    if missing:
+        log.warning(
+            "RocksDB options are not passed for reopened databases (missing %s): their block "
+            "cache is RocksDB's default after a restart",
+            ", ".join(missing),
+        )
+        return False
+    options_class.open = _open_with_options  # type: ignore[method-assign]
+    return True
