@@ -138,14 +138,14 @@ WORKER_SETTINGS = {
     "DELIVERY_DEDUPE_TTL_S": "120",
     # Bounded in-memory caches shrunk so they reach their bounds within the warm-up.  At their
     # production sizes they keep filling for longer than a soak lasts (100,000 event ids are
-    # about 18 MiB and take 9 minutes at 200 events/s; each of the 24 RocksDB block caches
+    # about 18 MiB and take 9 minutes at 200 events/s; each RocksDB database's block cache
     # fills toward the data it has read), which reads as RSS growth in the last third though
     # it is bounded.  Growth left after they are full is a leak.  What the caches cost at full
     # size is bench/memory.py's to measure.
     "DEDUPE_CACHE_SIZE": "2000",
     "ROCKSDB_BLOCK_CACHE_BYTES": str(1024 * 1024),
-    # Memtables too: each of the 24 databases gets a few KiB/s of writes, so a 4 MiB memtable
-    # fills in about 20 minutes.  The "RocksDB MiB" column shows what they hold.
+    # Memtables too: each database (one per table partition) gets a few KiB/s of writes, so a
+    # 4 MiB memtable fills in about 20 minutes.  The "RocksDB MiB" column shows what they hold.
     "ROCKSDB_WRITE_BUFFER_BYTES": str(256 * 1024),
     "LOG_FORMAT": "text",
     "LOG_LEVEL": "INFO",
