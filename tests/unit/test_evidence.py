@@ -246,3 +246,15 @@ def test_rank_order_matches_the_delivery_state() -> None:
     rid = str(uuid.uuid4())
     implicit, explicit = rated(rid, minutes=5), rated(rid, rule="explicit")
     assert rating_rank(explicit) > rating_rank(implicit)
+
+
+def test_the_lane_and_its_sender_import_no_io_library() -> None:
+    """Pure core and a thin adapter that gets its HTTP client handed in (STYLE 4.1)."""
+    from tests.unit.test_core_imports import IO_LIBRARIES, run_probe
+
+    probe = (
+        "import sys, worker.evidence, worker.evidence_sender; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        f"set({sorted(IO_LIBRARIES)!r})))"
+    )
+    assert run_probe(probe) == "[]"
