@@ -25,8 +25,10 @@ Why ratings are never delayed by properties:
   the lane only goes while the breaker is closed and delivery is not paused on auth.  A
   401/403 to a property call does pause delivery: it is the same key.
 
-Properties live in memory only: a restart or a rebalance loses those still waiting (the
-outbox is not read again), which costs labels, never ratings.
+Properties live in memory only: a restart loses those still waiting (the outbox is not read
+again), which costs labels, never ratings.  A rebalance does not: the worker that merged a
+decision keeps sending its properties whoever owns the partition now (a property call is an
+idempotent write, so nothing depends on ownership).
 """
 
 from __future__ import annotations
