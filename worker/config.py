@@ -214,6 +214,19 @@ class Settings(BaseSettings):
         "for self-hosted Helicone versions that keep feedback apart; on Helicone's scores "
         "queue the second call can make it drop the rating.",
     )
+    helicone_evidence_properties: bool = Field(
+        default=False,
+        description="Also set the Helicone properties Feedback-Rule and Feedback-Signals on "
+        "each rated request (PUT /v1/request/{id}/property), to filter and segment by "
+        "evidence in Helicone's dashboard. Two calls per rating, sent only when no rating "
+        "waits: they never delay ratings.",
+    )
+    helicone_property_not_found_s: PositiveSeconds = Field(
+        default=300.0,
+        description="Seconds a property call answered 500 'Request not found' (the request "
+        "is not logged yet) is tried again, at 1/10, 1/4 and 5/8 of it (Helicone's own 30, 75 "
+        "and 187 s waits by default); then it is counted and dropped, never dead-lettered.",
+    )
 
     # ---- runtime
     worker_web_port: int = Field(default=6066, ge=0, le=65_535)

@@ -67,10 +67,13 @@ __all__ = [
     "plan_calls",
 ]
 
-#: The three Helicone calls, by name.  Used as the ``endpoint`` metric label, so it never
-#: contains the request or session id that the real path does.
-Endpoint = Literal["request_feedback", "request_score", "session_feedback"]
-ENDPOINTS: tuple[Endpoint, ...] = ("request_feedback", "request_score", "session_feedback")
+#: The Helicone write calls, by name.  Used as the ``endpoint`` metric label, so it never
+#: contains the request or session id that the real path does.  ``request_property`` is the
+#: evidence lane's ``PUT /v1/request/{id}/property`` (:mod:`worker.evidence`).
+Endpoint = Literal["request_feedback", "request_score", "session_feedback", "request_property"]
+ENDPOINTS: tuple[Endpoint, ...] = (
+    "request_feedback", "request_score", "session_feedback", "request_property",
+)
 
 
 class DeliveryOutcome(enum.Enum):

@@ -56,6 +56,10 @@ Failure policy (the classes are :mod:`worker.delivery`'s):
 * 401/403: everything waits (:class:`~worker.delivery.AuthPause`), one probe per interval;
 * the circuit breaker stops calls when most recent ones failed; nothing is dropped;
 * a 429 or ``RateLimit-*`` headers slow the rate (:class:`~worker.delivery.AdaptiveRate`).
+
+Evidence properties (``HELICONE_EVIDENCE_PROPERTIES``): :attr:`Delivery.properties`, a
+:class:`~worker.evidence_sender.PropertySender`, is offered every merged decision and may
+start property calls only when :meth:`Delivery.dispatch` finds no rating due now.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ from worker.readback import ReadBack
 if TYPE_CHECKING:
     from worker.clock import Clock
     from worker.config import Settings
+    from worker.evidence_sender import PropertySender
     from worker.metrics import Metrics
 
 __all__ = [
@@ -335,6 +340,8 @@ class Delivery:
         self._dedupe_ttl_ms = int(config.dedupe_ttl_s * 1000)
         self._sweep_interval_ms = int(min(3_600.0, config.dedupe_ttl_s / 4) * 1000)
         self._next_sweep_ms = clock.now_ms() + self._sweep_interval_ms
+        #: The evidence lane, when HELICONE_EVIDENCE_PROPERTIES is on (set by the adapter).
+        self.properties: PropertySender | None = None
 
     def __repr__(self) -> str:
         return (
@@ -346,6 +353,9 @@ class Delivery:
 
     def observe(self, record: DeliveryAttempted) -> None:
         """Every call that went on the wire: metrics, breaker, auth pause and rate learn."""
+        if record.endpoint == "request_property" and self.properties is not None:
+            self.properties.observe(record)  # it keeps property failures out of the breaker
+            return
         self.metrics.observe_attempt(record)
         self.breaker.record(record.outcome)
         self.auth.record(record.outcome)
@@ -378,6 +388,10 @@ class Delivery:
         else:
             log.warning("delivery resumed: Helicone accepted the API key again")
             self._kick.set()
+
+    def wake(self) -> None:
+        """Make the sender look again now (the evidence lane has work or a free slot)."""
+        self._kick.set()
 
     @property
     def backlog(self) -> int:
@@ -485,6 +499,8 @@ class Delivery:
         self._write(table_key, state)
         if state.due:
             self._schedule(table_key, partition, state, keep_earlier=True)
+        if self.properties is not None:
+            self.properties.offer(decision)
 
     def _apply_results(self, document: Mapping[str, Any], partition: int) -> None:
         """A ``result`` record: ``{"results": [outcome, ...]}``, or one outcome alone (the
@@ -548,8 +564,12 @@ class Delivery:
         while True:
             now_ms = self.clock.now_ms()
             table_key = self._peek(now_ms)
-            if table_key is None:
-                return self._next_due_in(now_ms)
+            if table_key is None:  # no rating due now: the evidence lane may use the budget
+                wait_ms = self._next_due_in(now_ms)
+                if self.properties is not None:
+                    free = self.config.concurrency - len(self._inflight)
+                    wait_ms = min(wait_ms, self.properties.dispatch(free))
+                return wait_ms
             if len(self._inflight) >= self.config.concurrency:
                 return _MAX_IDLE_S_MS
             gate_ms = max(self.auth.retry_in_ms(), self.breaker.retry_in_ms())
@@ -599,6 +619,8 @@ class Delivery:
         """Wait for every call in flight (tests, and shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self.properties is not None:
+            await self.properties.drain()
 
     async def _deliver(self, table_key: bytes, due: _Due) -> None:
         """Send one state as it is now, and report the outcome of that version."""
@@ -899,6 +921,8 @@ class Delivery:
         self.metrics.delivery_backlog_age.set(max(0.0, (now_ms - oldest) / 1000))
         self.metrics.delivery_drain.set(0.0 if self.config.dry_run else len(waiting) / per_s)
         self.metrics.delivery_rate.set(per_s)
+        if self.properties is not None:
+            self.properties.update_gauges()
 
     async def tick(self, items: Callable[[], Iterable[tuple[bytes, bytes]]]) -> None:
         """Run by the timer: refresh the gauges, read back what is due; now and then, sweep
@@ -937,6 +961,8 @@ class Delivery:
         return sum(len(keys) for keys in expired.values())
 
     async def aclose(self) -> None:
+        if self.properties is not None:
+            self.properties.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -7,6 +7,7 @@
                                    patch needs (worker.faust_compat); install a supported release
       x DeliveryError              a post to Helicone failed (.endpoint, .status, .body_excerpt)
         + RetryableDelivery        timeouts, connection errors, 408/425/429/5xx; .retry_after_s
+          + RequestNotLogged       a property call's 500 "Request not found": not logged yet
         + PermanentDelivery        400/404/422: straight to the dead-letter topic
         + AuthRejected             401/403: pause delivery and probe; never dead-letter
 
@@ -26,6 +27,7 @@ __all__ = [
     "FeedbackWorkerError",
     "IncompatibleLibraryError",
     "PermanentDelivery",
+    "RequestNotLogged",
     "RetryableDelivery",
     "TopicMismatchError",
 ]
@@ -91,6 +93,12 @@ class RetryableDelivery(DeliveryError):
     ) -> None:
         super().__init__(message, endpoint=endpoint, status=status, body_excerpt=body_excerpt)
         self.retry_after_s = retry_after_s
+
+
+class RequestNotLogged(RetryableDelivery):
+    """Helicone answered a property call with its 500 "Request not found": the request is not
+    logged yet (or never will be).  Worth a few tries for a bounded time, never a dead letter
+    (:mod:`worker.evidence`)."""
 
 
 class PermanentDelivery(DeliveryError):

@@ -7,7 +7,8 @@ Map of the module::
     classify_response(...)        what an HTTP answer means: None (success) or a DeliveryError
     classify_exception(...)       what an httpx exception means, as a DeliveryError
     parse_retry_after(...)        Retry-After as seconds (delta-seconds or HTTP-date)
-    HeliconeClient                three POSTs, each one call: success record or DeliveryError
+    HeliconeClient                three POSTs and a PUT, each one call: success record or
+                                  DeliveryError
 
 Status to outcome (:func:`classify_response`; :mod:`worker.delivery` reacts to the class only)::
 
@@ -63,6 +64,7 @@ from worker.errors import (
     ConfigError,
     DeliveryError,
     PermanentDelivery,
+    RequestNotLogged,
     RetryableDelivery,
 )
 from worker.events import is_helicone_request_id
@@ -99,6 +101,8 @@ DEFAULT_LIMITS: Final = httpx.Limits(
 )
 
 _MAX_SESSION_ID_CHARS: Final = 128
+#: Longest property key and value sent (Helicone sets no limit we know of; ours are short).
+_MAX_PROPERTY_CHARS: Final = 1_024
 _REDACTED: Final = "[redacted]"
 
 _PERMANENT_STATUSES: Final = frozenset({400, 404, 422})
@@ -350,6 +354,10 @@ class HeliconeClient:
         dry_run = settings.feedback_dry_run
         key = settings.helicone_api_key if dry_run else settings.require_api_key()
         pool = settings.delivery_concurrency
+        if settings.helicone_evidence_properties:  # the evidence lane's own slots
+            from worker.evidence_sender import property_concurrency
+
+            pool += property_concurrency(settings.delivery_concurrency)
         return cls(
             key or SecretStr(""),
             base_url=settings.helicone_base,
@@ -432,6 +440,35 @@ class HeliconeClient:
         path = f"/v1/session/{quote(session_id, safe='')}/feedback"
         return await self._post(endpoint, path, {"rating": rating})
 
+    async def put_request_property(
+        self, request_id: str, key: str, value: str
+    ) -> DeliveryAttempted:
+        """Set one property of a request: ``PUT /v1/request/{id}/property {"key", "value"}``.
+
+        Helicone reads the request's latest row, sets the key and writes the row again, so two
+        calls for one request must not overlap (the later write would drop the other's key);
+        the evidence lane makes them one after the other.  Its 500 "Request not found" (the
+        request is not logged yet) raises :class:`~worker.errors.RequestNotLogged`.
+        """
+        endpoint: Endpoint = "request_property"
+        self._check_request_id(request_id, endpoint)
+        for name, text in (("key", key), ("value", value)):
+            if not isinstance(text, str) or not text or len(text) > _MAX_PROPERTY_CHARS:
+                raise PermanentDelivery(
+                    f"property {name} must be 1-{_MAX_PROPERTY_CHARS} characters",
+                    endpoint=endpoint,
+                )
+        path = f"/v1/request/{request_id}/property"
+        try:
+            return await self._post(endpoint, path, {"key": key, "value": value}, method="PUT")
+        except RetryableDelivery as exc:
+            if exc.status == 500 and "not found" in exc.body_excerpt.lower():
+                raise RequestNotLogged(
+                    f"Helicone has not logged request {request_id} yet (500 not found)",
+                    endpoint=endpoint, status=500, body_excerpt=exc.body_excerpt,
+                ) from exc
+            raise
+
     async def get_request(self, request_id: str) -> dict[str, Any] | None:
         """Read one request back: ``GET /v1/request/{id}``, its ``data`` object or None.
 
@@ -489,10 +526,10 @@ class HeliconeClient:
             raise PermanentDelivery("rating must be a bool", endpoint=endpoint)
 
     async def _post(
-        self, endpoint: Endpoint, path: str, payload: dict[str, Any]
+        self, endpoint: Endpoint, path: str, payload: dict[str, Any], *, method: str = "POST"
     ) -> DeliveryAttempted:
         if self._dry_run:
-            log.info("dry run: would POST %s %s", path, payload)
+            log.info("dry run: would %s %s %s", method, path, payload)
             return DeliveryAttempted(endpoint, DeliveryOutcome.DRY_RUN, 0.0, None)
         headers = {
             "Authorization": f"Bearer {self._api_key.get_secret_value()}",
@@ -500,7 +537,9 @@ class HeliconeClient:
         }
         started = self._timer()
         try:
-            response = await self._http.post(self._base_url + path, json=payload, headers=headers)
+            response = await self._http.request(
+                method, self._base_url + path, json=payload, headers=headers
+            )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             failure = classify_exception(exc, endpoint=endpoint, now_ms=self._clock.now_ms())
             self._redact(failure)

@@ -32,6 +32,7 @@ from worker.delivery import (
     DeliveryOutcome,
 )
 from worker.events import EVENT_TYPES, Decision
+from worker.evidence import DROP_REASONS, DropReason
 
 __all__ = ["CONTENT_TYPE_LATEST", "CollectorMetrics", "Metrics"]
 
@@ -281,6 +282,7 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400),
             registry=r,
         )
+        self._evidence_series(r)
         for endpoint in ENDPOINTS:
             self.delivery_duration.labels(endpoint=endpoint)
             for outcome in DeliveryOutcome:
@@ -293,6 +295,38 @@ class Metrics:
             self.delivery_delivered.labels(target=target)
         for state in ("delivered", "pending"):
             self.delivery_duplicates.labels(state=state)
+
+    def _evidence_series(self, r: CollectorRegistry) -> None:
+        """The evidence lane's series (HELICONE_EVIDENCE_PROPERTIES); its calls are counted
+        in ``feedback_delivery_attempts_total{endpoint="request_property"}``."""
+        self.property_dropped = Counter(
+            "feedback_property_dropped",
+            "Requests whose evidence properties were given up, by reason: not_found (Helicone "
+            "had not logged the request within HELICONE_PROPERTY_NOT_FOUND_S), rejected (4xx), "
+            "max_attempts / max_age (other failures), overflow (too many waiting).",
+            ["reason"],
+            registry=r,
+        )
+        self.property_not_found = Counter(
+            "feedback_property_not_found",
+            "Property calls Helicone answered 500 'Request not found' (tried again later).",
+            registry=r,
+        )
+        self.property_superseded = Counter(
+            "feedback_property_superseded",
+            "Evidence properties replaced by a newer decision before they were sent.",
+            registry=r,
+        )
+        self.property_backlog = Gauge(
+            "feedback_property_backlog",
+            "Requests whose evidence properties wait to be sent, on this worker.",
+            registry=r,
+        )
+        for reason in DROP_REASONS:
+            self.property_dropped.labels(reason=reason)
+
+    def observe_property_dropped(self, reason: DropReason) -> None:
+        self.property_dropped.labels(reason=reason).inc()
 
     def set_consumer_lag(self, lags: dict[tuple[str, int], tuple[int, float]]) -> None:
         """Lag per owned (topic, partition): records behind the high watermark, and the age

@@ -62,6 +62,7 @@ def install_delivery(
     run there is none, and the first call raises :class:`ConfigError` (``run`` checks first).
     ``supervise`` wraps the agent so its crashes are counted like the other agents'.
     """
+    from worker.evidence_sender import EvidenceConfig, PropertySender
     from worker.helicone import HeliconeClient
 
     config = DeliveryConfig.from_settings(settings)
@@ -99,7 +100,11 @@ def install_delivery(
     poster: Poster | None = None
     delivery = Delivery(config, states=states, send=send, metrics=metrics, clock=clock)
     if settings.feedback_dry_run or settings.helicone_api_key is not None:
-        poster = HeliconeClient.from_settings(settings, observer=delivery.observe)
+        client = HeliconeClient.from_settings(settings, observer=delivery.observe)
+        evidence = EvidenceConfig.from_settings(settings)
+        if evidence.enabled:  # HELICONE_EVIDENCE_PROPERTIES: the lane after the ratings
+            delivery.properties = PropertySender(delivery, client, evidence)
+        poster = client
     delivery.poster = poster
 
     outbox_name = settings.topic_outbox

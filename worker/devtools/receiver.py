@@ -86,6 +86,7 @@ from typing import Any, Final, Self
 from aiohttp import web
 
 from worker.clock import Clock, SystemClock
+from worker.devtools.receiver_properties import PropertyStore, mount_properties
 from worker.events import is_helicone_request_id
 
 __all__ = [
@@ -511,6 +512,7 @@ class Receiver:
         )
         self._consumer: asyncio.Task[None] | None = None
         self._clock: Clock = clock or SystemClock()
+        self.properties = PropertyStore()  # PUT /v1/request/{id}/property (receiver_properties)
         self.history: list[Received] = []
         self._faults: list[Fault] = []
         self._latency_s = 0.0
@@ -537,6 +539,7 @@ class Receiver:
         app.router.add_post("/v1/request/{request_id}/score", self._request_score)
         app.router.add_post("/v1/session/{session_id}/feedback", self._session_feedback)
         app.router.add_get("/v1/request/{request_id}", self._read_request)
+        mount_properties(app, self)
         app.router.add_post("/_admin/faults", self._admin_add_fault)
         app.router.add_delete("/_admin/faults", self._admin_clear_faults)
         app.router.add_get("/_admin/records", self._admin_records)
@@ -678,6 +681,7 @@ class Receiver:
     def clear_stored(self) -> None:
         """Forget stored state, queued messages and counters (``history`` is kept)."""
         self.store.clear()
+        self.properties.clear()
 
     async def _consume_forever(self) -> None:
         """The consumer: one batch every ``batch_interval_s`` over the messages visible by the
@@ -815,6 +819,9 @@ class Receiver:
         await self._notify()
         return response
 
+    #: For routes mounted from other modules (:mod:`worker.devtools.receiver_properties`).
+    handle_write = _handle
+
     def _answer(
         self,
         request: web.Request,
@@ -865,6 +872,8 @@ class Receiver:
             return 500, {"data": None, "error": "Invalid requestId: must be a valid UUID"}
         if request.match_info.get("session_id") in self._unknown_sessions:
             return 500, {"data": None, "error": "No request found"}
+        if request.method == "PUT" and not self.store.is_known(request_id or ""):
+            return 500, {"data": None, "error": "Request not found"}  # a property, not logged
         scores = body.get("scores") if isinstance(body, dict) else None
         if isinstance(scores, dict) and any(
             isinstance(v, float) and not v.is_integer() for v in scores.values()
@@ -892,7 +901,8 @@ class Receiver:
             )
         stored = self.store.request(request_id) or StoredRequest({})
         return web.json_response(
-            {"data": _helicone_request(request_id, stored), "error": None},
+            {"data": _helicone_request(request_id, stored, self.properties.of(request_id)),
+             "error": None},
             status=200,
             headers=headers,
         )
@@ -1000,6 +1010,7 @@ class Receiver:
         return {
             "requests": {rid: asdict(s) for rid, s in self.stored().items()},
             "sessions": self.stored_sessions(),
+            "properties": self.properties.all(),
             "counters": asdict(self.counters),
         }
 
@@ -1053,7 +1064,9 @@ def _extra_fields(body: Mapping[str, Any], allowed: set[str]) -> dict[str, Any]:
     }
 
 
-def _helicone_request(request_id: str, stored: StoredRequest) -> dict[str, Any]:
+def _helicone_request(
+    request_id: str, stored: StoredRequest, properties: dict[str, str]
+) -> dict[str, Any]:
     """The fields of Helicone's ``HeliconeRequest`` that the stored state determines.
 
     Helicone returns many more (bodies, model, tokens, cost...); a fake has none of them, and
@@ -1063,7 +1076,7 @@ def _helicone_request(request_id: str, stored: StoredRequest) -> dict[str, Any]:
         "request_id": request_id,
         "scores": dict(stored.scores),
         "feedback_rating": stored.feedback,
-        "properties": {},
+        "properties": properties,
     }
 
 
