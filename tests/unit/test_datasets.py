@@ -40,10 +40,10 @@ def decision(
     start = end - timedelta(seconds=30)
     return Decision(
         decision_id=decision_id_for(request_id, rule, int(start.timestamp() * 1000)),
-        target=target,  # type: ignore[arg-type]
+        target=target,
         request_id=request_id if target == "request" else None,
         session_id=request_id if target == "session" else None,
-        rule=rule,  # type: ignore[arg-type]
+        rule=rule,
         rating=rating,
         scores=scores or {},
         window_start=start,
@@ -161,7 +161,9 @@ decision_lists = st.lists(
 
 @settings(max_examples=200, deadline=None)
 @given(decision_lists, st.randoms(use_true_random=False))
-def test_the_fold_ignores_order_and_duplicates(decisions: list[Decision], rng: random.Random) -> None:
+def test_the_fold_ignores_order_and_duplicates(
+    decisions: list[Decision], rng: random.Random
+) -> None:
     """The outbox is at-least-once and partitions interleave: neither may change a dataset.
 
     A decision id stands for one content (it is derived from target, rule and window), so
