@@ -299,14 +299,14 @@ class DatasetUploader:
                 await self._api.add(dataset_id, remaining)
             except RetryableDelivery as exc:
                 attempt += 1
-                await self._back_off(exc, attempt, first_ms)
-                if exc.status == 429:
-                    continue  # refused by the limiter before the route: nothing was written
-                present = await self.contents(dataset_id)
-                stored = [rid for rid in remaining if rid.lower() in present]
-                self.report.stored_despite_error += len(stored)
-                on_added(len(stored))
-                remaining = [rid for rid in remaining if rid.lower() not in present]
+                if exc.status != 429:  # a 429 is refused before the route: nothing written
+                    present = await self.contents(dataset_id)
+                    stored = [rid for rid in remaining if rid.lower() in present]
+                    self.report.stored_despite_error += len(stored)
+                    on_added(len(stored))
+                    remaining = [rid for rid in remaining if rid.lower() not in present]
+                if remaining:
+                    await self._back_off(exc, attempt, first_ms)
                 continue
             present |= {rid.lower() for rid in remaining}
             self.report.added += len(remaining)

@@ -157,6 +157,7 @@ async def test_rows_stored_before_a_500_are_not_sent_again() -> None:
         assert sorted(receiver.datasets.request_ids(dataset_id)) == sorted(ids)
         assert h.progress == 4
         assert [len(b) for b in mutates(receiver)] == [2, 2]
+        assert all(s < 0.5 for s in h.sleeps), "nothing was left to retry, so no backoff"
 
 
 async def test_a_429_holds_calls_for_retry_after_and_is_resent_without_a_reread(

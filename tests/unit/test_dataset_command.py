@@ -44,7 +44,7 @@ def test_a_state_file_for_another_name_or_a_broken_one_is_ignored(tmp_path: Path
 def test_bad_arguments_are_refused_before_anything_is_read() -> None:
     runner = CliRunner()
     for args in (["--min-score", "x=0.5"], ["--since", "soon"], ["--rule", "nope"],
-                 ["--batch-size", "0"], ["--rating", "maybe"]):
+                 ["--batch-size", "0"], ["--rating", "maybe"], ["--dataset-id", "ds-1"]):
         result = runner.invoke(main, ["dataset", "--name", "n", *args])
         assert result.exit_code == 2, (args, result.output)
     blank = runner.invoke(main, ["dataset", "--name", "  "])

@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -179,6 +180,13 @@ def _since(ctx: Any, param: Any, value: str | None) -> float | None:
         raise click.BadParameter(str(exc)) from None
 
 
+def _dataset_id(ctx: Any, param: Any, value: str | None) -> str | None:
+    try:  # Helicone answers a malformed id with a 500, which would look worth retrying
+        return None if value is None else str(uuid.UUID(value))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a dataset id (a UUID)") from None
+
+
 def _name(ctx: Any, param: Any, value: str) -> str:
     try:
         return check_dataset_name(value)
@@ -201,7 +209,7 @@ def _name(ctx: Any, param: Any, value: str) -> str:
               help="Also write the selection to this file, one JSON object per line.")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE),
               default=DEFAULT_BATCH_SIZE, show_default=True, help="Requests per mutate call.")
-@click.option("--dataset-id", default=None,
+@click.option("--dataset-id", default=None, callback=_dataset_id,
               help="Add to this dataset (when several datasets share the name).")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds to allow for reading the outbox.")
