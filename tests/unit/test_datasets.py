@@ -281,3 +281,16 @@ def test_batches_compare_ids_without_case() -> None:
 def test_batch_size_is_bounded(size: int) -> None:
     with pytest.raises(ValueError):
         plan_batches(["a"], (), batch_size=size)
+
+
+def test_the_selection_core_imports_no_io_library() -> None:
+    """worker.datasets is pure: no Kafka, HTTP, Faust or metrics library comes with it."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, worker.datasets; print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'faust', 'aiokafka', 'httpx', 'prometheus_client', 'aiohttp', 'click', 'rich'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
