@@ -285,12 +285,10 @@ def test_batch_size_is_bounded(size: int) -> None:
 
 def test_the_selection_core_imports_no_io_library() -> None:
     """worker.datasets is pure: no Kafka, HTTP, Faust or metrics library comes with it."""
-    import subprocess
-    import sys
+    from tests.unit.test_core_imports import run_probe
 
     probe = (
         "import sys, worker.datasets; print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'faust', 'aiokafka', 'httpx', 'prometheus_client', 'aiohttp', 'click', 'rich'}))"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert run_probe(probe) == "[]"
