@@ -372,7 +372,8 @@ def _print_dry_run(name: str, selection: Selection, batch_size: int, *, forced: 
     why = " (FEEDBACK_DRY_RUN=true)" if forced else ""
     console.print(
         f"dry run{why}: would add up to {len(selection.chosen)} requests to dataset {name!r} "
-        f"in {len(batches)} mutate calls of at most {batch_size}; requests the dataset already "
+        f"in {len(batches)} mutate call{'' if len(batches) == 1 else 's'} of at most "
+        f"{batch_size}; requests the dataset already "
         "holds are skipped on a real run. Nothing was sent."
     )
 
