@@ -68,6 +68,7 @@ From another process (the demo, docker-compose) run :func:`serve` or
 ``GET /_admin/stored`` shows the stored state and counters, ``POST /_admin/settle`` consumes
 everything queued first, ``DELETE /_admin/stored`` forgets it.
 The admin routes are unauthenticated: bind the receiver to loopback or a private network only.
+Helicone's dataset API is mounted from :mod:`worker.devtools.receiver_datasets`.
 """
 
 from __future__ import annotations
