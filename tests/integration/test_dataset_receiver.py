@@ -240,3 +240,49 @@ async def test_the_receiver_validates_bodies_like_tsoa(receiver: Receiver) -> No
     assert bad_page.status_code == 422
     assert negative.status_code == 500
     assert count.json() == {"data": 0, "error": None}
+
+
+async def test_every_call_reads_included_waits_for_the_budget(
+    receiver: Receiver, client: HeliconeClient
+) -> None:
+    """At 2 calls a second, n calls take at least (n - 1) / 2 s of the uploader's clock."""
+    h = Harness(client, rate=2.0)
+    started_ms = h.clock.now_ms()
+    dataset_id = await h.uploader.resolve("paced", known_id=None)
+    report = await h.uploader.add(dataset_id, [rid() for _ in range(8)], batch_size=2)
+    calls = len(receiver.history)
+    assert report.calls == calls == 8  # list, create, count, one page, four mutates
+    assert h.clock.now_ms() - started_ms >= (calls - 1) / 2 * 1000
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_any_mix_of_faults_and_reruns_ends_with_each_request_once(seed: int) -> None:
+    """Random 503s, 429s, resets and requests Helicone never logged, on reads and writes;
+    a run that gives up is simply run again, as a user would."""
+    rng = random.Random(seed)
+    ids = [rid() for _ in range(rng.randint(5, 30))]
+    ghosts = set(rng.sample(ids, k=rng.randint(0, 3)))
+    async with (
+        Receiver(known_requests=lambda r: r not in ghosts) as receiver,
+        HeliconeClient(SecretStr(KEY), base_url=receiver.url) as client,
+    ):
+        for _ in range(rng.randint(3, 10)):
+            kind = rng.choice(["503", "429", "reset"])
+            if kind == "reset":
+                receiver.reset_next(rng.randint(1, 2), path_prefix=PREFIX)
+            else:
+                receiver.fail_next(rng.randint(1, 2), status=int(kind), retry_after=1,
+                                   path_prefix=PREFIX)
+        dataset_id, runs = None, 0
+        while True:
+            runs += 1
+            h = Harness(client, page_size=rng.choice([2, 3, 50]))
+            try:
+                dataset_id = await h.uploader.resolve("chaos", known_id=dataset_id)
+                await h.uploader.add(dataset_id, ids, batch_size=rng.randint(1, 6))
+                break
+            except RetryableDelivery:
+                assert runs < 20, "reruns must make progress"
+        assert dataset_id is not None
+        assert sorted(receiver.datasets.request_ids(dataset_id)) == sorted(ids)
+        assert len(receiver.datasets.by_name("chaos")) == 1
