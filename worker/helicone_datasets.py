@@ -190,6 +190,13 @@ class UploadReport:
 class DatasetUploader:
     """Adds requests to one dataset so that each ends up in it once, pacing every call.
 
+    Invariant: an id goes into a mutate only if the latest consistent read of the dataset
+    lacked it and no mutate answered 2xx with it since; after a failure that may have written
+    (anything but a 429), a fresh read comes before any resend.  So no run adds a request the
+    dataset holds, and a run that stops anywhere leaves a state the next run reads as it is:
+    each request ends up in the dataset once (as long as nothing else adds to it meanwhile).
+    Every call, reads included, takes a token from ``rate`` first.
+
     ``sleep`` is injected (tests pass one that advances a FakeClock); ``on_added(n)`` is told
     of every request that became present, for the progress bar.
     """
