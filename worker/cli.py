@@ -18,6 +18,7 @@ import click
 import orjson
 from pydantic import ValidationError
 
+from worker.commands.dataset import dataset
 from worker.commands.demo import demo
 from worker.commands.dlq import dlq
 from worker.config import Settings, load_settings
@@ -257,6 +258,7 @@ def schemas(out: Path, check: bool) -> None:
 
 main.add_command(dlq)
 main.add_command(demo)
+main.add_command(dataset)
 
 
 if __name__ == "__main__":  # pragma: no cover

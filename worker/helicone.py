@@ -508,6 +508,40 @@ class HeliconeClient:
             raise RetryableDelivery("read-back answer is not JSON", endpoint=endpoint) from exc
         return data if isinstance(data, dict) else None
 
+    async def post_json(
+        self, path: str, payload: Mapping[str, Any], *, label: str
+    ) -> tuple[Any, int | None, float | None]:
+        """One POST beyond the feedback calls (the dataset API): ``(body, remaining, reset_s)``.
+
+        ``body`` is the parsed JSON answer of a 2xx (None when it is not JSON); the other two
+        are its ``RateLimit-Remaining``/``-Reset``.  Anything else raises the DeliveryError of
+        :func:`classify_response`/:func:`classify_exception` (a 429 with ``retry_after_s``),
+        with ``label`` as its endpoint.  No observer record (``label`` is no metric label) and
+        no dry run: a caller that must not post does not call.
+        """
+        headers = {
+            "Authorization": f"Bearer {self._api_key.get_secret_value()}",
+            "Accept": "application/json",
+        }
+        try:
+            response = await self._http.post(self._base_url + path, json=payload, headers=headers)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            failure = classify_exception(exc, endpoint=label, now_ms=self._clock.now_ms())
+            self._redact(failure)
+            raise failure from exc
+        error = classify_response(
+            response.status_code, response.headers, response.content,
+            endpoint=label, now_ms=self._clock.now_ms(),
+        )
+        self._redact(error)
+        if error is not None:
+            raise error
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        return (body, *parse_rate_limit(response.headers))
+
     # ---- internals
 
     @staticmethod

@@ -49,6 +49,23 @@ ALL_TEXT = [*HAND_WRITTEN, ROOT / "README.md"]
 _FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.S | re.M)
 
 
+def _check_dataset_line(obj: dict[str, Any]) -> None:
+    """A documented ``dataset --jsonl`` line has the fields and types selection_line writes."""
+    from worker.datasets import RequestOutcome, selection_line
+
+    sample = selection_line(RequestOutcome(
+        request_id=obj["request_id"], rating=obj["rating"], rating_rule=obj["rating_rule"],
+        scores=obj["scores"], rules=frozenset(obj["rules"]), last_window_end_ms=0,
+        decision_ids=tuple(obj["decision_ids"]),
+    ))
+    assert set(obj) == set(sample), sorted(obj)
+    assert obj["rating"] is None or isinstance(obj["rating"], bool)
+    assert all(isinstance(v, int) for v in obj["scores"].values())
+    assert obj["rules"] == sorted(obj["rules"])
+    assert obj["decision_ids"] == sorted(obj["decision_ids"])
+    datetime.fromisoformat(obj["last_window_end"])
+
+
 def _blocks(path: Path, *languages: str) -> list[str]:
     text = path.read_text(encoding="utf-8")
     return [body for lang, body in _FENCE.findall(text) if lang in languages]
@@ -141,6 +158,8 @@ def _check_json_example(obj: dict[str, Any]) -> None:
         assert all(isinstance(v, int) for v in obj["scores"].values())
     elif keys == {"rating"}:  # the body of a call to a /feedback endpoint
         assert isinstance(obj["rating"], bool)
+    elif {"request_id", "rating_rule", "decision_ids"} <= keys:  # a `dataset --jsonl` line
+        _check_dataset_line(obj)
     else:
         raise AssertionError(f"unrecognised JSON example: {sorted(keys)}")
 

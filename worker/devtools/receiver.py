@@ -68,6 +68,7 @@ From another process (the demo, docker-compose) run :func:`serve` or
 ``GET /_admin/stored`` shows the stored state and counters, ``POST /_admin/settle`` consumes
 everything queued first, ``DELETE /_admin/stored`` forgets it.
 The admin routes are unauthenticated: bind the receiver to loopback or a private network only.
+Helicone's dataset API is mounted from :mod:`worker.devtools.receiver_datasets`.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ from typing import Any, Final, Self
 from aiohttp import web
 
 from worker.clock import Clock, SystemClock
+from worker.devtools.receiver_datasets import DatasetStore, mount_datasets, with_result
 from worker.devtools.receiver_properties import PropertyStore, mount_properties
 from worker.events import is_helicone_request_id
 
@@ -510,6 +512,8 @@ class Receiver:
         self.store = HeliconeStore(
             ingestion_delay_ms=math.ceil(ingestion_delay_s * 1000), known_requests=known_requests
         )
+        #: Helicone's datasets (:mod:`worker.devtools.receiver_datasets`).
+        self.datasets = DatasetStore(is_known=self.store.is_known)
         self._consumer: asyncio.Task[None] | None = None
         self._clock: Clock = clock or SystemClock()
         self.properties = PropertyStore()  # PUT /v1/request/{id}/property (receiver_properties)
@@ -547,6 +551,7 @@ class Receiver:
         app.router.add_get("/_admin/stored", self._admin_stored)
         app.router.add_post("/_admin/settle", self._admin_settle)
         app.router.add_delete("/_admin/stored", self._admin_clear_stored)
+        mount_datasets(app, self)
         # A short shutdown timeout: a call parked in injected latency must not hold up stop().
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -784,11 +789,24 @@ class Receiver:
 
         return await self._handle(request, _validate_rating, accept, success=200)
 
+    async def answer_with(
+        self,
+        request: web.Request,
+        validate: Callable[[Any], dict[str, Any]],
+        accept: Callable[[dict[str, Any]], tuple[int, Any]],
+    ) -> web.StreamResponse:
+        """Answer a route mounted from outside (datasets) as the feedback calls are answered;
+        ``accept`` gets the validated body and returns the (status, body) Helicone would send."""
+        return await self._handle(request, validate, accept, success=200)
+
+    def now_ms(self) -> int:
+        return self._clock.now_ms()
+
     async def _handle(
         self,
         request: web.Request,
         validate: Callable[[Any], dict[str, Any]],
-        accept: Callable[[dict[str, Any]], None],
+        accept: Callable[[dict[str, Any]], tuple[int, Any] | None],
         *,
         success: int,
     ) -> web.StreamResponse:
@@ -805,7 +823,9 @@ class Receiver:
             await asyncio.sleep(latency_s)
         response, accepted = self._answer(request, body, malformed, validate, success)
         if accepted:  # Helicone's own 2xx (not an injected one): it queues what it was sent
-            accept(body)
+            result = accept(body)
+            if result is not None and response is not None:  # a route with its own answer
+                response = with_result(response, result)
         if response is None:  # an injected reset: hang up without a word
             if request.transport is not None:
                 request.transport.close()
