@@ -372,6 +372,9 @@ class Evidence(BaseModel):
     detail: str | None = None
 
 
+_NO_SHADOW: set[str] = {"shadow_rating"}
+
+
 class Decision(BaseModel):
     """One outbox record (DESIGN 5, contract): the verdict of one rule for one window."""
 
@@ -395,6 +398,16 @@ class Decision(BaseModel):
     decided_at: datetime
     signals: list[Evidence] = Field(default_factory=list)
     rule_version: int = Field(ge=1)
+
+    def outbox_json(self) -> bytes:
+        """The record written to the outbox.  ``shadow_rating`` is left out when it is null,
+        so a decision without one is byte for byte what versions before the field wrote, and
+        a worker of such a version (which forbids unknown fields) reading the outbox during a
+        rolling upgrade refuses only the decisions that carry a shadow: those change nothing
+        Helicone stores, and ``dlq redrive`` puts them back once every worker is upgraded."""
+        if self.shadow_rating is None:
+            return self.model_dump_json(exclude=_NO_SHADOW).encode()
+        return self.model_dump_json().encode()
 
     @property
     def target_id(self) -> str:

@@ -171,3 +171,14 @@ def test_the_metric_counts_pairs_by_rule_and_ratings() -> None:
         'feedback_rule_agreement_total{explicit="true",implicit="true",rule="code_suggestion"} '
         "0.0" in text
     )
+
+
+def test_the_outbox_record_leaves_out_an_absent_shadow() -> None:
+    """Decisions without a shadow are written as before the field existed (rolling upgrades:
+    an older worker forbids unknown fields); both forms parse."""
+    plain = decision("engagement", 0, True)
+    assert b"shadow_rating" not in plain.outbox_json()
+    assert Decision.model_validate_json(plain.outbox_json()) == plain
+    shadowed = decision("engagement", 0, None, shadow=False)
+    assert b'"shadow_rating":false' in shadowed.outbox_json()
+    assert Decision.model_validate_json(shadowed.outbox_json()) == shadowed
