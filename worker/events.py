@@ -403,8 +403,8 @@ class Decision(BaseModel):
         """The record written to the outbox.  ``shadow_rating`` is left out when it is null,
         so a decision without one is byte for byte what versions before the field wrote, and
         a worker of such a version (which forbids unknown fields) reading the outbox during a
-        rolling upgrade refuses only the decisions that carry a shadow: those change nothing
-        Helicone stores, and ``dlq redrive`` puts them back once every worker is upgraded."""
+        rolling upgrade refuses only the decisions that carry a shadow (it dead-letters them
+        as ``invalid``): a shadow changes nothing Helicone stores, so nothing posted is lost."""
         if self.shadow_rating is None:
             return self.model_dump_json(exclude=_NO_SHADOW).encode()
         return self.model_dump_json().encode()
