@@ -15,9 +15,10 @@ at-least-once):
 Per rule, over the decisions selected:
 
 * ``decisions``: the rule's decisions; ``undecided``: those with neither a rating nor a
-  shadow (an engagement tie, a retention above its threshold).  A window that decided
-  nothing *and* had no score writes no decision at all (a code suggestion nobody acted
-  on), so it cannot be counted here; that is said where this is shown;
+  shadow (a retention above its threshold, a window that only carried forwarded scores).
+  A window that decided nothing *and* had no score writes no decision at all (an
+  engagement tie, a code suggestion nobody acted on), so it cannot be counted here; that
+  is said where this is shown;
 * ``paired``: requests with both an explicit and this rule's rating; ``agreed``: of those,
   the ones where both are the same;
 * precision of the rule's positive ratings (explicit true among the rule's true) and of

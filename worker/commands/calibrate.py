@@ -135,7 +135,8 @@ def calibrate_command(since: timedelta | None, as_json: bool, timeout: float) ->
     that also got an explicit rating; agreement; and the precision of the rule's true and of
     its false ratings against the thumbs, each with a 95 % Wilson interval.  A rating the
     thumbs overrode counts too (its shadow_rating).  Windows that decided nothing and had no
-    score write no decision, so they are not in "decided nothing".
+    score (engagement ties, untouched suggestions) write no decision, so they are not in
+    "decided nothing".
     """
     settings = _load_settings()
     with Console(stderr=True).status(f"reading {settings.topic_outbox}"):
@@ -156,7 +157,7 @@ def calibrate_command(since: timedelta | None, as_json: bool, timeout: float) ->
     console.print(_table(results, title))
     console.print(
         "precision: share of the rule's true (false) ratings the user's thumbs confirmed; "
-        "[low-high]: 95 % Wilson interval"
+        "\\[low-high]: 95 % Wilson interval"
     )
     if skipped:
         console.print(f"{skipped} records on {settings.topic_outbox} were not decisions")
