@@ -87,6 +87,7 @@ def rule_config(settings: Settings) -> RuleConfig:
         short_read_ms=int(settings.engagement_short_read_s * 1000),
         quick_exit_ms=int(settings.engagement_quick_exit_s * 1000),
         correction_phrases=tuple(settings.correction_phrases),
+        code_retained_min_pct=settings.code_retained_min_pct,
     )
 
 

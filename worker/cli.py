@@ -18,6 +18,7 @@ import click
 import orjson
 from pydantic import ValidationError
 
+from worker.commands.calibrate import calibrate_command
 from worker.commands.dataset import dataset
 from worker.commands.demo import demo
 from worker.commands.dlq import dlq
@@ -257,6 +258,7 @@ def schemas(out: Path, check: bool) -> None:
 
 
 main.add_command(dlq)
+main.add_command(calibrate_command)
 main.add_command(demo)
 main.add_command(dataset)
 

@@ -155,6 +155,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["actually", "that's wrong", "that is wrong", "not what I asked"]
     )
     """JSON list; a follow-up message containing one ends the engagement window with false."""
+    code_retained_min_pct: int | None = Field(default=None, ge=0, le=100)
+    """Code retention: a suggestion_retained below this retained_pct rates the request false
+    (accepted, then mostly deleted).  Unset (the default): retention is only a score."""
 
     # ---- Helicone and delivery
     helicone_api_key: SecretStr | None = None

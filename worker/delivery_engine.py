@@ -92,7 +92,15 @@ from worker.delivery import (
     RetryPolicy,
     RetryState,
 )
-from worker.delivery_state import Call, FeedbackState, RatingVia, calls_for, merge, state_key
+from worker.delivery_state import (
+    Call,
+    FeedbackState,
+    RatingVia,
+    calls_for,
+    merge,
+    new_pairs,
+    state_key,
+)
 from worker.errors import AuthRejected, ConfigError, PermanentDelivery, RetryableDelivery
 from worker.events import Decision, is_helicone_request_id
 from worker.kafka import delivery_retry_topic_name
@@ -488,6 +496,8 @@ class Delivery:
         before = self._as_known(table_key, held) if held is not None else None
         now_ms = self.clock.now_ms()
         state, changed = merge(before, decision, now_ms=now_ms, force=redrive)
+        for pair in new_pairs(before, state):
+            self.metrics.observe_agreement(pair)
         if not changed and before is not None and decision.decision_id in before.recent_ids:
             self.metrics.delivery_duplicates.labels(
                 state="pending" if before.due else "delivered"

@@ -25,6 +25,16 @@ What holds, and why:
   2xx for, ``dead`` the highest one dead-lettered.  The state is *due* while ``version``
   exceeds both.  A newer decision replaces what waits to be sent instead of queueing behind it,
   so a request costs one call per change however long Helicone was away.
+* **Implicit and explicit ratings of a request are paired once per rule, for calibration.**
+  ``implicit`` keeps, per implicit rule, the rating it decided or (under an explicit rating)
+  would have decided, its ``shadow_rating``, ranked like the rating.  The first merge that
+  finds both an explicit rating and a rule's implicit one records the rule in ``paired``;
+  :func:`new_pairs` reports it once, for ``feedback_rule_agreement_total``.  Both orders meet
+  here, which is why the pairing lives in this fold and not in the window engine: an explicit
+  rating before the window closed leaves the window's rating as a shadow in its decision, an
+  explicit rating after it leaves the window's (already posted) rating in its decision, and
+  either way both decisions merge into this state.  Replays and duplicates find the rule in
+  ``paired`` and count nothing again.  Neither field changes what is posted: no version.
 * **Evidence for the dead-letter topic is kept until it is settled.**  ``unsent`` holds the
   decisions that produced a version not settled yet, each with that version; they are what
   ``feedback-dlq`` receives when a version is given up, so ``dlq redrive`` can put them
@@ -47,9 +57,12 @@ __all__ = [
     "FEEDBACK_SCORE_KEY",
     "Call",
     "FeedbackState",
+    "RatingPair",
     "RatingVia",
     "calls_for",
+    "implicit_rating",
     "merge",
+    "new_pairs",
     "rating_rank",
     "score_rank",
     "state_key",
@@ -80,6 +93,18 @@ def rating_rank(decision: Decision) -> Rank:
         _ms(decision.window_start),
         decision.decision_id,
     )
+
+
+#: Rules whose ratings are explicit: what implicit ratings are calibrated against.
+_EXPLICIT_RULES = frozenset({"explicit", "session_feedback"})
+
+
+def implicit_rating(decision: Decision) -> bool | None:
+    """The implicit rating a request decision stands for: its rating, or the shadow an
+    explicit rating left in its place; None for explicit decisions and sessions."""
+    if decision.target != "request" or decision.rule in _EXPLICIT_RULES:
+        return None
+    return decision.rating if decision.rating is not None else decision.shadow_rating
 
 
 def score_rank(decision: Decision) -> Rank:
@@ -124,6 +149,16 @@ class FeedbackState:
     recent_ids: tuple[str, ...] = ()
     retry: RetryState = field(default_factory=RetryState)
     updated_at_ms: int = 0
+    #: rule -> (implicit or shadow rating, rank of the decision that set it)
+    implicit: Mapping[str, tuple[bool, Rank]] = field(default_factory=dict)
+    #: Rules whose implicit rating was already paired with the explicit one (counted once).
+    paired: tuple[str, ...] = ()
+
+    @property
+    def explicit_rating(self) -> bool | None:
+        """The rating when an explicit decision set it, else None."""
+        rank = self.rating_rank
+        return self.rating if rank is not None and rank[0] == 1 else None
 
     @property
     def due(self) -> bool:
@@ -168,22 +203,25 @@ class FeedbackState:
     def to_json(self) -> bytes:
         """The table's encoding; orjson writes the dataclass ``retry`` field by field, and a
         state that never failed (the common case) stores ``null`` for it."""
-        return orjson.dumps(
-            {
-                "target": self.target,
-                "id": self.target_id,
-                "rating": self.rating,
-                "rating_rank": self.rating_rank,
-                "scores": {k: [v, r] for k, (v, r) in self.scores.items()},
-                "version": self.version,
-                "sent": self.sent,
-                "dead": self.dead,
-                "unsent": [[u.version, u.merged_at_ms, u.decision] for u in self.unsent],
-                "recent_ids": self.recent_ids,
-                "retry": None if self.retry == _NO_RETRY else self.retry,
-                "updated_at_ms": self.updated_at_ms,
-            }
-        )
+        document: dict[str, Any] = {
+            "target": self.target,
+            "id": self.target_id,
+            "rating": self.rating,
+            "rating_rank": self.rating_rank,
+            "scores": {k: [v, r] for k, (v, r) in self.scores.items()},
+            "version": self.version,
+            "sent": self.sent,
+            "dead": self.dead,
+            "unsent": [[u.version, u.merged_at_ms, u.decision] for u in self.unsent],
+            "recent_ids": self.recent_ids,
+            "retry": None if self.retry == _NO_RETRY else self.retry,
+            "updated_at_ms": self.updated_at_ms,
+        }
+        if self.implicit:  # written only when set: older states keep their exact encoding
+            document["implicit"] = {k: [v, r] for k, (v, r) in self.implicit.items()}
+        if self.paired:
+            document["paired"] = self.paired
+        return orjson.dumps(document)
 
     @classmethod
     def from_json(cls, raw: bytes) -> FeedbackState:
@@ -207,6 +245,8 @@ class FeedbackState:
             recent_ids=tuple(doc.get("recent_ids", ())),
             retry=RetryState(**retry),
             updated_at_ms=int(doc.get("updated_at_ms", 0)),
+            implicit={k: (bool(v), _rank(r)) for k, (v, r) in doc.get("implicit", {}).items()},
+            paired=tuple(doc.get("paired", ())),
         )
 
 
@@ -257,6 +297,7 @@ def merge(
             version=version, merged_at_ms=now_ms, decision=decision.model_dump(mode="json")
         )
         unsent = (*unsent, entry)[-_MAX_UNSENT:]
+    implicit, paired = _pair(state, decision, rating, rating_rank_)
     recent = state.recent_ids
     if decision.decision_id not in recent:
         recent = (*recent, decision.decision_id)[-_RECENT_IDS:]
@@ -269,8 +310,54 @@ def merge(
         unsent=unsent,
         recent_ids=recent,
         updated_at_ms=now_ms,
+        implicit=implicit,
+        paired=paired,
     )
     return merged, version != state.version
+
+
+def _pair(
+    state: FeedbackState, decision: Decision, rating: bool | None, rank: Rank | None
+) -> tuple[Mapping[str, tuple[bool, Rank]], tuple[str, ...]]:
+    """The ``implicit`` and ``paired`` fields after ``decision`` (module docstring)."""
+    implicit = state.implicit
+    value = implicit_rating(decision)
+    if value is not None:
+        own = rating_rank(decision)
+        held = implicit.get(decision.rule)
+        if held is None or own > held[1]:
+            implicit = {**implicit, decision.rule: (value, own)}
+    paired = state.paired
+    if rating is not None and rank is not None and rank[0] == 1:
+        paired += tuple(sorted(rule for rule in implicit if rule not in paired))
+    return implicit, paired
+
+
+@dataclass(frozen=True, slots=True)
+class RatingPair:
+    """An implicit rule's rating of a request met the user's explicit one (for the
+    ``feedback_rule_agreement_total`` counter)."""
+
+    rule: str
+    implicit: bool
+    explicit: bool
+
+    @property
+    def agrees(self) -> bool:
+        return self.implicit == self.explicit
+
+
+def new_pairs(before: FeedbackState | None, after: FeedbackState) -> list[RatingPair]:
+    """The pairs ``after`` made that ``before`` had not: each (request, rule) at most once."""
+    explicit = after.explicit_rating
+    if explicit is None:
+        return []
+    done = set(before.paired) if before is not None else set()
+    return [
+        RatingPair(rule, after.implicit[rule][0], explicit)
+        for rule in after.paired
+        if rule not in done and rule in after.implicit
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,7 @@ EventType = Literal[
     "suggestion_accepted",
     "suggestion_modified",
     "suggestion_rejected",
+    "suggestion_retained",
     "results_shown",
     "result_clicked",
     "ticket_opened",
@@ -146,6 +147,17 @@ class TicketProperties(_Properties):
 
 class RatingProperties(_Properties):
     rating: StrictBool
+
+
+class RetainedProperties(_Properties):
+    """How much of an accepted code suggestion is still there, measured by the application."""
+
+    retained_chars: Annotated[StrictInt, Field(ge=0, le=10_000_000)] = Field(
+        description="Characters of the suggestion still present when measured."
+    )
+    suggested_chars: Annotated[StrictInt, Field(ge=1, le=10_000_000)] = Field(
+        description="Characters the accepted suggestion inserted."
+    )
 
 
 class ScoresProperties(_Properties):
@@ -230,6 +242,13 @@ class SuggestionRejected(_NoPropsEvent):
     type: Literal["suggestion_rejected"]
 
 
+class SuggestionRetained(_EventBase):
+    """Sent by the application N seconds after an accept (or a kept edit): what survived."""
+
+    type: Literal["suggestion_retained"]
+    properties: RetainedProperties
+
+
 class ResultsShown(_EventBase):
     type: Literal["results_shown"]
     properties: ResultsShownProperties
@@ -291,6 +310,7 @@ UIEvent = Annotated[
     | SuggestionAccepted
     | SuggestionModified
     | SuggestionRejected
+    | SuggestionRetained
     | ResultsShown
     | ResultClicked
     | TicketOpened
@@ -319,6 +339,7 @@ EVENT_MODELS: dict[str, type[_EventBase]] = {
 RuleName = Literal[
     "engagement",
     "code_suggestion",
+    "code_retention",
     "search_clicks",
     "ticket_resolution",
     "explicit",
@@ -351,6 +372,9 @@ class Evidence(BaseModel):
     detail: str | None = None
 
 
+_NO_SHADOW: set[str] = {"shadow_rating"}
+
+
 class Decision(BaseModel):
     """One outbox record (DESIGN 5, contract): the verdict of one rule for one window."""
 
@@ -362,12 +386,28 @@ class Decision(BaseModel):
     session_id: str | None
     rule: RuleName
     rating: bool | None = Field(description="null where only scores are decided.")
+    shadow_rating: bool | None = Field(
+        default=None,
+        description="The rating the rule would have posted had an explicit rating not won "
+        "over it (DESIGN 4: explicit wins); recorded for calibration, never posted.  Absent "
+        "(null) in decisions written before it existed and wherever the rating stands.",
+    )
     scores: dict[str, int] = Field(default_factory=dict)
     window_start: datetime
     window_end: datetime
     decided_at: datetime
     signals: list[Evidence] = Field(default_factory=list)
     rule_version: int = Field(ge=1)
+
+    def outbox_json(self) -> bytes:
+        """The record written to the outbox.  ``shadow_rating`` is left out when it is null,
+        so a decision without one is byte for byte what versions before the field wrote, and
+        a worker of such a version (which forbids unknown fields) reading the outbox during a
+        rolling upgrade refuses only the decisions that carry a shadow (it dead-letters them
+        as ``invalid``): a shadow changes nothing Helicone stores, so nothing posted is lost."""
+        if self.shadow_rating is None:
+            return self.model_dump_json(exclude=_NO_SHADOW).encode()
+        return self.model_dump_json().encode()
 
     @property
     def target_id(self) -> str:

@@ -31,8 +31,10 @@ from worker.delivery import (
     DeliveryAttempted,
     DeliveryOutcome,
 )
+from worker.delivery_state import RatingPair
 from worker.events import EVENT_TYPES, Decision
 from worker.evidence import DROP_REASONS, DropReason
+from worker.rules import RULES
 
 __all__ = ["CONTENT_TYPE_LATEST", "CollectorMetrics", "Metrics"]
 
@@ -180,6 +182,22 @@ class Metrics:
             buckets=(0.5, 1, 2, 5, 7.5, 10, 15, 30, 60, 120, 300, 900, 3600),
             registry=r,
         )
+
+        self.rule_agreement = Counter(
+            "feedback_rule_agreement",
+            "Requests where an implicit rule's rating (posted, or kept as a shadow under the "
+            "explicit one) met the user's explicit rating, by rule and both ratings; counted "
+            "once per request and rule, when delivery merges the second of the two.",
+            ["rule", "implicit", "explicit"],
+            registry=r,
+        )
+        for rule, spec in RULES.items():
+            if spec.target == "request" and not spec.overrides_ratings and rule != "scores":
+                for implicit in ("true", "false"):
+                    for explicit in ("true", "false"):
+                        self.rule_agreement.labels(
+                            rule=rule, implicit=implicit, explicit=explicit
+                        )
 
         # ---- delivery (DESIGN 5, 9): fed by worker/delivery_engine.py
         self.delivery_attempts = Counter(
@@ -349,6 +367,14 @@ class Metrics:
         self.decisions.labels(rule=decision.rule, rating=rating).inc()
         end_ms = decision.window_end.timestamp() * 1000
         self.decision_delay.labels(rule=decision.rule).observe(max(0.0, (now_ms - end_ms) / 1000))
+
+    def observe_agreement(self, pair: RatingPair) -> None:
+        """An implicit rating met an explicit one (:func:`worker.delivery_state.new_pairs`)."""
+        self.rule_agreement.labels(
+            rule=pair.rule,
+            implicit=str(pair.implicit).lower(),
+            explicit=str(pair.explicit).lower(),
+        ).inc()
 
     def set_rocksdb_memory(self, per_kind: dict[str, int]) -> None:
         for kind, size in per_kind.items():

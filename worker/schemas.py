@@ -52,6 +52,10 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "suggestion_accepted": _example("suggestion_accepted", 10),
     "suggestion_modified": _example("suggestion_modified", 11),
     "suggestion_rejected": _example("suggestion_rejected", 12),
+    # numbered last: it was added after the others, whose files keep their timestamps
+    "suggestion_retained": _example(
+        "suggestion_retained", 21, {"retained_chars": 311, "suggested_chars": 420}
+    ),
     "results_shown": _example(
         "results_shown", 13, {"result_count": 10, "result_ids": ["doc-1", "doc-2", "doc-3"]}
     ),

@@ -17,9 +17,9 @@ account for.  Paths, exactly as checked:
   window that way (worker/rules/, worker/windows.py ``_close``):
 
   - engagement: equal positive and negative signals give no verdict, hence no decision;
-  - code suggestion: a ``suggestion_shown`` with no action; an action only when the request
-    has an explicit rating (which suppresses the window's rating, and there are no scores);
-  - ticket resolution: only when the request has an explicit rating (same reason);
+  - code suggestion: a ``suggestion_shown`` with no action (an action under an explicit
+    rating still makes a decision: the suppressed rating is kept as its ``shadow_rating``);
+  - ticket resolution: never (it always rates, under an explicit rating as a shadow);
   - search clicks: never (its ``click_through_rate`` score always makes a decision);
   - instant and forwarded rules (explicit, session feedback, scores): never.
 
@@ -100,7 +100,6 @@ def account(
         late_ids[doc["event_id"]].append(doc)
     cited: dict[str, list[Decision]] = defaultdict(list)
     covering: dict[tuple[str, str], list[Decision]] = defaultdict(list)
-    explicit = {d.request_id for d in decisions if d.rule == "explicit"}
     for decision in decisions:
         for evidence in decision.signals:
             if evidence.event_id:
@@ -157,7 +156,7 @@ def account(
             ledger.late += 1
             continue
         if any(
-            _may_end_undecided(accepted, explicit) and _no_decision_covers(accepted, covering)
+            _may_end_undecided(accepted) and _no_decision_covers(accepted, covering)
             for _, accepted in members
         ):
             ledger.no_decision += 1
@@ -185,17 +184,14 @@ def account(
     return ledger
 
 
-def _may_end_undecided(accepted: Accepted, explicit: set[str | None]) -> bool:
+def _may_end_undecided(accepted: Accepted) -> bool:
     """Whether the event's rule can close a window holding it without any decision."""
     event = accepted.event
     rule = RULE_FOR_TYPE[event.type].name
-    overridden = event.request_id in explicit
     if rule == "engagement":
         return True
     if rule == "code_suggestion":
-        return event.type == "suggestion_shown" or overridden
-    if rule == "ticket_resolution":
-        return overridden
+        return event.type == "suggestion_shown"
     return False
 
 

@@ -490,6 +490,19 @@ def test_dashboard_only_queries_exported_metrics() -> None:
         assert family in used, family
 
 
+def test_dashboard_shows_calibration_against_thumbs() -> None:
+    """Issue 16: agreement and the precision of true and false ratings, per rule."""
+    calibration = [
+        (title, expr)
+        for title, expr in dashboard_exprs()
+        if "feedback_rule_agreement_total" in metric_names(expr)
+    ]
+    titles = {title for title, _ in calibration}
+    assert {"Agreement with thumbs by rule (time range)", "Precision of true ratings by rule",
+            "Precision of false ratings by rule"} <= titles
+    assert all("by (rule)" in expr for _, expr in calibration)
+
+
 def test_dashboard_ids_and_layout() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["uid"] == "feedback-worker"

@@ -243,7 +243,31 @@ def test_explicit_rating_wins_over_open_windows_but_scores_stay() -> None:
     assert run.one("explicit").rating is False
     engagement = run.one("engagement")
     assert engagement.rating is None and engagement.scores == {"time_spent_s": 60}
-    assert run.by_rule("code_suggestion") == []  # no rating and no scores: nothing to send
+    assert engagement.shadow_rating is True  # copied: what the rule would have posted
+    code = run.one("code_suggestion")  # kept for calibration: a shadow, nothing to send
+    assert (code.rating, code.shadow_rating, code.scores) == (None, True, {})
+
+
+def test_a_window_the_rule_leaves_undecided_has_no_shadow() -> None:
+    run = run_all(
+        [
+            ev("suggestion_shown", 0),
+            ev("feedback_given", 1_000, rating=True),
+        ]
+    )
+    assert run.by_rule("code_suggestion") == []  # no action: nothing to shadow either
+
+
+def test_the_shadow_does_not_depend_on_arrival_order() -> None:
+    events = [
+        ev("response_shown", 0),
+        ev("response_regenerated", 1_000),
+        ev("human_requested", 2_000),
+        ev("feedback_given", 3_000, rating=True),
+    ]
+    for order in (events, events[::-1], [events[3], events[0], events[2], events[1]]):
+        engagement = run_all(list(order)).one("engagement")
+        assert (engagement.rating, engagement.shadow_rating) == (None, False)
 
 
 def test_explicit_after_a_window_ended_does_not_override_it() -> None:
@@ -254,12 +278,15 @@ def test_explicit_after_a_window_ended_does_not_override_it() -> None:
             ev("feedback_given", 3_000, rating=True),
         ]
     )
-    assert run.one("code_suggestion").rating is False
+    code = run.one("code_suggestion")
+    assert (code.rating, code.shadow_rating) == (False, None)  # decided first: it stands
 
 
 def test_explicit_wins_when_it_arrives_before_the_opener() -> None:
     run = run_all([ev("feedback_given", 2_000, rating=True), ev("response_shown", 0)])
-    assert run.one("engagement").rating is None
+    engagement = run.one("engagement")
+    assert engagement.rating is None
+    assert engagement.shadow_rating is True  # 60 s on the answer: long_read
 
 
 # --------------------------------------------------------------------------- ordering

@@ -401,7 +401,7 @@ class Windows:
                 await self.send(
                     self.outbox_topic,
                     decision.target_id.encode(),
-                    decision.model_dump_json().encode(),
+                    decision.outbox_json(),
                 )
             )
             self.metrics.observe_decision(decision, now_ms=now_ms)

@@ -6,6 +6,7 @@ Map of the package::
     _base.py              Signal, Verdict, RuleSpec and evaluate(): the shape of every rule
     engagement.py         response_shown + 60 s: positive and negative kinds, corrections
     code_suggestion.py    suggestion_shown + 30 s: the first action decides
+    code_retention.py     suggestion_retained: at once; retained_pct, optionally false
     search_clicks.py      results_shown + 5 min: any click; click-through rate
     ticket_resolution.py  ticket_opened + 24 h: resolved and not reopened
     explicit.py           feedback_given: at once; wins over implicit ratings
@@ -25,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from worker.rules import (
+    code_retention,
     code_suggestion,
     engagement,
     explicit,
@@ -69,6 +71,7 @@ RULES: Mapping[str, RuleSpec[Any]] = MappingProxyType(
         for spec in (
             engagement.RULE,
             code_suggestion.RULE,
+            code_retention.RULE,
             search_clicks.RULE,
             ticket_resolution.RULE,
             explicit.RULE,

@@ -47,6 +47,9 @@ class RuleConfig:
     #: Normalised texts are cut to this many characters before the similarity test, which
     #: bounds both the state kept per message and difflib's quadratic cost.
     repeat_max_chars: int = 1_000
+    #: A ``suggestion_retained`` whose ``retained_pct`` is below this rates the request false
+    #: (accepted, then mostly deleted); None (the default) never rates, only scores.
+    code_retained_min_pct: int | None = None
 
     def __post_init__(self) -> None:
         problems = [
@@ -67,6 +70,8 @@ class RuleConfig:
         ]
         if self.short_read_ms > self.long_read_ms:
             problems.append("short_read_ms must not exceed long_read_ms")
+        if self.code_retained_min_pct is not None and not 0 <= self.code_retained_min_pct <= 100:
+            problems.append("code_retained_min_pct must be in [0, 100]")
         if not 0.0 < self.repeat_similarity <= 1.0:
             problems.append("repeat_similarity must be in (0, 1]")
         if isinstance(self.correction_phrases, str):

@@ -50,7 +50,9 @@ Semantics the DESIGN leaves open, as decided here:
   decision's tombstone (which carries e) lives until stream time passes
   e + grace + ``retention_ms``, so every opener that could be overridden and arrives within
   grace still finds it.  A window opened more than ``retention_ms`` after the explicit
-  rating is treated as a new interaction and rated normally.
+  rating is treated as a new interaction and rated normally.  A suppressed rating is not
+  lost: the window's decision carries it as ``shadow_rating`` (rating null), which
+  calibration compares with the explicit one and delivery never posts.
 * **Instant decisions** (explicit, session feedback) are made in the step that processes the
   event; their window is the event's instant, so two different events of one key at the same
   millisecond would share a decision id: the second is reported late (``window_closed``).

@@ -367,7 +367,9 @@ class Transitions:
     def _close(self, key: str, state: KeyState, w: Window) -> None:
         """Decide ``w`` and leave its tombstone.  The rule folds the anchor and its own
         signals; attached events merge into the scores; an override suppresses the rating
-        but not the scores; no decision when there is neither a rating nor a score."""
+        but not the scores, and the suppressed rating is kept as the decision's
+        ``shadow_rating`` (for calibration; delivery never posts it); no decision when there
+        is neither a rating, a shadow nor a score."""
         spec = RULES[w.rule]
         own = [s for s in w.signals if s.type not in self._attached]
         forwarded = [s for s in w.signals if s.type in self._attached]
@@ -376,10 +378,13 @@ class Transitions:
         verdict = evaluate(spec, anchor, own, closed_at_ms=end, config=self._cfg)
         suppressed = w.explicit_ms is not None and w.explicit_ms <= end
         rating = None if verdict is None or suppressed else verdict.rating
+        shadow = verdict.rating if verdict is not None and suppressed else None
         scores, forwarded_evidence = scores_rule.merge(
             verdict.scores if verdict is not None else {}, forwarded
         )
-        if (verdict is not None or forwarded) and (rating is not None or scores):
+        if (verdict is not None or forwarded) and (
+            rating is not None or shadow is not None or scores
+        ):
             evidence = (
                 list(verdict.evidence)
                 if verdict is not None
@@ -408,6 +413,7 @@ class Transitions:
                 evidence=evidence,
                 session_id=w.session_id,
                 request_id=key,
+                shadow_rating=shadow,
             )
         ids = [w.anchor.event_id, *(s.event_id for s in w.signals)]
         self._entomb(state, w.rule, w.start, w.nominal_end, ids)
@@ -509,6 +515,7 @@ class Transitions:
         evidence: list[Evidence],
         session_id: str | None,
         request_id: str | None,
+        shadow_rating: bool | None = None,
     ) -> None:
         target_id = self._routing(key)
         self._decisions.append(
@@ -519,6 +526,7 @@ class Transitions:
                 session_id=target_id if spec.target == "session" else session_id,
                 rule=spec.name,
                 rating=rating,
+                shadow_rating=shadow_rating,
                 scores=scores,
                 window_start=utc(start),
                 window_end=utc(end),

@@ -225,6 +225,8 @@ export function createFeedback(o: FeedbackOptions): FeedbackClient {
     rate: (requestId, up) => track(requestId, "feedback_given", { rating: up }),
     rateSession: (sessionId, up) => track(null, "session_feedback_given", { rating: up }, { session_id: sessionId }),
     suggestion: (requestId, outcome) => track(requestId, `suggestion_${outcome}`),
+    retained: (requestId, retainedChars, suggestedChars) =>
+      track(requestId, "suggestion_retained", { retained_chars: retainedChars, suggested_chars: suggestedChars }),
     pageLeft: (requestId = lastShown) => track(requestId ?? null, "page_left"),
     // The handler ignores the event object: the copied text is never read.
     watchCopy: (el, requestId) => listen(el, ["copy"], () => track(requestId, "response_copied")),

@@ -21,6 +21,7 @@ export interface EventProperties {
   suggestion_accepted: NoProperties;
   suggestion_modified: NoProperties;
   suggestion_rejected: NoProperties;
+  suggestion_retained: { retained_chars: number; suggested_chars: number };
   results_shown: { result_count: number; result_ids?: string[] | null };
   result_clicked: { result_id?: string | null; position?: number | null };
   ticket_opened: { ticket_id: string };
@@ -132,6 +133,13 @@ export interface FeedbackClient {
   rateSession(sessionId: string, up: boolean): string | null;
   /** A code suggestion was shown, accepted, modified or rejected. */
   suggestion(requestId: string, outcome: SuggestionOutcome): string | null;
+  /**
+   * Some seconds after an accept (or a kept edit), how many of the suggestion's
+   * `suggestedChars` characters are still there (`retainedChars`, integers,
+   * `suggestedChars` >= 1). The application measures it; the worker turns it into
+   * the score `retained_pct`.
+   */
+  retained(requestId: string, retainedChars: number, suggestedChars: number): string | null;
   /** The user left; `requestId` defaults to the last answer passed to `shown`. */
   pageLeft(requestId?: string): string | null;
   /**

@@ -22,3 +22,7 @@ fb.track(rid, "response_liked");
 fb.track(rid, "response_copied", { text: "copied" });
 // @ts-expect-error unknown outcome
 fb.suggestion(rid, "ignored");
+fb.retained(rid, 311, 420);
+fb.track(rid, "suggestion_retained", { retained_chars: 0, suggested_chars: 1 });
+// @ts-expect-error suggested_chars is required
+fb.track(rid, "suggestion_retained", { retained_chars: 3 });

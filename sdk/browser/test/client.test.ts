@@ -408,6 +408,7 @@ describe("helpers", () => {
     fb.suggestion(RID, "accepted");
     fb.suggestion(RID, "modified");
     fb.suggestion(RID, "rejected");
+    fb.retained(RID, 311, 420);
     fb.shown(RID2);
     fb.pageLeft();
     fb.track(RID, "results_shown", { result_count: 3 });
@@ -418,11 +419,16 @@ describe("helpers", () => {
       ["suggestion_accepted", RID],
       ["suggestion_modified", RID],
       ["suggestion_rejected", RID],
+      ["suggestion_retained", RID],
       ["response_shown", RID2],
       ["page_left", RID2],
       ["results_shown", RID],
       ["score_reported", RID],
     ]);
+    expect(c.events().find((e) => e.type == "suggestion_retained")!.properties).toEqual({
+      retained_chars: 311,
+      suggested_chars: 420,
+    });
     for (const e of c.events()) {
       expect(e.event_id).toMatch(UUID);
       expect(e.occurred_at).toMatch(ISO);

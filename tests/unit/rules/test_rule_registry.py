@@ -17,6 +17,7 @@ from worker.rules import (
     RULE_FOR_TYPE,
     RULES,
     RuleConfig,
+    code_retention,
     code_suggestion,
     engagement,
     explicit,
@@ -42,6 +43,7 @@ def test_rules_match_the_decision_contract() -> None:
     for module in (
         engagement,
         code_suggestion,
+        code_retention,
         search_clicks,
         ticket_resolution,
         explicit,
@@ -63,6 +65,7 @@ def test_window_lengths_come_from_the_config() -> None:
     assert lengths == {
         "engagement": 1,
         "code_suggestion": 2,
+        "code_retention": 0,
         "search_clicks": 3,
         "ticket_resolution": 4,
         "explicit": 0,
@@ -90,6 +93,7 @@ def test_facade_all_matches_namespace() -> None:
     for module in (
         engagement,
         code_suggestion,
+        code_retention,
         search_clicks,
         ticket_resolution,
         explicit,
