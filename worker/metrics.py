@@ -32,8 +32,9 @@ from worker.delivery import (
     DeliveryOutcome,
 )
 from worker.events import EVENT_TYPES, Decision
+from worker.prompts import PROMPT_REASONS, SUPPRESSIONS
 
-__all__ = ["CONTENT_TYPE_LATEST", "CollectorMetrics", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "CollectorMetrics", "Metrics", "PromptMetrics"]
 
 _INVALID_REASONS = (
     "not_json",
@@ -57,6 +58,7 @@ class Metrics:
         # process_resident_memory_bytes, process_cpu_seconds_total, open fds: the standard
         # process series, to read RSS next to feedback_rocksdb_memory_bytes.
         ProcessCollector(registry=r)
+        self.prompts = PromptMetrics(r)
         self.events = Counter(
             "feedback_events", "Valid events accepted by ingest, by type.", ["type"], registry=r
         )
@@ -372,6 +374,45 @@ _COLLECTOR_ERRORS = (
     # (a request line or header too long, too many headers); see worker/collector/server.py.
     "malformed_request",
 )
+
+
+class PromptMetrics:
+    """Feedback prompts (worker.prompts): candidates seen, prompts sent, and why the others
+    were not; labels are the closed sets of reasons and suppressions."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.candidates = Counter(
+            "feedback_prompt_candidates",
+            "Requests whose early signals said dissatisfied (one candidate per request), "
+            "by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.sent = Counter(
+            "feedback_prompts",
+            "Prompts written to the feedback-prompts topic (first sends), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.suppressed = Counter(
+            "feedback_prompts_suppressed",
+            "Candidates that did not become prompts: cooldown (the audience was asked within "
+            "PROMPT_COOLDOWN_S), stale (expired before decided), no_audience (no user or "
+            "session id).",
+            ["why"],
+            registry=r,
+        )
+        self.invalid = Counter(
+            "feedback_prompt_candidates_invalid",
+            "Records on the internal candidates topic that did not parse (skipped).",
+            registry=r,
+        )
+        for reason in PROMPT_REASONS:
+            self.candidates.labels(reason=reason)
+            self.sent.labels(reason=reason)
+        for why in SUPPRESSIONS:
+            self.suppressed.labels(why=why)
 
 
 class CollectorMetrics:
