@@ -358,7 +358,7 @@ class Metrics:
 
 
 #: Statuses the collector answers on /v1/events (DESIGN 11), pre-created as label values.
-_COLLECTOR_STATUSES = ("202", "204", "400", "401", "403", "408", "413", "429", "503")
+_COLLECTOR_STATUSES = ("200", "202", "204", "400", "401", "403", "408", "413", "429", "503")
 _COLLECTOR_ERRORS = (
     "not_json",
     "not_a_batch",
@@ -370,6 +370,7 @@ _COLLECTOR_ERRORS = (
     "too_many_events",
     "rate_limited",
     "broker_unavailable",
+    "missing_audience",
     # Not a JSON error code: aiohttp itself answered 400 to a request it could not parse
     # (a request line or header too long, too many headers); see worker/collector/server.py.
     "malformed_request",
@@ -450,6 +451,17 @@ class CollectorMetrics:
             "feedback_collector_request_duration_seconds",
             "Time to answer a POST to /v1/events, including the broker's acknowledgement.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.prompts_served = Counter(
+            "feedback_collector_prompts_served",
+            "Feedback prompts handed to browsers (in a batch answer or GET /v1/prompts); a "
+            "prompt is offered until it expires, so one prompt may count more than once.",
+            registry=r,
+        )
+        self.prompts_skipped = Counter(
+            "feedback_collector_prompt_records_skipped",
+            "Records of the prompts topic not kept: unparsable, without audience or expired.",
             registry=r,
         )
         self.producer_ready = Gauge(

@@ -1,6 +1,6 @@
-"""Feedback prompts in the real worker on the real broker: dissatisfied journeys become prompt
-records on ``feedback-prompts`` before their windows close, and the cooldown lets one per user
-through (issue 16, part 4)."""
+"""Feedback prompts on the real broker: in the real worker, dissatisfied journeys become prompt
+records on ``feedback-prompts`` before their windows close and the cooldown lets one per user
+through; in the collector, every replica serves a user their prompt (issue 16, part 4)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
+from tests.fixtures.collector import WRITE_KEY as KEY
+from tests.fixtures.collector import CollectorFactory
 from tests.fixtures.kafka import produce, read_topic
 from tests.fixtures.worker import TestTopics, WorkerProcess
 from worker.devtools.traffic import iso
@@ -88,3 +91,45 @@ def test_dissatisfied_journeys_prompt_once_per_user_before_windows_close(
     assert (c.request_id, c.reason, c.user_id) == (r[3], "human_requested", None)
     samples = worker.metrics()
     assert samples[("feedback_prompts_suppressed_total", (("why", "cooldown"),))] == 1
+
+
+async def test_every_collector_replica_serves_a_prompt_to_its_user_only(
+    kafka_bootstrap: str, collector_factory: CollectorFactory
+) -> None:
+    """Two collectors, no consumer group: each reads every partition of the prompts topic, so
+    whichever one a browser reaches has its prompt, and nobody else's."""
+    topic = f"feedback-prompts-{uuid.uuid4().hex[:8]}"
+    now = int(time.time() * 1000)
+    record = PromptRecord.build(
+        request_id=str(uuid.uuid4()),
+        reason="regenerated",
+        user_id="user-a",
+        session_id="s-a",
+        signal_ms=now,
+        ttl_ms=600_000,
+    )
+    await produce(kafka_bootstrap, topic, [(b"user:user-a", record.model_dump_json().encode())])
+    async with (
+        collector_factory(topic_prompts=topic) as (one, _),
+        collector_factory(topic_prompts=topic) as (two, _),httpx.AsyncClient() as client
+    ):
+        for running in (one, two):
+            assert running.feed is not None
+            await asyncio.wait_for(running.feed.assigned.wait(), 30)
+            got = await _poll(client, running.url, "user-a")
+            assert [p["prompt_id"] for p in got] == [record.prompt_id]
+            other = await client.get(
+                f"{running.url}/v1/prompts", params={"key": KEY, "user_id": "user-b"}
+            )
+            assert other.json() == {"prompts": []}
+
+
+async def _poll(client: httpx.AsyncClient, url: str, user: str) -> list[dict[str, Any]]:
+    """GET /v1/prompts until it has something (the feed reads in the background)."""
+    deadline = time.monotonic() + 20
+    while True:
+        response = await client.get(f"{url}/v1/prompts", params={"key": KEY, "user_id": user})
+        prompts: list[dict[str, Any]] = response.json()["prompts"]
+        if prompts or time.monotonic() > deadline:
+            return prompts
+        await asyncio.sleep(0.2)
