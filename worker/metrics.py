@@ -58,7 +58,6 @@ class Metrics:
         # process_resident_memory_bytes, process_cpu_seconds_total, open fds: the standard
         # process series, to read RSS next to feedback_rocksdb_memory_bytes.
         ProcessCollector(registry=r)
-        self.prompts = PromptMetrics(r)
         self.events = Counter(
             "feedback_events", "Valid events accepted by ingest, by type.", ["type"], registry=r
         )
@@ -295,6 +294,8 @@ class Metrics:
             self.delivery_delivered.labels(target=target)
         for state in ("delivered", "pending"):
             self.delivery_duplicates.labels(state=state)
+        #: Feedback prompts' series (worker.prompts), listed after the others.
+        self.prompts = PromptMetrics(r)
 
     def set_consumer_lag(self, lags: dict[tuple[str, int], tuple[int, float]]) -> None:
         """Lag per owned (topic, partition): records behind the high watermark, and the age

@@ -236,6 +236,8 @@ def _series(owner: object) -> Iterator[MetricWrapperBase]:
     for value in vars(owner).values():
         if isinstance(value, MetricWrapperBase):
             yield value
+        elif type(value).__module__ == "worker.metrics":  # a group such as PromptMetrics
+            yield from _series(value)
 
 
 def _metric_rows(owner: object) -> str:
