@@ -401,7 +401,7 @@ class PromptMetrics:
             "feedback_prompts_suppressed",
             "Candidates that did not become prompts: cooldown (the audience was asked within "
             "PROMPT_COOLDOWN_S), stale (expired before decided), no_audience (no user or "
-            "session id).",
+            "session id), not_queued (the producer refused the candidate).",
             ["why"],
             registry=r,
         )

@@ -114,3 +114,28 @@ def test_cooldown_agent_drops_stale_candidates_by_the_injected_clock() -> None:
     asyncio.run(prompts.on_candidate(candidate(1, 0).model_dump_json().encode(), table))
     assert sent["prompts"] == [] and table == {}
     assert counter(prompts, "suppressed", why="stale") == 1
+
+
+def test_a_candidate_the_producer_refuses_never_blocks_the_event() -> None:
+    prompts, sent = make()
+
+    async def refuse(key: bytes, value: bytes) -> None:
+        raise RuntimeError("buffer full")
+
+    prompts.send_candidate = refuse
+
+    async def next_stage(partition: int, accepted: Accepted, ack: Any, read_ms: Any = None) -> None:
+        sent["next"].append(accepted)
+
+    async def ack() -> None:
+        return None
+
+    stage = prompts.wrap(next_stage)
+    event = ev("human_requested", 0)
+
+    async def go() -> None:
+        await stage(0, event, ack)
+
+    asyncio.run(go())
+    assert sent["next"] == [event]
+    assert counter(prompts, "suppressed", why="not_queued") == 1

@@ -123,7 +123,11 @@ class Prompts:
             return
         # Queued, not awaited: the producer sends it within its linger, long before the
         # input record's ack (at the windows' next flush) lets the offset be committed.
-        await self.send_candidate(audience.encode(), candidate.model_dump_json().encode())
+        try:
+            await self.send_candidate(audience.encode(), candidate.model_dump_json().encode())
+        except Exception as exc:  # a prompt is worth less than the rating: never block it
+            self.metrics.suppressed.labels(why="not_queued").inc()
+            log.warning("could not queue a prompt candidate: %s", type(exc).__name__)
 
     async def on_candidate(self, value: bytes | None, table: Any) -> None:
         """One record of the candidates topic, inside its partition's stream event."""

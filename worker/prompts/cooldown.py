@@ -48,8 +48,9 @@ __all__ = [
 #: prompt expired before it could be decided.
 Outcome = Literal["send", "resend", "cooldown", "stale"]
 #: Why a candidate did not go out (``feedback_prompts_suppressed_total{why}``);
-#: ``no_audience``: neither a user nor a session id, so nobody could be asked.
-SUPPRESSIONS: tuple[str, ...] = ("cooldown", "stale", "no_audience")
+#: ``no_audience``: neither a user nor a session id, so nobody could be asked;
+#: ``not_queued``: the producer refused the candidate (the event itself goes on).
+SUPPRESSIONS: tuple[str, ...] = ("cooldown", "stale", "no_audience", "not_queued")
 
 
 @dataclass(frozen=True, slots=True)
