@@ -16,7 +16,12 @@ import json
 import uuid
 from collections.abc import Callable
 
-from tests.e2e.test_browser_to_helicone import SDK, browser_test, page
+from tests.e2e.test_browser_to_helicone import (  # noqa: F401 (a fixture)
+    SDK,
+    browser_available,
+    browser_test,
+    page,
+)
 from tests.fixtures.collector import WRITE_KEY, CollectorFactory
 from tests.fixtures.worker import TestTopics, WorkerProcess
 from worker.devtools.broker import free_port
@@ -43,12 +48,22 @@ async def test_a_regenerated_answer_comes_back_to_the_page_as_one_prompt(
         browser = await asyncio.create_subprocess_exec(
             "node", str(SDK / "e2e" / "prompts.mjs"), "--endpoint", running.url,
             "--write-key", WRITE_KEY, "--request-id", request_id, "--user-id", "e2e-user",
-            "--page-port", str(page_port), "--timeout-ms", "25000",
+            "--page-port", str(page_port), "--timeout-ms", "30000",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(browser.communicate(), timeout=60)
+        box = running.collector.prompts
+        collector_saw = {  # for the failure message
+            "feed reading": running.feed is not None and running.feed.assigned.is_set(),
+            "prompts held": len(box) if box is not None else None,
+        }
     report = json.loads(out or b"{}")
-    assert browser.returncode == 0, (report, err.decode()[-2000:], worker.logs()[-2000:])
+    assert browser.returncode == 0, (
+        report,
+        err.decode()[-2000:],
+        {"prompts written": worker.metric_sum("feedback_prompts_total"), **collector_saw},
+        worker.logs()[-2000:],
+    )
     assert report["errors"] == [] and report["pending"] == [], report
     [prompt] = report["prompts"]  # once, though the collector offers it until it expires
     assert prompt["request_id"] == request_id

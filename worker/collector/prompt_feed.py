@@ -2,7 +2,8 @@
 
 Each collector replica must be able to answer for any user (a load balancer sends a browser
 to any of them), so each one reads *all* partitions itself, with no group and no committed
-offsets: on start it reads the topic from the beginning, and the
+offsets (aiokafka assigns every partition of a topic subscribed without a group): on start it
+reads the topic from the beginning, and the
 :class:`~worker.collector.prompt_box.PromptBox` drops what expired (prompts live minutes,
 ``PROMPT_TTL_S``, and the topic is small: at most one prompt per user per cooldown).  A topic
 that does not exist yet (the worker creates it) is waited for.  Failures are retried with
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from worker.kafka import client_kwargs
 
@@ -26,9 +27,12 @@ if TYPE_CHECKING:
     from worker.collector.prompt_box import PromptBox
     from worker.config import Settings
 
-__all__ = ["PromptFeed"]
+__all__ = ["TOPIC_POLL_S", "PromptFeed"]
 
 log = logging.getLogger(__name__)
+
+#: How soon to look again for a prompts topic that does not exist yet.
+TOPIC_POLL_S = 2.0
 
 
 @dataclass
@@ -42,7 +46,7 @@ class PromptFeed:
     on_skipped: Callable[[], None] = lambda: None
     retry_cap_s: float = 10.0
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
-    #: Set once every partition is assigned and read from the beginning (for tests).
+    #: Set once the topic's partitions are assigned (for tests and diagnostics).
     assigned: asyncio.Event = field(default_factory=asyncio.Event)
 
     def start(self) -> None:
@@ -71,6 +75,13 @@ class PromptFeed:
             delay_s = min(self.retry_cap_s, delay_s * 2)
 
     async def _read(self) -> None:
+        """Read the topic until cancelled or a failure.
+
+        It waits until the topic is listed (a full metadata request, which creates nothing)
+        and only then subscribes: a subscription to a missing topic would let a broker that
+        auto-creates topics create it with its own partition count.  Without a group,
+        aiokafka assigns every partition of a subscribed topic, new ones included, and with
+        nothing committed each starts at the beginning."""
         topic = self.settings.topic_prompts
         consumer = AIOKafkaConsumer(
             group_id=None,
@@ -80,17 +91,13 @@ class PromptFeed:
         )
         await consumer.start()
         try:
-            partitions = None
-            while not partitions:
-                if topic in await consumer.topics():  # refreshes the metadata
-                    partitions = consumer.partitions_for_topic(topic)
-                if not partitions:
-                    await asyncio.sleep(1.0)
-            consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
-            await consumer.seek_to_beginning()
-            self.assigned.set()
+            while topic not in await consumer.topics():
+                await asyncio.sleep(TOPIC_POLL_S)
+            consumer.subscribe([topic])
             while True:
                 batch = await consumer.getmany(timeout_ms=1_000)
+                if consumer.assignment():
+                    self.assigned.set()
                 now_ms = self.clock_ms()
                 for records in batch.values():
                     for record in records:

@@ -75,6 +75,18 @@ export function createFeedback(o: FeedbackOptions): FeedbackClient {
   let checking: ReturnType<typeof setTimeout> | undefined;
   let who: EventContext = { user_id: o.user_id, session_id: o.session_id };
 
+  /**
+   * Checks for prompts `ms`, then 2x and 4x that, after an acknowledged batch (the
+   * worker needs a moment to decide); a newer batch starts the series again.
+   */
+  function check(ms: number): void {
+    if (checking !== undefined) clearTimeout(checking);
+    checking = stopped || ms > checkMs * 4 ? undefined : setTimeout(() => {
+      void checkPrompts();
+      check(ms * 2);
+    }, ms);
+  }
+
   /** One GET of this client's pending prompts (the last user and session it tracked). */
   async function checkPrompts(): Promise<void> {
     const q = new URLSearchParams({ key: o.writeKey });
@@ -117,11 +129,7 @@ export function createFeedback(o: FeedbackOptions): FeedbackClient {
       fails = 0;
       remove(events);
       hub.deliver(a.prompts);
-      if (checkMs > 0 && hub.subs.size && checking === undefined && !stopped)
-        checking = setTimeout(() => {
-          checking = undefined;
-          void checkPrompts();
-        }, checkMs);
+      if (checkMs > 0 && hub.subs.size) check(checkMs);
       if (a.invalid > 0)
         report({ reason: "invalid", status: s, message: `collector found ${a.invalid} of ${events.length} events invalid`, events });
       return true;

@@ -125,7 +125,8 @@ export interface FeedbackOptions extends EventContext {
   onPrompt?: (prompt: FeedbackPrompt) => void;
   /**
    * While anyone subscribes to prompts: ask the collector for them this long
-   * after each acknowledged batch (one GET, the worker needs a moment to decide).
+   * after each acknowledged batch, and again after 2x and 4x as long (three GETs:
+   * the worker needs a moment to decide); a newer batch starts again.
    * Default 3000; 0 for never (prompts then come only with batch answers).
    */
   promptCheckMs?: number;

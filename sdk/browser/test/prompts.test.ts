@@ -57,7 +57,7 @@ describe("feedback prompts", () => {
     expect(b).toEqual([prompt()]);
   });
 
-  it("checks once, promptCheckMs after an acknowledged batch, for the tracked user and session", async () => {
+  it("checks promptCheckMs after an acknowledged batch, then twice more, for the tracked user and session", async () => {
     const c = fakeCollector();
     c.prompts.list = [prompt()];
     const got: FeedbackPrompt[] = [];
@@ -70,6 +70,9 @@ describe("feedback prompts", () => {
     await vi.advanceTimersByTimeAsync(1);
     expect(c.gets).toEqual([`${EP}/v1/prompts?key=wk_1&user_id=u-1&session_id=s+1`]);
     expect(got.map((p) => p.request_id)).toEqual([RID]);
+    await vi.advanceTimersByTimeAsync(6000 + 12000 + 60000);
+    expect(c.gets).toHaveLength(3); // at 3, 9 and 21 s, then no more until the next batch
+    expect(got).toHaveLength(1); // offered every time, delivered once
   });
 
   it("never asks without a subscriber, and skips malformed, expired and already-seen prompts", async () => {
