@@ -5,9 +5,11 @@ through; in the collector, every replica serves a user their prompt (issue 16, p
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -133,3 +135,40 @@ async def _poll(client: httpx.AsyncClient, url: str, user: str) -> list[dict[str
         if prompts or time.monotonic() > deadline:
             return prompts
         await asyncio.sleep(0.2)
+
+
+def test_the_cooldown_survives_a_restart_with_the_local_state_wiped(
+    kafka_bootstrap: str,
+    topics: TestTopics,
+    worker_factory: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """The cooldown table is rebuilt from its changelog: after a restart without local state,
+    a second dissatisfied answer of the same user is still inside the cooldown.  (One record
+    per producer batch: Tansu's end offsets after multi-record batches cut a table's
+    recovery short, DESIGN 2.)"""
+    prompts_topic = f"feedback-prompts-{topics.suffix}"
+    settings = {"TOPIC_PROMPTS": prompts_topic, "KAFKA_PRODUCER_BATCH_BYTES": "1"}
+    state = tmp_path / "state"
+    worker = worker_factory(state_dir=state, **settings)
+    worker.wait_ready()
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    t = int(time.time() * 1000) - 10_000
+    asyncio.run(produce(kafka_bootstrap, topics.ui_events, [
+        event("human_requested", first, t, user="user-r", session="s-1"),
+    ]))
+    worker.wait_metric("feedback_prompts_total", lambda v: v == 1, timeout_s=30)
+    worker.stop()
+    shutil.rmtree(state, ignore_errors=True)
+
+    restarted = worker_factory(state_dir=state, **settings)
+    restarted.wait_ready()
+    asyncio.run(produce(kafka_bootstrap, topics.ui_events, [
+        event("human_requested", second, t + 60_000, user="user-r", session="s-2"),
+    ]))
+    restarted.wait_metric("feedback_prompts_suppressed_total", lambda v: v >= 1, timeout_s=30)
+    samples = restarted.metrics()
+    assert samples[("feedback_prompts_suppressed_total", (("why", "cooldown"),))] == 1
+    assert restarted.metric_sum("feedback_prompts_total") == 0
+    records = asyncio.run(read_topic(kafka_bootstrap, prompts_topic, expected=1, timeout_s=10))
+    assert {PromptRecord.model_validate_json(r.value).request_id for r in records} == {first}
