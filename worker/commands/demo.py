@@ -40,12 +40,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from worker.commands.demo_prompts import (
-    assign_users,
-    prompt_figures,
-    prompt_table,
-    read_prompts,
-)
+from worker.commands.demo_prompts import assign_users, prompt_report
 from worker.config import Settings
 from worker.delivery_state import FeedbackState, calls_for, merge
 from worker.devtools.traffic import Journey, Windows, generate, hostile_record
@@ -243,11 +238,8 @@ async def _run(
                 console.print(_collector_share(progress, collector_url))
         console.print()
         found = await _read_outbox(settings)
-        prompts = prompt_figures(
-            journeys,
-            await read_prompts(settings),
-            candidates=_total(samples, "feedback_prompt_candidates_total"),
-        )
+        candidates = _total(samples, "feedback_prompt_candidates_total")
+        prompts = await prompt_report(settings, journeys, candidates=candidates)
         stored_ok, stored_table = True, None
         if receiver is not None:
             await receiver.settle()  # Helicone's next batch, without its ingestion delay
@@ -257,7 +249,7 @@ async def _run(
     if stored_table is not None:
         console.print(stored_table)
         ok = ok and stored_ok
-    console.print(prompt_table(prompts, cooldown_s=settings.prompt_cooldown_s))
+    console.print(prompts)
     console.print(
         "[bold green]every intended rating was decided as intended"
         if ok

@@ -34,6 +34,7 @@ __all__ = [
     "PromptFigures",
     "assign_users",
     "prompt_figures",
+    "prompt_report",
     "prompt_table",
     "read_prompts",
 ]
@@ -143,3 +144,9 @@ async def read_prompts(settings: Settings, timeout_s: float = 20) -> list[Prompt
     finally:
         await consumer.stop()
     return found
+
+
+async def prompt_report(settings: Settings, journeys: list[Journey], *, candidates: int) -> Table:
+    """The table the demo prints: the prompts topic read back and counted."""
+    figures = prompt_figures(journeys, await read_prompts(settings), candidates=candidates)
+    return prompt_table(figures, cooldown_s=settings.prompt_cooldown_s)
