@@ -25,6 +25,7 @@ from faust.web import Request, Response, View
 
 from worker.agents.deliver import install_delivery
 from worker.agents.ingest import Ack, Ingest
+from worker.agents.prompts import register_prompts
 from worker.agents.windows import (
     CAUGHT_UP_HEADER,
     TICK_HEADER,
@@ -211,6 +212,16 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         on_failure=lambda exc: asyncio.ensure_future(app.crash(exc)),
     )
 
+    liveness = Liveness(clock=clock, on_crash=metrics.agent_crashed)
+    next_stage = register_prompts(
+        app,
+        windows.on_event,
+        settings=settings,
+        rules=rule_config(settings),
+        metrics=metrics.prompts,
+        clock=clock,
+        supervise=lambda name, agent: supervised(name, agent, liveness),
+    )
     ingest = Ingest(
         limits=IngestLimits(
             max_event_bytes=settings.max_event_bytes,
@@ -223,7 +234,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         invalid_topic=settings.topic_invalid,
         rekey_topic=rekey_topic_name(settings),
         send=send,
-        next_stage=windows.on_event,
+        next_stage=next_stage,
         defer_ack=windows.hold,
         metrics=metrics,
         clock=clock,
@@ -273,8 +284,6 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
                 headers=list(message.headers or ()),
                 ack=ack,
             )
-
-    liveness = Liveness(clock=clock, on_crash=metrics.agent_crashed)
 
     # The input and rekeyed topics skip Faust's per-record delivery
     # (worker.faust_compat.intake): no conductor, so their records never wait behind the

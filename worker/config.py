@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     """Decisions."""
     topic_dlq: TopicName = "feedback-dlq"
     """Decisions Helicone refused for good."""
+    topic_prompts: TopicName = "feedback-prompts"
+    """Feedback prompts: "ask this user for a thumbs on this answer now"."""
 
     # ---- ingest
     max_event_bytes: int = Field(default=65_536, ge=256, le=16 * 1024 * 1024)
@@ -158,6 +160,17 @@ class Settings(BaseSettings):
     code_retained_min_pct: int | None = Field(default=None, ge=0, le=100)
     """Code retention: a suggestion_retained below this retained_pct rates the request false
     (accepted, then mostly deleted).  Unset (the default): retention is only a score."""
+
+    # ---- feedback prompts (worker.prompts)
+    prompts_enabled: bool = True
+    """Write a prompt record when early signals say dissatisfied (correction, regenerate,
+    human requested, quick exit), at most one per user (else session) per cooldown."""
+    prompt_cooldown_s: PositiveSeconds = 86_400.0
+    """At most one prompt per user (else session) per this many seconds of event time; a day,
+    so a daily user is asked at most once a day however many answers disappoint them."""
+    prompt_ttl_s: PositiveSeconds = 600.0
+    """A prompt expires this long after its signal: a worker catching up on a backlog drops
+    older ones (stale), and the collector and SDK stop offering it."""
 
     # ---- Helicone and delivery
     helicone_api_key: SecretStr | None = None

@@ -29,12 +29,14 @@ if TYPE_CHECKING:
 __all__ = [
     "DELIVERY_STATE_TABLE",
     "DELIVERY_TABLES",
+    "PROMPT_COOLDOWN_TABLE",
     "TopicPlan",
     "changelog_topic_name",
     "client_kwargs",
     "delivery_retry_topic_name",
     "ensure_topics",
     "input_backlog",
+    "prompt_candidates_topic_name",
     "rekey_topic_name",
     "topic_plan",
 ]
@@ -129,6 +131,20 @@ def topic_plan(settings: Settings) -> list[TopicPlan]:
             TopicPlan(changelog_topic_name(settings, table), n, True, _COMPACTED)
             for table in (WINDOWS_TABLE, *DELIVERY_TABLES)
         ),
+        *_prompt_topics(settings),
+    ]
+
+
+def _prompt_topics(settings: Settings) -> list[TopicPlan]:
+    """Feedback prompts (worker.agents.prompts): the candidates, re-keyed by audience, are
+    co-partitioned with the cooldown table's changelog; the prompts topic is an output."""
+    if not settings.prompts_enabled:
+        return []
+    n = settings.topic_partitions
+    return [
+        TopicPlan(prompt_candidates_topic_name(settings), n, True, {}),
+        TopicPlan(changelog_topic_name(settings, PROMPT_COOLDOWN_TABLE), n, True, _COMPACTED),
+        TopicPlan(settings.topic_prompts, n, False, {}),
     ]
 
 
@@ -149,6 +165,15 @@ _COMPACTED = {"cleanup.policy": "compact"}
 def delivery_retry_topic_name(settings: Settings) -> str:
     """Internal topic for due retries, forwarded decisions and dedupe sweeps."""
     return f"{settings.worker_group_id}-delivery-retry"
+
+
+#: The prompts cooldown table: audience key -> the last prompt sent to it.
+PROMPT_COOLDOWN_TABLE = "prompt-cooldown"
+
+
+def prompt_candidates_topic_name(settings: Settings) -> str:
+    """Internal topic of prompt candidates, keyed by audience (user, else session)."""
+    return f"{settings.worker_group_id}-prompt-candidates"
 
 
 def changelog_topic_name(settings: Settings, table: str) -> str:

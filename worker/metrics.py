@@ -34,9 +34,10 @@ from worker.delivery import (
 from worker.delivery_state import RatingPair
 from worker.events import EVENT_TYPES, Decision
 from worker.evidence import DROP_REASONS, DropReason
+from worker.prompts import PROMPT_REASONS, SUPPRESSIONS
 from worker.rules import RULES
 
-__all__ = ["CONTENT_TYPE_LATEST", "CollectorMetrics", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "CollectorMetrics", "Metrics", "PromptMetrics"]
 
 _INVALID_REASONS = (
     "not_json",
@@ -313,6 +314,8 @@ class Metrics:
             self.delivery_delivered.labels(target=target)
         for state in ("delivered", "pending"):
             self.delivery_duplicates.labels(state=state)
+        #: Feedback prompts' series (worker.prompts), listed after the others.
+        self.prompts = PromptMetrics(r)
 
     def _evidence_series(self, r: CollectorRegistry) -> None:
         """The evidence lane's series (HELICONE_EVIDENCE_PROPERTIES); its calls are counted
@@ -416,7 +419,7 @@ class Metrics:
 
 
 #: Statuses the collector answers on /v1/events (DESIGN 11), pre-created as label values.
-_COLLECTOR_STATUSES = ("202", "204", "400", "401", "403", "408", "413", "429", "503")
+_COLLECTOR_STATUSES = ("200", "202", "204", "400", "401", "403", "408", "413", "429", "503")
 _COLLECTOR_ERRORS = (
     "not_json",
     "not_a_batch",
@@ -428,10 +431,50 @@ _COLLECTOR_ERRORS = (
     "too_many_events",
     "rate_limited",
     "broker_unavailable",
+    "missing_audience",
     # Not a JSON error code: aiohttp itself answered 400 to a request it could not parse
     # (a request line or header too long, too many headers); see worker/collector/server.py.
     "malformed_request",
 )
+
+
+class PromptMetrics:
+    """Feedback prompts (worker.prompts): candidates seen, prompts sent, and why the others
+    were not; labels are the closed sets of reasons and suppressions."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.candidates = Counter(
+            "feedback_prompt_candidates",
+            "Requests whose early signals said dissatisfied (one candidate per request), "
+            "by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.sent = Counter(
+            "feedback_prompts",
+            "Prompts written to the feedback-prompts topic (first sends), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.suppressed = Counter(
+            "feedback_prompts_suppressed",
+            "Candidates that did not become prompts: cooldown (the audience was asked within "
+            "PROMPT_COOLDOWN_S), stale (expired before decided), no_audience (no user or "
+            "session id), not_queued (the producer refused the candidate).",
+            ["why"],
+            registry=r,
+        )
+        self.invalid = Counter(
+            "feedback_prompt_candidates_invalid",
+            "Records on the internal candidates topic that did not parse (skipped).",
+            registry=r,
+        )
+        for reason in PROMPT_REASONS:
+            self.candidates.labels(reason=reason)
+            self.sent.labels(reason=reason)
+        for why in SUPPRESSIONS:
+            self.suppressed.labels(why=why)
 
 
 class CollectorMetrics:
@@ -469,6 +512,17 @@ class CollectorMetrics:
             "feedback_collector_request_duration_seconds",
             "Time to answer a POST to /v1/events, including the broker's acknowledgement.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.prompts_served = Counter(
+            "feedback_collector_prompts_served",
+            "Feedback prompts handed to browsers (in a batch answer or GET /v1/prompts); a "
+            "prompt is offered until it expires, so one prompt may count more than once.",
+            registry=r,
+        )
+        self.prompts_skipped = Counter(
+            "feedback_collector_prompt_records_skipped",
+            "Records of the prompts topic not kept: unparsable, without audience or expired.",
             registry=r,
         )
         self.producer_ready = Gauge(

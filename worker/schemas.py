@@ -13,8 +13,9 @@ import orjson
 from pydantic import TypeAdapter
 
 from worker.events import EVENT_MODELS, EVENT_TYPES, Decision, UIEvent
+from worker.prompts import PromptRecord
 
-__all__ = ["EXAMPLES", "check", "render", "write"]
+__all__ = ["EXAMPLES", "PROMPT_EXAMPLE", "check", "render", "write"]
 
 _REQUEST = "5f2b8c1e-3d4a-4b6c-9e7f-1a2b3c4d5e6f"
 _SESSION = "chat-session-42"
@@ -75,6 +76,16 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 assert tuple(EXAMPLES) == EVENT_TYPES
 
+#: An example record of the ``feedback-prompts`` topic (docs/feedback-prompts.md).
+PROMPT_EXAMPLE = PromptRecord.build(
+    request_id=_REQUEST,
+    reason="regenerated",
+    user_id=_USER,
+    session_id=_SESSION,
+    signal_ms=1_795_338_006_000,  # the response_regenerated example's event time
+    ttl_ms=600_000,
+)
+
 
 def _dump(document: Any) -> str:
     return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
@@ -97,6 +108,13 @@ def render() -> dict[str, str]:
             }
         ),
     }
+    files["prompt.schema.json"] = _dump(
+        {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            **PromptRecord.model_json_schema(),
+        }
+    )
+    files["prompt-example.json"] = _dump(PROMPT_EXAMPLE.model_dump(mode="json"))
     for type_, model in EVENT_MODELS.items():
         files[f"events/{type_}.schema.json"] = _dump(
             {"$schema": "https://json-schema.org/draft/2020-12/schema", **model.model_json_schema()}

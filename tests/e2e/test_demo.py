@@ -47,3 +47,6 @@ def test_demo_runs_checks_and_exits_0() -> None:
     assert "/v1/events" in output and "Through the collector (" in output
     for rule in ("engagement", "code_suggestion", "search_clicks"):
         assert rule in output
+    # the feedback prompts report: asking every time against asking on early signs
+    assert "Feedback prompts: ask only when it matters" in output
+    assert "ask after every answer" in output and "per 100 answers shown" in output

@@ -88,3 +88,14 @@ def test_health_imports_only_the_standard_library() -> None:
         "'prometheus_client', 'aiohttp'} and m not in {'worker', 'worker.health'}))"
     )
     assert run_probe(probe) == "[]"
+
+
+def test_prompts_core_imports_no_io_libraries() -> None:
+    """Feedback prompts' detection and cooldown are pure (issue 16): the adapter
+    (worker.agents.prompts) does the Faust and Kafka work."""
+    probe = (
+        "import sys, worker.prompts; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        f"set({sorted(IO_LIBRARIES | {'aiohttp'})!r})))"
+    )
+    assert run_probe(probe) == "[]"

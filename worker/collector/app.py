@@ -4,6 +4,7 @@ Routes (DESIGN 11)::
 
     POST    /v1/events   a batch of events; 202 {"accepted", "invalid"} once all are acked
     OPTIONS /v1/events   CORS preflight
+    GET     /v1/prompts  the caller's pending feedback prompts (worker.collector.prompt_box)
     GET     /healthz     the process serves requests
     GET     /readyz      the producer is started and the broker answers
     GET     /metrics     Prometheus text format (the collector's own registry)
@@ -35,11 +36,20 @@ from aiohttp.typedefs import Handler
 from worker.collector.batch import Batch, BatchLimits, Refusal, parse_batch, refusal
 from worker.collector.policy import Origins, RateLimiter, WriteKeys, presented_key
 from worker.collector.producer import BatchWriter, BrokerUnavailable
+from worker.collector.prompt_box import PromptBox, audience_keys, batch_audiences
 from worker.metrics import CONTENT_TYPE_LATEST, CollectorMetrics
 
-__all__ = ["BROKER_RETRY_AFTER_S", "EVENTS_PATH", "Collector", "build_app", "read_body"]
+__all__ = [
+    "BROKER_RETRY_AFTER_S",
+    "EVENTS_PATH",
+    "PROMPTS_PATH",
+    "Collector",
+    "build_app",
+    "read_body",
+]
 
 EVENTS_PATH = "/v1/events"
+PROMPTS_PATH = "/v1/prompts"
 #: What a 503 tells the client to wait: long enough for a broker failover or a restart,
 #: short enough that a page's pending events still leave before the user does.
 BROKER_RETRY_AFTER_S = 5
@@ -66,6 +76,8 @@ class Collector:
     body_timeout_s: float = 10.0
     #: Why the collector can never become ready (a topic mismatch), or None.
     fatal: Callable[[], str | None] = lambda: None
+    #: Recent feedback prompts by audience (None: PROMPTS_ENABLED=false, no prompts served).
+    prompts: PromptBox | None = None
 
     # ---- POST /v1/events
 
@@ -79,7 +91,16 @@ class Collector:
                 response.force_close()  # the rest of the body is not read: drop it
             error: str | None = outcome.error
         else:
-            response = _json({"accepted": outcome.accepted, "invalid": outcome.invalid}, 202)
+            document: dict[str, object] = {
+                "accepted": outcome.accepted,
+                "invalid": outcome.invalid,
+            }
+            pending = self._prompts_for(
+                batch_audiences(value for valid, _, value in outcome.records if valid)
+            )
+            if pending:  # only when there are some: the answer stays as it was otherwise
+                document["prompts"] = pending
+            response = _json(document, 202)
             error = None
         response.headers.update(self.origins.headers(origin))
         self.metrics.observe_request(
@@ -134,6 +155,47 @@ class Collector:
             if last:
                 return last[:64]
         return request.remote or "unknown"
+
+    # ---- feedback prompts
+
+    def _prompts_for(self, keys: list[str]) -> list[dict[str, object]]:
+        if self.prompts is None or not keys:
+            return []
+        pending = self.prompts.pending(keys, now_ms=self.clock_ms())
+        if pending:
+            self.metrics.prompts_served.inc(len(pending))
+        return pending
+
+    async def get_prompts(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/prompts?key=&user_id=&session_id=``: the caller's pending prompts, judged
+        like a POST (origin, rate, write key) and answering only for the ids it names."""
+        origin = request.headers.get("Origin")
+        outcome = self._judge_read(request, origin)
+        if isinstance(outcome, Refusal):
+            response = error_response(outcome)
+            error: str | None = outcome.error
+        else:
+            response = _json({"prompts": self._prompts_for(outcome)}, 200)
+            error = None
+        response.headers.update(self.origins.headers(origin))
+        self.metrics.observe_request(response.status, error=error, duration_s=None)
+        return response
+
+    def _judge_read(self, request: web.Request, origin: str | None) -> list[str] | Refusal:
+        if not self.origins.permits(origin):
+            return refusal("origin_not_allowed", "this Origin may not read prompts")
+        wait_s = self.limiter.take(self._client_address(request))
+        if wait_s is not None:
+            return refusal("rate_limited", "too many requests", retry_after_s=wait_s)
+        denied = self.keys.check(
+            presented_key(request.query.get("key"), request.headers.get("Authorization"))
+        )
+        if denied is not None:
+            return denied
+        keys = audience_keys(request.query.get("user_id"), request.query.get("session_id"))
+        if not keys:
+            return refusal("missing_audience", "name a user_id or a session_id (1-128 chars)")
+        return keys
 
     # ---- OPTIONS /v1/events
 
@@ -192,6 +254,8 @@ def build_app(collector: Collector) -> web.Application:
     app = web.Application(middlewares=[typed_routing_errors])
     app.router.add_post(EVENTS_PATH, collector.post_events)
     app.router.add_route("OPTIONS", EVENTS_PATH, collector.preflight)
+    if collector.prompts is not None:
+        app.router.add_get(PROMPTS_PATH, collector.get_prompts)
     app.router.add_get("/healthz", collector.healthz)
     app.router.add_get("/readyz", collector.readyz)
     app.router.add_get("/metrics", collector.metrics_page)

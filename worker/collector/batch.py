@@ -60,6 +60,7 @@ ErrorCode = Literal[
     "too_many_events",  # more than COLLECTOR_MAX_EVENTS events in one batch
     "rate_limited",  # this client address is over COLLECTOR_RATE_PER_S
     "broker_unavailable",  # not connected, or the broker did not acknowledge every record
+    "missing_audience",  # GET /v1/prompts without a user_id or session_id (1-128 chars)
 ]
 
 #: The HTTP status of each error (DESIGN 11); the one place the mapping lives.
@@ -74,6 +75,7 @@ STATUS: Final[dict[ErrorCode, int]] = {
     "too_many_events": 413,
     "rate_limited": 429,
     "broker_unavailable": 503,
+    "missing_audience": 400,
 }
 
 

@@ -27,6 +27,8 @@ from worker.collector.app import Collector, build_app
 from worker.collector.batch import BatchLimits
 from worker.collector.policy import Origins, RateLimiter, WriteKeys
 from worker.collector.producer import KafkaBatchWriter
+from worker.collector.prompt_box import PromptBox
+from worker.collector.prompt_feed import PromptFeed
 from worker.config import Settings
 from worker.errors import TopicMismatchError
 from worker.ingest import IngestLimits
@@ -120,6 +122,8 @@ class RunningCollector:
     writer: KafkaBatchWriter
     host: str
     port: int
+    #: The reader of the prompts topic (None: PROMPTS_ENABLED=false).
+    feed: PromptFeed | None = None
 
     @property
     def url(self) -> str:
@@ -134,6 +138,8 @@ class RunningCollector:
     async def stop(self) -> None:
         """Stop taking requests, then close the producer (after in-flight batches)."""
         await self.runner.cleanup()
+        if self.feed is not None:
+            await self.feed.stop()
         await self.writer.stop()
 
 
@@ -164,6 +170,7 @@ def build_collector(
         trust_forwarded_for=settings.collector_trust_forwarded_for,
         body_timeout_s=settings.collector_body_timeout_s,
         fatal=lambda: writer.fatal,
+        prompts=PromptBox() if settings.prompts_enabled else None,
     )
 
 
@@ -198,8 +205,17 @@ async def start_collector(
     await site.start()
     port = int(runner.addresses[0][1])
     writer.start()
+    feed = None
+    if collector.prompts is not None:
+        feed = PromptFeed(
+            settings,
+            collector.prompts,
+            clock_ms=collector.clock_ms,
+            on_skipped=metrics.prompts_skipped.inc,
+        )
+        feed.start()
     log.info("collector listening on %s:%d", settings.collector_host, port)
-    return RunningCollector(runner, collector, writer, settings.collector_host, port)
+    return RunningCollector(runner, collector, writer, settings.collector_host, port, feed)
 
 
 async def serve(settings: Settings, *, create_topics: bool = True) -> None:

@@ -40,6 +40,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from worker.commands.demo_prompts import assign_users, prompt_report
 from worker.config import Settings
 from worker.delivery_state import FeedbackState, calls_for, merge
 from worker.devtools.traffic import Journey, Windows, generate, hostile_record
@@ -208,6 +209,7 @@ async def _run(
                     windows=SHAPE,
                     seed=seed,
                 )
+                assign_users(journeys, seed=seed)  # so the prompts' cooldown has work
                 progress.journeys = len(journeys)
                 async with httpx.AsyncClient(timeout=3) as http:
                     with Live(
@@ -236,6 +238,8 @@ async def _run(
                 console.print(_collector_share(progress, collector_url))
         console.print()
         found = await _read_outbox(settings)
+        candidates = _total(samples, "feedback_prompt_candidates_total")
+        prompts = await prompt_report(settings, journeys, candidates=candidates)
         stored_ok, stored_table = True, None
         if receiver is not None:
             await receiver.settle()  # Helicone's next batch, without its ingestion delay
@@ -245,6 +249,7 @@ async def _run(
     if stored_table is not None:
         console.print(stored_table)
         ok = ok and stored_ok
+    console.print(prompts)
     console.print(
         "[bold green]every intended rating was decided as intended"
         if ok

@@ -236,6 +236,8 @@ def _series(owner: object) -> Iterator[MetricWrapperBase]:
     for value in vars(owner).values():
         if isinstance(value, MetricWrapperBase):
             yield value
+        elif type(value).__module__ == "worker.metrics":  # a group such as PromptMetrics
+            yield from _series(value)
 
 
 def _metric_rows(owner: object) -> str:
@@ -331,6 +333,7 @@ def schemas_page() -> str:
         "  `type`;\n"
         "- `events/<type>.schema.json`: one per type;\n"
         "- `decision.schema.json`: the record on `feedback-outbox`;\n"
+        "- `prompt.schema.json` and `prompt-example.json`: the record on `feedback-prompts`;\n"
         "- `examples/<type>.json` and `examples/all.jsonl`: one valid example per type.\n\n"
         "How to send events: [the event contract](../sending/contract.md).\n",
     ]
@@ -363,6 +366,10 @@ def schemas_page() -> str:
     if "Evidence" in defs:
         out.append("\nEach entry of `signals`:\n\n")
         out.append(_property_rows(defs["Evidence"], defs, skip=set()))
+    prompt = json.loads((SCHEMAS_DIR / "prompt.schema.json").read_text(encoding="utf-8"))
+    out.append("\n## The prompt record (`feedback-prompts`)\n\n")
+    out.append(_property_rows(prompt, prompt.get("$defs", {}), skip=set()))
+    out.append("\nWhat it is for: [Ask only when it matters](../beyond/prompts.md).\n")
     return "".join(out)
 
 

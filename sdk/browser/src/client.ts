@@ -14,8 +14,9 @@
  * - The stored copy is rewritten after every change of the queue.
  */
 import { adopt, save } from "./storage.js";
-import { beacon as sendBeacon, body, chunk, post, retryAfterMs } from "./transport.js";
+import { beacon as sendBeacon, body, chunk, getPrompts, post, retryAfterMs } from "./transport.js";
 import { isRequestId, uuid } from "./ids.js";
+import { promptHub } from "./prompts.js";
 import type {
   EventContext,
   EventType,
@@ -38,7 +39,9 @@ function defaultStorage(): KeyValueStorage | null {
 
 /** Creates a client; see `FeedbackOptions` for the defaults. */
 export function createFeedback(o: FeedbackOptions): FeedbackClient {
-  const url = `${o.endpoint.replace(/\/+$/, "")}/v1/events?key=${encodeURIComponent(o.writeKey)}`;
+  const ep = o.endpoint.replace(/\/+$/, "");
+  const wk = encodeURIComponent(o.writeKey);
+  const url = `${ep}/v1/events?key=${wk}`;
   const interval = o.flushIntervalMs ?? 5000;
   const maxBatch = o.maxBatch ?? 50;
   const maxQueue = o.maxQueue ?? 500;
@@ -66,6 +69,31 @@ export function createFeedback(o: FeedbackOptions): FeedbackClient {
   let beaconed = new Set<string>(); // event ids handed to the browser since the page was last visible
 
   const persist = () => save(kv, key, queue);
+  const hub = promptHub(kv, `fbp:${o.writeKey}`);
+  if (o.onPrompt) hub.subs.add(o.onPrompt);
+  const checkMs = o.promptCheckMs ?? 3000;
+  let checking: ReturnType<typeof setTimeout> | undefined;
+  let who: EventContext = { user_id: o.user_id, session_id: o.session_id };
+
+  /**
+   * Checks for prompts `ms`, then 2x and 4x that, after an acknowledged batch (the
+   * worker needs a moment to decide); a newer batch starts the series again.
+   */
+  function check(ms: number): void {
+    if (checking !== undefined) clearTimeout(checking);
+    checking = stopped || ms > checkMs * 4 ? undefined : setTimeout(() => {
+      void checkPrompts();
+      check(ms * 2);
+    }, ms);
+  }
+
+  /** One GET of this client's pending prompts (the last user and session it tracked). */
+  async function checkPrompts(): Promise<void> {
+    const q = new URLSearchParams({ key: o.writeKey });
+    if (who.user_id) q.set("user_id", who.user_id);
+    if (who.session_id) q.set("session_id", who.session_id);
+    if (hub.subs.size && (who.user_id || who.session_id)) hub.deliver(await getPrompts(`${ep}/v1/prompts?${q}`));
+  }
 
   /** Appends, enforcing `maxQueue` by dropping (and reporting) the oldest. */
   function add(events: FeedbackEvent[]): void {
@@ -100,6 +128,8 @@ export function createFeedback(o: FeedbackOptions): FeedbackClient {
     if (s >= 200 && s < 300) {
       fails = 0;
       remove(events);
+      hub.deliver(a.prompts);
+      if (checkMs > 0 && hub.subs.size) check(checkMs);
       if (a.invalid > 0)
         report({ reason: "invalid", status: s, message: `collector found ${a.invalid} of ${events.length} events invalid`, events });
       return true;
@@ -166,6 +196,7 @@ export function createFeedback(o: FeedbackOptions): FeedbackClient {
     if (requestId != null) e.request_id = requestId;
     if (session) e.session_id = session;
     if (user) e.user_id = user;
+    if (user || session) who = { user_id: user, session_id: session };
     const bad =
       type == "session_feedback_given"
         ? !session && "a session_id"
@@ -215,9 +246,15 @@ export function createFeedback(o: FeedbackOptions): FeedbackClient {
       await flush();
       stopped = true;
       if (timer !== undefined) clearTimeout(timer);
+      if (checking !== undefined) clearTimeout(checking);
       for (const u of unlisten) u?.();
     },
     pending: () => queue.slice(),
+    onPrompt(fn) {
+      hub.subs.add(fn);
+      return () => void hub.subs.delete(fn);
+    },
+    checkPrompts,
     shown(requestId, promptText) {
       lastShown = requestId;
       return track(requestId, "response_shown", promptText == null ? {} : { prompt_text: promptText.slice(0, 16384) });

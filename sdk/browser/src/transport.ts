@@ -50,6 +50,8 @@ export interface Answer {
   retryAfter: string | null;
   /** Events the collector counted `invalid` in a 2xx answer. */
   invalid: number;
+  /** The `prompts` of a 2xx answer (unchecked: see prompts.ts). */
+  prompts?: unknown;
 }
 
 /** A request that hangs this long counts as failed, so one stuck request cannot stall the queue. */
@@ -65,16 +67,29 @@ export async function post(url: string, data: string): Promise<Answer> {
       signal: typeof AbortSignal != "undefined" && AbortSignal.timeout ? AbortSignal.timeout(TIMEOUT_MS) : undefined,
     });
     let invalid = 0;
+    let prompts: unknown;
     if (r.ok) {
       try {
-        invalid = +(await r.json()).invalid || 0;
+        const j = await r.json();
+        invalid = +j.invalid || 0;
+        prompts = j.prompts;
       } catch {
         // A 2xx without the JSON body still means accepted.
       }
     }
-    return { status: r.status, retryAfter: r.headers.get("Retry-After"), invalid };
+    return { status: r.status, retryAfter: r.headers.get("Retry-After"), invalid, prompts };
   } catch {
     return { status: 0, retryAfter: null, invalid: 0 };
+  }
+}
+
+/** GETs `url` (a simple request: no preflight) and returns its JSON `prompts`; never throws. */
+export async function getPrompts(url: string): Promise<unknown> {
+  try {
+    const r = await fetch(url, { credentials: "omit" });
+    return r.ok ? (await r.json()).prompts : undefined;
+  } catch {
+    return undefined;
   }
 }
 

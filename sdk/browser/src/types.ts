@@ -71,6 +71,27 @@ export interface FeedbackError {
   events: FeedbackEvent[];
 }
 
+/** Why the worker thinks the user is dissatisfied with an answer. */
+export type PromptReason = "correction" | "regenerated" | "human_requested" | "quick_exit";
+
+/**
+ * "Ask this user for a thumbs on this answer now" (schemas/prompt.schema.json).
+ * At most one per user (else session) per the worker's `PROMPT_COOLDOWN_S`.
+ */
+export interface FeedbackPrompt {
+  /** Stable per answer: the SDK delivers each at most once. */
+  prompt_id: string;
+  /** The answer to ask about; pass it to `rate()`. */
+  request_id: string;
+  reason: PromptReason;
+  user_id: string | null;
+  session_id: string | null;
+  /** RFC 3339: when the sign of dissatisfaction happened. */
+  signal_at: string;
+  /** RFC 3339: do not ask after this. */
+  expires_at: string;
+}
+
 /** The subset of `Storage` the queue needs (so tests and apps can pass their own). */
 export interface KeyValueStorage {
   getItem(key: string): string | null;
@@ -101,6 +122,15 @@ export interface FeedbackOptions extends EventContext {
   autoPageLeft?: boolean;
   /** Told about every event that is refused or dropped. Default: `console.warn`. */
   onError?: (error: FeedbackError) => void;
+  /** Subscribes to feedback prompts from the start (as `client.onPrompt`). */
+  onPrompt?: (prompt: FeedbackPrompt) => void;
+  /**
+   * While anyone subscribes to prompts: ask the collector for them this long
+   * after each acknowledged batch, and again after 2x and 4x as long (three GETs:
+   * the worker needs a moment to decide); a newer batch starts again.
+   * Default 3000; 0 for never (prompts then come only with batch answers).
+   */
+  promptCheckMs?: number;
 }
 
 /** `track`'s arguments after the type: properties are optional only when every key is. */
@@ -124,6 +154,14 @@ export interface FeedbackClient {
   shutdown(): Promise<void>;
   /** Events waiting for an acknowledgement (a copy). */
   pending(): FeedbackEvent[];
+  /**
+   * Calls `fn` with each feedback prompt for this client's user (else session),
+   * once; returns a function that unsubscribes. Ask for a thumbs then, and send
+   * it with `rate(prompt.request_id, up)`.
+   */
+  onPrompt(fn: (prompt: FeedbackPrompt) => void): () => void;
+  /** Asks the collector for pending prompts now (needs a `user_id` or `session_id`). */
+  checkPrompts(): Promise<void>;
 
   /** An answer was displayed; `promptText` is the user's prompt (truncated to 16384 chars). */
   shown(requestId: string, promptText?: string): string | null;

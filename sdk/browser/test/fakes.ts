@@ -21,7 +21,14 @@ export type Reply = number | "network" | "hang" | { status: number; headers?: Re
  */
 export function fakeCollector(...script: Reply[]) {
   const sent: Sent[] = [];
+  /** GET /v1/prompts: the URLs asked, and what each answer holds (tests may change it). */
+  const gets: string[] = [];
+  const prompts: { list: unknown[] } = { list: [] };
   const fetch = vi.fn(async (url: string, init: RequestInit) => {
+    if (init.method === undefined) {
+      gets.push(url);
+      return { status: 200, ok: true, headers: { get: () => null }, json: async () => ({ prompts: prompts.list }) };
+    }
     const body = String(init.body);
     sent.push({ url, body, keepalive: !!init.keepalive, batch: JSON.parse(body) });
     const r = script.shift() ?? 202;
@@ -40,7 +47,7 @@ export function fakeCollector(...script: Reply[]) {
     };
   });
   vi.stubGlobal("fetch", fetch);
-  return { sent, fetch, events: () => sent.flatMap((s) => s.batch.events) };
+  return { sent, gets, prompts, fetch, events: () => sent.flatMap((s) => s.batch.events) };
 }
 
 /** Installs `navigator.sendBeacon`, recording each Blob; `accept` decides its return value. */

@@ -60,3 +60,22 @@ describe("types match schemas/events", () => {
     });
   }
 });
+
+describe("FeedbackPrompt matches schemas/prompt.schema.json", () => {
+  const schema = JSON.parse(readFileSync(new URL("../../../schemas/prompt.schema.json", import.meta.url), "utf8")) as {
+    properties: Record<string, { enum?: string[] }>;
+    required: string[];
+  };
+  const block = /export interface FeedbackPrompt \{([\s\S]*?)\n\}/.exec(src)![1]!;
+  const fields = [...block.matchAll(/^\s*(\w+): /gm)].map((m) => m[1]!);
+
+  it("has exactly the schema's fields, all required", () => {
+    expect(fields.sort()).toEqual(Object.keys(schema.properties).sort());
+    expect([...schema.required].sort()).toEqual(fields.sort());
+  });
+
+  it("has exactly the schema's reasons", () => {
+    const reasons = /export type PromptReason = (.*);/.exec(src)![1]!.split("|").map((r) => r.trim().replace(/"/g, ""));
+    expect(reasons.sort()).toEqual([...schema.properties.reason!.enum!].sort());
+  });
+});
