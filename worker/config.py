@@ -162,9 +162,11 @@ class Settings(BaseSettings):
     (accepted, then mostly deleted).  Unset (the default): retention is only a score."""
 
     # ---- feedback prompts (worker.prompts)
-    prompts_enabled: bool = True
+    prompts_enabled: bool = False
     """Write a prompt record when early signals say dissatisfied (correction, regenerate,
-    human requested, quick exit), at most one per user (else session) per cooldown."""
+    human requested, quick exit), at most one per user (else session) per cooldown.  Off by
+    default: it adds a topic, a table and an agent, and is worth it only to an application
+    that shows the prompts (the collector and the SDK's ``onPrompt``)."""
     prompt_cooldown_s: PositiveSeconds = 86_400.0
     """At most one prompt per user (else session) per this many seconds of event time; a day,
     so a daily user is asked at most once a day however many answers disappoint them."""

@@ -38,11 +38,13 @@ async def test_a_regenerated_answer_comes_back_to_the_page_as_one_prompt(
     request_id = str(uuid.uuid4())
     prompts_topic = f"feedback-prompts-{topics.suffix}"
     worker = worker_factory(
-        TOPIC_PROMPTS=prompts_topic, ENGAGEMENT_WINDOW_S="600", IDLE_CLOSE_S="600"
+        TOPIC_PROMPTS=prompts_topic, PROMPTS_ENABLED="true", ENGAGEMENT_WINDOW_S="600",
+        IDLE_CLOSE_S="600",
     )
     async with collector_factory(
         topic_ui_events=topics.ui_events, topic_invalid=topics.invalid, topic_partitions=4,
-        topic_prompts=prompts_topic, collector_allowed_origins=page(page_port),
+        topic_prompts=prompts_topic, prompts_enabled=True,
+        collector_allowed_origins=page(page_port),
     ) as (running, _):
         await asyncio.to_thread(worker.wait_ready)
         browser = await asyncio.create_subprocess_exec(

@@ -52,7 +52,8 @@ def test_dissatisfied_journeys_prompt_once_per_user_before_windows_close(
     # A 600 s engagement window, and an idle close longer than the test: the prompts below
     # can only come from the early signals themselves, never from a closed window.
     worker = worker_factory(
-        TOPIC_PROMPTS=prompts_topic, ENGAGEMENT_WINDOW_S="600", IDLE_CLOSE_S="600"
+        TOPIC_PROMPTS=prompts_topic, PROMPTS_ENABLED="true", ENGAGEMENT_WINDOW_S="600",
+        IDLE_CLOSE_S="600",
     )
     worker.wait_ready()
     r = [str(uuid.uuid4()) for _ in range(5)]
@@ -112,8 +113,9 @@ async def test_every_collector_replica_serves_a_prompt_to_its_user_only(
     )
     await produce(kafka_bootstrap, topic, [(b"user:user-a", record.model_dump_json().encode())])
     async with (
-        collector_factory(topic_prompts=topic) as (one, _),
-        collector_factory(topic_prompts=topic) as (two, _),httpx.AsyncClient() as client
+        collector_factory(topic_prompts=topic, prompts_enabled=True) as (one, _),
+        collector_factory(topic_prompts=topic, prompts_enabled=True) as (two, _),
+        httpx.AsyncClient() as client,
     ):
         for running in (one, two):
             assert running.feed is not None
@@ -148,7 +150,9 @@ def test_the_cooldown_survives_a_restart_with_the_local_state_wiped(
     per producer batch: Tansu's end offsets after multi-record batches cut a table's
     recovery short, DESIGN 2.)"""
     prompts_topic = f"feedback-prompts-{topics.suffix}"
-    settings = {"TOPIC_PROMPTS": prompts_topic, "KAFKA_PRODUCER_BATCH_BYTES": "1"}
+    settings = {
+        "TOPIC_PROMPTS": prompts_topic, "PROMPTS_ENABLED": "true", "KAFKA_PRODUCER_BATCH_BYTES": "1"
+    }
     state = tmp_path / "state"
     worker = worker_factory(state_dir=state, **settings)
     worker.wait_ready()

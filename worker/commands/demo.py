@@ -179,8 +179,10 @@ async def _run(
             "HELICONE_BASE_URL": base_url,
             "HELICONE_API_KEY": real_key or DEMO_KEY,
             "LOG_FORMAT": "text",
+            "PROMPTS_ENABLED": "true",  # the demo reports prompts per 100 answers
         }
         settings = Settings(
+            prompts_enabled=True,
             kafka_bootstrap_servers=bootstrap,
             collector_write_keys=DEMO_WRITE_KEY,
             collector_host="127.0.0.1",
