@@ -26,13 +26,9 @@ from faust.web import Request, Response, View
 from worker.agents.deliver import install_delivery
 from worker.agents.ingest import Ack, Ingest
 from worker.agents.prompts import register_prompts
-from worker.agents.windows import (
-    CAUGHT_UP_HEADER,
-    TICK_HEADER,
-    WATERMARK_HEADER,
-    Windows,
-)
+from worker.agents.windows import Windows
 from worker.clock import Clock, SystemClock
+from worker.envelopes import CAUGHT_UP_HEADER, TICK_HEADER, WATERMARK_HEADER
 from worker.faust_compat import (
     Intake,
     TableIO,
@@ -105,10 +101,9 @@ class FeedbackApp:
     topics: dict[str, faust.TopicT] = field(default_factory=dict)
 
 
-def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
-    """Build the worker's Faust app from ``settings`` (nothing connects until it starts)."""
-    clock = clock or SystemClock()
-    app = faust.App(
+def _faust_app(settings: Settings) -> faust.App:
+    """The Faust app and how it talks to Kafka, its stores and its web server."""
+    return faust.App(
         settings.worker_group_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
         broker_credentials=_credentials(settings),
@@ -139,6 +134,12 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         web_in_thread=False,
         autodiscover=False,
     )
+
+
+def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
+    """Build the worker's Faust app from ``settings`` (nothing connects until it starts)."""
+    clock = clock or SystemClock()
+    app = _faust_app(settings)
     metrics = Metrics()
     readiness = Readiness()
     topics = {
@@ -223,12 +224,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         supervise=lambda name, agent: supervised(name, agent, liveness),
     )
     ingest = Ingest(
-        limits=IngestLimits(
-            max_event_bytes=settings.max_event_bytes,
-            tolerance_ms=int(settings.clock_skew_tolerance_s * 1000),
-            max_future_ms=int(settings.event_max_future_s * 1000),
-            max_age_ms=int(settings.event_max_age_s * 1000),
-        ),
+        limits=IngestLimits.from_settings(settings),
         partitions=settings.topic_partitions,
         input_topic=settings.topic_ui_events,
         invalid_topic=settings.topic_invalid,

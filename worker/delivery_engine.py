@@ -65,14 +65,13 @@ start property calls only when :meth:`Delivery.dispatch` finds no rating due now
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import heapq
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
@@ -101,6 +100,14 @@ from worker.delivery_state import (
     new_pairs,
     state_key,
 )
+from worker.envelopes import (
+    DLQ_REASON_HEADER,
+    KIND_HEADER,
+    REDRIVE_HEADER,
+    dead_letter_record,
+    has_header,
+)
+from worker.envelopes import header as _header
 from worker.errors import AuthRejected, ConfigError, PermanentDelivery, RetryableDelivery
 from worker.events import Decision, is_helicone_request_id
 from worker.kafka import delivery_retry_topic_name
@@ -114,26 +121,14 @@ if TYPE_CHECKING:
     from worker.metrics import Metrics
 
 __all__ = [
-    "DLQ_REASON_HEADER",
-    "KIND_HEADER",
-    "REDRIVE_HEADER",
     "TICK_INTERVAL_S",
     "Delivery",
     "DeliveryConfig",
     "KeyValueTable",
     "Poster",
-    "dead_letter_record",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Header naming what a retry-topic record is: ``forward``, ``result`` or ``sweep``.
-KIND_HEADER = "fw-delivery"
-#: Header on outbox records written by ``feedback-worker dlq redrive``: the decision's state
-#: is sent again even if merging it changes nothing.
-REDRIVE_HEADER = "fw-redrive"
-#: Header on dead-letter records: the reason, so tools can filter without parsing.
-DLQ_REASON_HEADER = "fw-dlq-reason"
 
 #: How often the timer refreshes the backlog metrics and looks for states to sweep.
 TICK_INTERVAL_S = 1.0
@@ -166,10 +161,6 @@ _RESULT_LINGER_S = 0.1
 _RESULTS_PER_RECORD = 500
 #: Settled states deleted per sweep record.
 _SWEEP_BATCH = 500
-#: Raw bytes of an undecodable outbox record kept in its dead-letter record.
-_MAX_DLQ_VALUE_BYTES = 65_536
-_MAX_MESSAGE_CHARS = 1_000
-
 RecordKind = Literal["forward", "result", "sweep"]
 #: Sends one record and waits for the broker's acknowledgement:
 #: (topic, key, value, partition or None, headers).
@@ -437,7 +428,7 @@ class Delivery:
                     [(KIND_HEADER, b"forward"), *_redrive_headers(headers)],
                 )
                 return
-        await self._merge(decision, partition, redrive=_has_header(headers, REDRIVE_HEADER))
+        await self._merge(decision, partition, redrive=has_header(headers, REDRIVE_HEADER))
 
     async def on_retry(
         self,
@@ -461,7 +452,7 @@ class Delivery:
                     offset=offset,
                 )
                 return
-            await self._merge(decision, partition, redrive=_has_header(headers, REDRIVE_HEADER))
+            await self._merge(decision, partition, redrive=has_header(headers, REDRIVE_HEADER))
         elif kind == b"result":
             try:
                 document = orjson.loads(value or b"{}")
@@ -1039,52 +1030,6 @@ _MAX_IDLE_S_MS = int(_MAX_IDLE_S * 1000)
 # --------------------------------------------------------------------------- records
 
 
-def dead_letter_record(
-    *,
-    decision_id: str | None,
-    decision: Mapping[str, Any] | None,
-    reason: DeadLetterReason,
-    message: str,
-    state: RetryState,
-    now_ms: int,
-    source: Mapping[str, Any] | None = None,
-    value: bytes | None = None,
-) -> dict[str, Any]:
-    """The ``feedback-dlq`` document: what, why, how often it was tried, what Helicone said.
-
-    ``last_body`` is the last error answer cut to 2 KiB (the client cuts it and removes any
-    echo of the key).  ``decision`` is the decision as it was on the outbox, so ``dlq
-    redrive`` can put it back; for a record that was not a decision at all, ``value_b64``
-    keeps its bytes instead and ``source`` says where it was.
-    """
-    record: dict[str, Any] = {
-        "decision_id": decision_id,
-        "reason": reason,
-        "message": message[:_MAX_MESSAGE_CHARS],
-        "attempts": state.attempts,
-        "last_status": state.last_status,
-        "last_endpoint": state.last_endpoint,
-        "last_body": state.last_body.encode("utf-8", "replace")[:2048].decode("utf-8", "ignore"),
-        "calls_done": list(state.done),
-        "first_attempt_at": _iso(state.first_attempt_ms),
-        "dead_lettered_at": _iso(now_ms),
-        "decision": dict(decision) if decision is not None else None,
-    }
-    if source is not None:
-        record["source"] = dict(source)
-    if value is not None or decision is None:
-        raw = value or b""
-        record["value_b64"] = base64.b64encode(raw[:_MAX_DLQ_VALUE_BYTES]).decode()
-        record["value_size"] = len(raw)
-    return record
-
-
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -1096,19 +1041,8 @@ def _partition_of(table_key: bytes) -> int:
     return int(table_key.split(b"/", 1)[0])
 
 
-def _header(headers: list[tuple[str, bytes]] | None, name: str) -> bytes | None:
-    for header, value in headers or ():
-        if header == name:
-            return value
-    return None
-
-
-def _has_header(headers: list[tuple[str, bytes]] | None, name: str) -> bool:
-    return _header(headers, name) is not None
-
-
 def _redrive_headers(headers: list[tuple[str, bytes]] | None) -> list[tuple[str, bytes]]:
-    return [(REDRIVE_HEADER, b"1")] if _has_header(headers, REDRIVE_HEADER) else []
+    return [(REDRIVE_HEADER, b"1")] if has_header(headers, REDRIVE_HEADER) else []
 
 
 def _parse_decision(value: bytes | None) -> Decision | None:

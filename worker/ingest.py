@@ -17,16 +17,16 @@ the broker, and no event can move stream time into the future.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import orjson
 from pydantic import ValidationError
 
 from worker.events import UI_EVENT_ADAPTER, UIEvent
+
+if TYPE_CHECKING:
+    from worker.config import Settings
 
 __all__ = [
     "Accepted",
@@ -35,10 +35,8 @@ __all__ = [
     "Invalid",
     "InvalidReason",
     "RecentIds",
-    "collector_invalid_record",
     "compute_event_time_ms",
     "inspect_record",
-    "invalid_record",
 ]
 
 InvalidReason = Literal[
@@ -58,6 +56,15 @@ class IngestLimits:
     tolerance_ms: int = 2_000
     max_future_ms: int = 300_000
     max_age_ms: int = 7 * 86_400_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IngestLimits:
+        return cls(
+            max_event_bytes=settings.max_event_bytes,
+            tolerance_ms=int(settings.clock_skew_tolerance_s * 1000),
+            max_future_ms=int(settings.event_max_future_s * 1000),
+            max_age_ms=int(settings.event_max_age_s * 1000),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,74 +174,6 @@ def _path(loc: tuple[int | str, ...], error_type: str) -> str:
     if error_type in {"union_tag_invalid", "union_tag_not_found"}:
         return "type"
     return ".".join(str(part) for part in loc[1:])
-
-
-def invalid_record(
-    invalid: Invalid,
-    *,
-    value: bytes | None,
-    key: bytes | None,
-    topic: str,
-    partition: int,
-    offset: int,
-    record_ts_ms: int,
-    max_value_bytes: int,
-) -> bytes:
-    """The JSON written to the invalid topic for one rejected record.
-
-    The original bytes travel base64-encoded.  For ``too_large`` only the first
-    ``max_value_bytes`` are kept (with the full size and a SHA-256), since copying a 10 MiB
-    value would exceed the broker's message limit; the source offset points at the rest.
-    """
-    source = {
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "timestamp_ms": record_ts_ms,
-    }
-    return _invalid_document(
-        invalid, value=value, key=key, source=source, max_value_bytes=max_value_bytes
-    )
-
-
-def collector_invalid_record(
-    invalid: Invalid, *, value: bytes, received_at_ms: int, max_value_bytes: int
-) -> bytes:
-    """The invalid-topic record for an event the HTTP collector refused (DESIGN 11).
-
-    Same document as :func:`invalid_record`, with ``source`` naming the collector instead of
-    a topic position.  The client address is withheld on purpose: the invalid topic is read
-    by people debugging producers, and an address is personal data they do not need.
-    """
-    source = {"collector": True, "timestamp_ms": received_at_ms}
-    return _invalid_document(
-        invalid, value=value, key=None, source=source, max_value_bytes=max_value_bytes
-    )
-
-
-def _invalid_document(
-    invalid: Invalid,
-    *,
-    value: bytes | None,
-    key: bytes | None,
-    source: dict[str, Any],
-    max_value_bytes: int,
-) -> bytes:
-    raw = value or b""
-    kept = raw[:max_value_bytes]
-    return orjson.dumps(
-        {
-            "reason": invalid.reason,
-            "message": invalid.message,
-            "errors": [{"path": e.path, "message": e.message} for e in invalid.errors],
-            "source": source,
-            "key_b64": base64.b64encode(key).decode() if key is not None else None,
-            "value_b64": base64.b64encode(kept).decode(),
-            "value_size": len(raw),
-            "value_truncated": len(kept) < len(raw),
-            "value_sha256": hashlib.sha256(raw).hexdigest(),
-        }
-    )
 
 
 class RecentIds:

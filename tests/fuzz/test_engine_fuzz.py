@@ -20,8 +20,9 @@ from tests.fuzz import strategies as fz
 from tests.fuzz.accounting import SentRecord, account
 from tests.unit.rules.eventkit import DictStore
 from worker.clock import FakeClock
+from worker.envelopes import invalid_record
 from worker.events import Decision
-from worker.ingest import Accepted, IngestLimits, Invalid, RecentIds, inspect_record, invalid_record
+from worker.ingest import Accepted, IngestLimits, Invalid, RecentIds, inspect_record
 from worker.partitioner import partition_for
 from worker.rules import RuleConfig
 from worker.windows import Outcome, WindowEngine

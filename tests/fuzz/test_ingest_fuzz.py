@@ -18,15 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz import strategies as fz
+from worker.envelopes import invalid_record
 from worker.events import UI_EVENT_ADAPTER, is_helicone_request_id
-from worker.ingest import (
-    Accepted,
-    IngestLimits,
-    Invalid,
-    InvalidReason,
-    inspect_record,
-    invalid_record,
-)
+from worker.ingest import Accepted, IngestLimits, Invalid, InvalidReason, inspect_record
 
 LIMITS = IngestLimits()  # the worker's defaults, which the generators are built around
 BASE_MS = int(datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp() * 1000)

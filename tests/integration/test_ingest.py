@@ -17,7 +17,7 @@ import pytest
 
 from tests.fixtures.kafka import produce, read_topic
 from tests.fixtures.worker import TestTopics, WorkerProcess
-from worker.agents.ingest import EVENT_TIME_HEADER
+from worker.envelopes import EVENT_TIME_HEADER
 from worker.partitioner import partition_for
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import pytest
 
 from worker.commands.dlq import DeadLetter, _Duration, _Marker, _select, open_dead_letters
 from worker.delivery import RetryState
-from worker.delivery_engine import dead_letter_record
+from worker.envelopes import dead_letter_record
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -23,8 +23,8 @@ import pytest
 
 from tests.fixtures.delivery import EngineHarness, make_decision
 from worker.delivery import BreakerState
-from worker.delivery_engine import KIND_HEADER, REDRIVE_HEADER
 from worker.delivery_state import FeedbackState
+from worker.envelopes import KIND_HEADER, REDRIVE_HEADER
 
 OK = {"data": None, "error": None}
 

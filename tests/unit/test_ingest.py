@@ -10,15 +10,8 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.ingest import (
-    Accepted,
-    IngestLimits,
-    Invalid,
-    InvalidReason,
-    RecentIds,
-    inspect_record,
-    invalid_record,
-)
+from worker.envelopes import invalid_record
+from worker.ingest import Accepted, IngestLimits, Invalid, InvalidReason, RecentIds, inspect_record
 from worker.schemas import EXAMPLES
 
 LIMITS = IngestLimits(

@@ -14,15 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from worker.delivery_engine import (
-    KIND_HEADER,
-    REDRIVE_HEADER,
-    TICK_INTERVAL_S,
-    Delivery,
-    DeliveryConfig,
-    Poster,
-    dead_letter_record,
-)
+from worker.delivery_engine import TICK_INTERVAL_S, Delivery, DeliveryConfig, Poster
+from worker.envelopes import KIND_HEADER, REDRIVE_HEADER, dead_letter_record
 from worker.kafka import DELIVERY_STATE_TABLE
 
 if TYPE_CHECKING:
@@ -62,9 +55,6 @@ def install_delivery(
     run there is none, and the first call raises :class:`ConfigError` (``run`` checks first).
     ``supervise`` wraps the agent so its crashes are counted like the other agents'.
     """
-    from worker.evidence_sender import EvidenceConfig, PropertySender
-    from worker.helicone import HeliconeClient
-
     config = DeliveryConfig.from_settings(settings)
     partitions = settings.topic_partitions
     retry_topic = app.topic(
@@ -97,15 +87,8 @@ def install_delivery(
         )
         await acked
 
-    poster: Poster | None = None
     delivery = Delivery(config, states=states, send=send, metrics=metrics, clock=clock)
-    if settings.feedback_dry_run or settings.helicone_api_key is not None:
-        client = HeliconeClient.from_settings(settings, observer=delivery.observe)
-        evidence = EvidenceConfig.from_settings(settings)
-        if evidence.enabled:  # HELICONE_EVIDENCE_PROPERTIES: the lane after the ratings
-            delivery.properties = PropertySender(delivery, client, evidence)
-        poster = client
-    delivery.poster = poster
+    delivery.poster = _poster(settings, delivery)
 
     outbox_name = settings.topic_outbox
     channel = app.topic(outbox_name, config.retry_topic, key_type=bytes, value_type=bytes)
@@ -162,3 +145,18 @@ def install_delivery(
     app.task(timer)
     readiness_checks["delivery_not_paused"] = lambda: not delivery.auth.paused
     return delivery
+
+
+def _poster(settings: Settings, delivery: Delivery) -> Poster | None:
+    """The Helicone client (with the evidence lane when HELICONE_EVIDENCE_PROPERTIES is on),
+    or None without an API key outside dry run."""
+    from worker.evidence_sender import EvidenceConfig, PropertySender
+    from worker.helicone import HeliconeClient
+
+    if not (settings.feedback_dry_run or settings.helicone_api_key is not None):
+        return None
+    client = HeliconeClient.from_settings(settings, observer=delivery.observe)
+    evidence = EvidenceConfig.from_settings(settings)
+    if evidence.enabled:  # the lane after the ratings
+        delivery.properties = PropertySender(delivery, client, evidence)
+    return client

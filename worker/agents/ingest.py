@@ -22,31 +22,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
+from worker.envelopes import EVENT_TIME_HEADER, READ_TIME_HEADER, invalid_record
 from worker.events import UI_EVENT_ADAPTER
-from worker.ingest import (
-    Accepted,
-    IngestLimits,
-    Invalid,
-    RecentIds,
-    inspect_record,
-    invalid_record,
-)
+from worker.ingest import Accepted, IngestLimits, Invalid, RecentIds, inspect_record
 from worker.partitioner import partition_for
 
 if TYPE_CHECKING:
     from worker.clock import Clock
     from worker.metrics import Metrics
 
-__all__ = ["EVENT_TIME_HEADER", "READ_TIME_HEADER", "Ack", "Ingest", "NextStage", "RecordSink"]
+__all__ = ["Ack", "Ingest", "NextStage", "RecordSink"]
 
 log = logging.getLogger(__name__)
-
-#: Header carrying the skew-corrected event time across the rekey hop, so the second hop
-#: does not recompute it from a record timestamp that is now the forwarder's.
-EVENT_TIME_HEADER = "fw-event-time-ms"
-#: Header carrying the wall clock (ms) when the source read a forwarded event, so the owner
-#: can check that its stream time did not pass the event on its way (worker.windows.watermarks).
-READ_TIME_HEADER = "fw-read-ms"
 
 _MAX_KEY_BYTES = 1024
 

@@ -37,11 +37,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from worker.agents.ingest import Ack
+from worker.envelopes import late_record
 from worker.faust_compat import TableIO
-from worker.windows import META_KEY, LateEvent, Outcome, WindowEngine
+from worker.windows import META_KEY, Outcome, WindowEngine
 from worker.windows.watermarks import Floor, SourceMark, partition_floor
 
 if TYPE_CHECKING:
@@ -51,24 +50,12 @@ if TYPE_CHECKING:
     from worker.rules import RuleConfig
 
 __all__ = [
-    "CAUGHT_UP_HEADER",
-    "TICK_HEADER",
-    "WATERMARK_HEADER",
     "PartitionStore",
     "TableIO",
     "Windows",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Header marking a tick record on the rekeyed topic (value: the sender's wall clock, ms).
-TICK_HEADER = "fw-tick"
-#: Tick header: b"1" if the partition's input had no backlog when the tick was sent.
-CAUGHT_UP_HEADER = "fw-caught-up"
-#: Header marking a watermark record on the rekeyed topic; its value holds one
-#: :class:`~worker.windows.watermarks.SourceMark` per input partition of the sending worker
-#: (:func:`worker.windows.watermarks.encode_marks`).
-WATERMARK_HEADER = "fw-watermark"
 
 #: Queues one record (topic, key, value); what it returns is awaited for the delivery.
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
@@ -407,7 +394,7 @@ class Windows:
             self.metrics.observe_decision(decision, now_ms=now_ms)
         for late in outcome.late:
             inflight.append(
-                await self.send(self.late_topic, late.key.encode(), _late_record(late))
+                await self.send(self.late_topic, late.key.encode(), late_record(late))
             )
             self.metrics.events_late.inc()
         if outcome.duplicates:
@@ -423,17 +410,3 @@ class Windows:
     def refresh_gauges(self) -> None:
         """Called by the tick timer: open windows per rule, summed over owned partitions."""
         self._update_open_gauge()
-
-
-def _late_record(late: LateEvent) -> bytes:
-    event = late.accepted.event.model_dump(mode="json") if late.accepted is not None else None
-    return orjson.dumps(
-        {
-            "reason": late.reason,
-            "key": late.key,
-            "event_id": late.event_id,
-            "type": late.type,
-            "event_time_ms": late.event_time_ms,
-            "event": event,
-        }
-    )

@@ -30,13 +30,8 @@ from typing import Any, Final, Literal, NamedTuple
 import orjson
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
-from worker.ingest import (
-    Accepted,
-    IngestLimits,
-    InvalidReason,
-    collector_invalid_record,
-    inspect_record,
-)
+from worker.envelopes import collector_invalid_record
+from worker.ingest import Accepted, IngestLimits, InvalidReason, inspect_record
 
 __all__ = [
     "STATUS",

@@ -149,12 +149,7 @@ def build_collector(
     """The :class:`Collector` the settings describe (write keys required)."""
     limits = BatchLimits(
         max_events=settings.collector_max_events,
-        ingest=IngestLimits(
-            max_event_bytes=settings.max_event_bytes,
-            tolerance_ms=int(settings.clock_skew_tolerance_s * 1000),
-            max_future_ms=int(settings.event_max_future_s * 1000),
-            max_age_ms=int(settings.event_max_age_s * 1000),
-        ),
+        ingest=IngestLimits.from_settings(settings),
     )
     return Collector(
         keys=WriteKeys(settings.require_write_keys()),

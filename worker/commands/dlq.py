@@ -29,18 +29,14 @@ from rich.table import Table
 
 from worker.config import load_settings
 from worker.delivery import DEAD_LETTER_REASONS
-from worker.delivery_engine import REDRIVE_HEADER
+from worker.envelopes import REDRIVE_HEADER, REDRIVEN_HEADER
 from worker.errors import ConfigError
 from worker.logs import logging_config
 
 if TYPE_CHECKING:
     from worker.config import Settings
 
-__all__ = ["REDRIVEN_HEADER", "DeadLetter", "dlq", "open_dead_letters", "read_dead_letters"]
-
-#: Header of the marker ``redrive`` appends after putting a decision back on the outbox.
-REDRIVEN_HEADER = "fw-dlq-redriven"
-
+__all__ = ["DeadLetter", "dlq", "open_dead_letters", "read_dead_letters"]
 
 # --------------------------------------------------------------------------- reading
 
