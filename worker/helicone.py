@@ -6,7 +6,7 @@ Map of the module::
     DEFAULT_TIMEOUT/LIMITS        used when the caller passes none
     classify_response(...)        what an HTTP answer means: None (success) or a DeliveryError
     classify_exception(...)       what an httpx exception means, as a DeliveryError
-    parse_retry_after(...)        Retry-After as seconds (delta-seconds or HTTP-date)
+    parse_retry_after(...)        Retry-After as seconds (re-exported from worker.http_headers)
     HeliconeClient                three POSTs and a PUT, each one call: success record or
                                   DeliveryError
 
@@ -45,11 +45,8 @@ from __future__ import annotations
 
 import codecs
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import quote
@@ -68,6 +65,8 @@ from worker.errors import (
     RetryableDelivery,
 )
 from worker.events import is_helicone_request_id
+from worker.http_headers import header as _header
+from worker.http_headers import parse_rate_limit, parse_retry_after
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -114,84 +113,11 @@ ObserveAttempt = Callable[[DeliveryAttempted], None]
 # --------------------------------------------------------------------------- classification
 
 
-def parse_retry_after(value: str | None, *, now_ms: int) -> float | None:
-    """``Retry-After`` in seconds from now, or ``None`` when absent or unreadable.
-
-    Accepts delta-seconds (``"120"``; a decimal is tolerated) and an HTTP-date (IMF-fixdate,
-    RFC 850 or asctime, read as GMT).  A date in the past gives 0.  Clamping to the policy's
-    bounds is :class:`~worker.delivery.RetryPolicy`'s job, not this parser's.
-    """
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now_ms / 1000)
-
-
-def parse_rate_limit(headers: Mapping[str, str]) -> tuple[int | None, float | None]:
-    """Calls left and seconds to the window's reset, from ``RateLimit-*`` headers, if any.
-
-    Helicone's limiter (``valhalla/jawn/src/middleware/ratelimitter.ts``, express-rate-limit
-    with standard headers) sends ``RateLimit-Remaining`` and ``RateLimit-Reset`` (seconds).
-    The combined form of the later IETF drafts, ``RateLimit: limit=10, remaining=3,
-    reset=20``, is read too.  Anything unreadable counts as absent, never as zero.
-    """
-    remaining = _int_or_none(_header(headers, "RateLimit-Remaining"))
-    reset = _float_or_none(_header(headers, "RateLimit-Reset"))
-    combined = _header(headers, "RateLimit")
-    if combined and (remaining is None or reset is None):
-        fields = dict(
-            part.strip().partition("=")[::2] for part in combined.replace(";", ",").split(",")
-        )
-        remaining = remaining if remaining is not None else _int_or_none(fields.get("remaining"))
-        reset = reset if reset is not None else _float_or_none(fields.get("reset"))
-    if remaining is not None and remaining < 0:
-        remaining = None
-    if reset is not None and not (0 <= reset <= 86_400):
-        reset = None
-    return remaining, reset
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value.strip()) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _float_or_none(value: str | None) -> float | None:
-    try:
-        number = float(value.strip()) if value is not None else None
-    except ValueError:
-        return None
-    return number if number is not None and math.isfinite(number) else None
-
-
 def _excerpt(body: bytes | str) -> str:
     """At most :data:`BODY_EXCERPT_BYTES` bytes of ``body``, decoded without a split character."""
     raw = body.encode("utf-8", "replace") if isinstance(body, str) else body
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     return decoder.decode(raw[:BODY_EXCERPT_BYTES], final=False)
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """Case-insensitive lookup that works for plain dicts as well as ``httpx.Headers``."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    return next((v for k, v in headers.items() if k.lower() == lowered), None)
 
 
 def classify_response(
