@@ -133,22 +133,7 @@ class Metrics:
             registry=r,
         )
 
-        # ---- consumer lag (partitions are a small closed set; no ids)
-        self.consumer_lag_records = Gauge(
-            "feedback_consumer_lag_records",
-            "Records between the last one processed and the partition's high watermark "
-            "(from fetch responses, not ListOffsets), per partition this worker owns.",
-            ["topic", "partition"],
-            registry=r,
-        )
-        self.consumer_lag_seconds = Gauge(
-            "feedback_consumer_lag_seconds",
-            "While behind: age of the last record processed (wall clock - record time); "
-            "0 when caught up. Per partition this worker owns.",
-            ["topic", "partition"],
-            registry=r,
-        )
-        self._lag_labels: set[tuple[str, int]] = set()
+        self._consumer_series(r)
 
         # ---- windows and decisions
         self.events_late = Counter(
@@ -184,21 +169,7 @@ class Metrics:
             registry=r,
         )
 
-        self.rule_agreement = Counter(
-            "feedback_rule_agreement",
-            "Requests where an implicit rule's rating (posted, or kept as a shadow under the "
-            "explicit one) met the user's explicit rating, by rule and both ratings; counted "
-            "once per request and rule, when delivery merges the second of the two.",
-            ["rule", "implicit", "explicit"],
-            registry=r,
-        )
-        for rule, spec in RULES.items():
-            if spec.target == "request" and not spec.overrides_ratings and rule != "scores":
-                for implicit in ("true", "false"):
-                    for explicit in ("true", "false"):
-                        self.rule_agreement.labels(
-                            rule=rule, implicit=implicit, explicit=explicit
-                        )
+        self._calibration_series(r)
 
         # ---- delivery (DESIGN 5, 9): fed by worker/delivery_engine.py
         self.delivery_attempts = Counter(
@@ -316,6 +287,42 @@ class Metrics:
             self.delivery_duplicates.labels(state=state)
         #: Feedback prompts' series (worker.prompts), listed after the others.
         self.prompts = PromptMetrics(r)
+
+    def _consumer_series(self, r: CollectorRegistry) -> None:
+        """Consumer lag per topic partition (partitions are a small closed set; no ids)."""
+        self.consumer_lag_records = Gauge(
+            "feedback_consumer_lag_records",
+            "Records between the last one processed and the partition's high watermark "
+            "(from fetch responses, not ListOffsets), per partition this worker owns.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.consumer_lag_seconds = Gauge(
+            "feedback_consumer_lag_seconds",
+            "While behind: age of the last record processed (wall clock - record time); "
+            "0 when caught up. Per partition this worker owns.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self._lag_labels: set[tuple[str, int]] = set()
+
+    def _calibration_series(self, r: CollectorRegistry) -> None:
+        """``feedback_rule_agreement_total``, every implicit request rule's series at 0."""
+        self.rule_agreement = Counter(
+            "feedback_rule_agreement",
+            "Requests where an implicit rule's rating (posted, or kept as a shadow under the "
+            "explicit one) met the user's explicit rating, by rule and both ratings; counted "
+            "once per request and rule, when delivery merges the second of the two.",
+            ["rule", "implicit", "explicit"],
+            registry=r,
+        )
+        for rule, spec in RULES.items():
+            if spec.target == "request" and not spec.overrides_ratings and rule != "scores":
+                for implicit in ("true", "false"):
+                    for explicit in ("true", "false"):
+                        self.rule_agreement.labels(
+                            rule=rule, implicit=implicit, explicit=explicit
+                        )
 
     def _evidence_series(self, r: CollectorRegistry) -> None:
         """The evidence lane's series (HELICONE_EVIDENCE_PROPERTIES); its calls are counted

@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +39,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from worker.commands.demo_check import check_table as _check_table
+from worker.commands.demo_check import stored_table as _stored_table
 from worker.commands.demo_prompts import assign_users, prompt_report
 from worker.config import Settings
-from worker.delivery_state import FeedbackState, calls_for, merge
 from worker.devtools.traffic import Journey, Windows, generate, hostile_record
-from worker.events import Decision
 
 __all__ = ["DEMO_SETTINGS", "demo"]
 
@@ -168,28 +167,8 @@ async def _run(
     seed: int,
 ) -> bool:
     async with _helicone(console, real_key) as (base_url, receiver):
-        env = {
-            **os.environ,
-            **DEMO_SETTINGS,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "WORKER_GROUP_ID": f"feedback-demo-{uuid.uuid4().hex[:8]}",
-            "WORKER_WEB_HOST": "127.0.0.1",
-            "WORKER_WEB_PORT": str(port),
-            "STATE_DIR": str(workdir / "state"),
-            "HELICONE_BASE_URL": base_url,
-            "HELICONE_API_KEY": real_key or DEMO_KEY,
-            "LOG_FORMAT": "text",
-            "PROMPTS_ENABLED": "true",  # the demo reports prompts per 100 answers
-        }
-        settings = Settings(
-            prompts_enabled=True,
-            kafka_bootstrap_servers=bootstrap,
-            collector_write_keys=DEMO_WRITE_KEY,
-            collector_host="127.0.0.1",
-            collector_port=0,
-            # Tansu has no InitProducerId, so no idempotent producer on it (DESIGN 2).
-            collector_idempotent_producer=False,
-            **{k.lower(): v for k, v in DEMO_SETTINGS.items()},  # type: ignore[arg-type]
+        env, settings = _configs(
+            bootstrap, port=port, workdir=workdir, base_url=base_url, real_key=real_key
         )
         metrics_url = f"http://127.0.0.1:{port}/metrics"
         with _worker(env, workdir / "worker.log") as process:
@@ -262,6 +241,37 @@ async def _run(
 
 
 # --------------------------------------------------------------------------- parts
+
+
+def _configs(
+    bootstrap: str, *, port: int, workdir: Path, base_url: str, real_key: str | None
+) -> tuple[dict[str, str], Settings]:
+    """The worker's environment and the collector's settings: the demo's short windows
+    (:data:`DEMO_SETTINGS`), prompts on, and this machine's broker and receiver."""
+    env = {
+        **os.environ,
+        **DEMO_SETTINGS,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "WORKER_GROUP_ID": f"feedback-demo-{uuid.uuid4().hex[:8]}",
+        "WORKER_WEB_HOST": "127.0.0.1",
+        "WORKER_WEB_PORT": str(port),
+        "STATE_DIR": str(workdir / "state"),
+        "HELICONE_BASE_URL": base_url,
+        "HELICONE_API_KEY": real_key or DEMO_KEY,
+        "LOG_FORMAT": "text",
+        "PROMPTS_ENABLED": "true",  # the demo reports prompts per 100 answers
+    }
+    settings = Settings(
+        prompts_enabled=True,
+        kafka_bootstrap_servers=bootstrap,
+        collector_write_keys=DEMO_WRITE_KEY,
+        collector_host="127.0.0.1",
+        collector_port=0,
+        # Tansu has no InitProducerId, so no idempotent producer on it (DESIGN 2).
+        collector_idempotent_producer=False,
+        **{k.lower(): v for k, v in DEMO_SETTINGS.items()},  # type: ignore[arg-type]
+    )
+    return env, settings
 
 
 def _ordinal() -> str:
@@ -628,73 +638,3 @@ def _live_view(
               for r in ("true", "false", "none")),
         )
     return Group(summary, decisions, Text(f"metrics: {metrics_url}", style="dim"))
-
-
-def _stored_table(found: list[dict[str, Any]], receiver: Any) -> tuple[Table, bool]:
-    """What the local receiver stores (Helicone's batch dedupe applied) against what the
-    outbox decisions mean for each request: its rating and every score, in one state."""
-    meant: dict[str, FeedbackState] = {}
-    for document in found:
-        decision = Decision.model_validate(document)
-        if decision.target == "request" and decision.request_id:
-            meant[decision.request_id], _ = merge(
-                meant.get(decision.request_id), decision, now_ms=0
-            )
-    stored = receiver.stored()
-    counts: Counter[str] = Counter()
-    for request_id, state in meant.items():
-        scores = calls_for(state)[0].body["scores"] if calls_for(state) else {}
-        if not scores:
-            continue
-        counts["requests"] += 1
-        got = stored.get(request_id)
-        if got is None:
-            counts["missing"] += 1
-        elif got.scores == scores and got.feedback == state.rating:
-            counts["as meant"] += 1
-        else:
-            counts["different"] += 1
-    table = Table(title="final check: what Helicone stores vs. the decisions")
-    for column in ("requests", "as meant", "missing", "different"):
-        table.add_column(column, justify="right")
-    table.add_row(*(str(counts[c]) for c in ("requests", "as meant", "missing", "different")))
-    return table, counts["missing"] == counts["different"] == 0
-
-
-def _check_table(journeys: list[Journey], found: list[dict[str, Any]]) -> tuple[Table, bool]:
-    """Decisions on the outbox against each simulated user's intent, per rule."""
-    decided: dict[tuple[str, str], set[bool | None]] = {}
-    for d in found:
-        key = (str(d.get("request_id") or d.get("session_id")), str(d.get("rule")))
-        decided.setdefault(key, set()).add(d.get("rating"))
-    rows: dict[str, Counter[str]] = {}
-    for journey in journeys:
-        for rule, intended in journey.expected.items():
-            got = decided.get((journey.request_id, rule), set())
-            row = rows.setdefault(rule, Counter())
-            if intended is None:
-                row["no rating meant"] += 1
-                row["as meant" if got <= {None} else "extra"] += 1
-            else:
-                row["rating meant"] += 1
-                if not got - {None}:
-                    row["missing"] += 1
-                elif got == {intended}:
-                    row["as meant"] += 1
-                else:
-                    row["wrong"] += 1
-    columns = ["rating meant", "no rating meant", "as meant", "missing", "wrong", "extra"]
-    table = Table(
-        title="final check: outbox decisions vs. simulated intent",
-        caption="extra: a rating where the simulated user meant none",
-    )
-    table.add_column("rule", no_wrap=True)
-    for column in columns:
-        table.add_column(column, justify="right")
-    total: Counter[str] = Counter()
-    for rule in sorted(rows):
-        total.update(rows[rule])
-        table.add_row(rule, *(str(rows[rule][c]) for c in columns))
-    table.add_row("all", *(str(total[c]) for c in columns), style="bold")
-    ok = total["missing"] == total["wrong"] == total["extra"] == 0
-    return table, ok
