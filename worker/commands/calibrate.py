@@ -12,73 +12,22 @@ The outbox is the record: its retention bounds how far back ``--since`` can see.
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 import orjson
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from worker.calibration import Proportion, RuleCalibration, calibrate
-from worker.commands.dlq import _DURATION, _load_settings
-from worker.events import Decision
+from worker.commands.common import load_settings_or_exit, read_decisions
+from worker.commands.dlq import _DURATION
 
 if TYPE_CHECKING:
-    from worker.config import Settings
+    pass
 
-__all__ = ["calibrate_command", "read_decisions"]
-
-
-async def read_decisions(
-    settings: Settings, *, timeout_s: float = 30.0
-) -> tuple[list[Decision], int] | None:
-    """Every decision on the outbox up to its end, and how many records were not decisions;
-    None when the topic does not exist."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from worker.kafka import client_kwargs
-
-    topic = settings.topic_outbox
-    consumer = AIOKafkaConsumer(
-        enable_auto_commit=False, auto_offset_reset="earliest", **client_kwargs(settings)
-    )
-    await consumer.start()
-    decisions: list[Decision] = []
-    skipped = 0
-    try:
-        if topic not in await consumer.topics():
-            return None
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200, max_records=5_000)
-            for records in batch.values():
-                for record in records:
-                    try:
-                        decisions.append(Decision.model_validate_json(record.value or b""))
-                    except ValidationError:
-                        skipped += 1
-            if await _caught_up(consumer, tps):
-                return decisions, skipped
-        raise click.ClickException(
-            f"could not read {topic} to its end within {timeout_s:.0f} s "
-            "(is the broker reachable? try --timeout)"
-        )
-    finally:
-        await consumer.stop()
-
-
-async def _caught_up(consumer: Any, tps: list[Any]) -> bool:
-    for tp in tps:
-        highwater = consumer.highwater(tp)
-        if highwater is None or await consumer.position(tp) < highwater:
-            return False
-    return True
+__all__ = ["calibrate_command"]
 
 
 def _pct(p: Proportion) -> str:
@@ -138,7 +87,7 @@ def calibrate_command(since: timedelta | None, as_json: bool, timeout: float) ->
     score (engagement ties, untouched suggestions) write no decision, so they are not in
     "decided nothing".
     """
-    settings = _load_settings()
+    settings = load_settings_or_exit()
     with Console(stderr=True).status(f"reading {settings.topic_outbox}"):
         read = asyncio.run(read_decisions(settings, timeout_s=timeout))
     if read is None:

@@ -28,7 +28,6 @@ import logging.config
 import os
 import re
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
@@ -41,7 +40,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from worker.clock import SystemClock
-from worker.config import load_settings
+from worker.commands.common import load_settings_or_exit, read_decisions
 from worker.datasets import (
     DEFAULT_BATCH_SIZE,
     MAX_BATCH_SIZE,
@@ -56,14 +55,13 @@ from worker.datasets import (
     selection_line,
 )
 from worker.errors import AuthRejected, ConfigError, DeliveryError
-from worker.events import Decision, RuleName
-from worker.logs import logging_config
+from worker.events import RuleName
 
 if TYPE_CHECKING:
     from worker.config import Settings
     from worker.helicone_datasets import UploadReport
 
-__all__ = ["DatasetState", "dataset", "read_decisions", "state_path"]
+__all__ = ["DatasetState", "dataset", "state_path"]
 
 log = logging.getLogger(__name__)
 
@@ -72,56 +70,6 @@ _SHOWN = 20
 
 
 # --------------------------------------------------------------------------- reading the outbox
-
-
-async def read_decisions(settings: Settings, *, timeout_s: float) -> tuple[list[Decision], int]:
-    """Every decision on the outbox and how many records were not decisions (unreadable).
-
-    Reads to each partition's high watermark as fetch responses report it; an absent topic is
-    an empty outbox.
-    """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from worker.kafka import client_kwargs
-
-    topic = settings.topic_outbox
-    consumer = AIOKafkaConsumer(
-        enable_auto_commit=False, auto_offset_reset="earliest", **client_kwargs(settings)
-    )
-    await consumer.start()
-    decisions: list[Decision] = []
-    unreadable = 0
-    try:
-        if topic not in await consumer.topics():
-            return decisions, 0
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200, max_records=5_000)
-            for records in batch.values():
-                for record in records:
-                    try:
-                        decisions.append(Decision.model_validate_json(record.value or b""))
-                    except ValidationError:
-                        unreadable += 1  # not written by the worker: nothing to select
-            if await _caught_up(consumer, tps):
-                return decisions, unreadable
-        raise click.ClickException(
-            f"could not read {topic} to its end within {timeout_s:.0f} s "
-            "(is the broker reachable? try --timeout)"
-        )
-    finally:
-        await consumer.stop()
-
-
-async def _caught_up(consumer: Any, tps: list[Any]) -> bool:
-    for tp in tps:
-        highwater = consumer.highwater(tp)
-        if highwater is None or await consumer.position(tp) < highwater:
-            return False
-    return True
 
 
 # --------------------------------------------------------------------------- the state file
@@ -231,14 +179,14 @@ def dataset(
     count against the same Helicone rate limit as feedback), and can be run again at any
     time: it reads what the dataset holds and adds only the rest.
     """
-    settings = _load_settings()
+    settings = load_settings_or_exit()
     criteria = Criteria(
         rating=None if rating is None else rating == "true",
         rule=rule, min_scores=min_scores, since_s=since,
     )
     err = Console(stderr=True)
     with err.status(f"reading {settings.topic_outbox}"):
-        decisions, unreadable = asyncio.run(read_decisions(settings, timeout_s=timeout))
+        decisions, unreadable = asyncio.run(read_decisions(settings, timeout_s=timeout)) or ([], 0)
     folded = fold_decisions(decisions)
     selection = select(folded.outcomes.values(), criteria, now_ms=SystemClock().now_ms())
     _print_summary(settings, len(decisions), unreadable, folded.skipped, selection)
@@ -384,13 +332,3 @@ def _write_jsonl(path: Path, selection: Selection) -> None:
             out.write(orjson.dumps(selection_line(outcome)) + b"\n")
 
 
-def _load_settings() -> Settings:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        click.echo("feedback-worker: invalid configuration", err=True)
-        for problem in exc.problems:
-            click.echo(f"  {problem}", err=True)
-        sys.exit(2)
-    logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
-    return settings

@@ -12,10 +12,7 @@ ListOffsets, which Tansu gets wrong for multi-record batches (DESIGN 2).
 from __future__ import annotations
 
 import asyncio
-import logging
-import logging.config
 import re
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,11 +24,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from worker.config import load_settings
+from worker.commands.common import load_settings_or_exit
 from worker.delivery import DEAD_LETTER_REASONS
 from worker.envelopes import REDRIVE_HEADER, REDRIVEN_HEADER
-from worker.errors import ConfigError
-from worker.logs import logging_config
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -278,7 +273,7 @@ def list_command(
     as_json: bool,
 ) -> None:
     """Show what is dead-lettered and why (newest record per decision, not yet redriven)."""
-    settings = _load_settings()
+    settings = load_settings_or_exit()
     letters = _read_selected(settings, reasons, older_than, newer_than, timeout)
     if letters is None:
         Console(stderr=True).print(
@@ -336,7 +331,7 @@ def redrive(
     dead-lettered; one already delivered is still skipped.  Fix the cause first (a key, a
     base URL, an outage), or the same decisions come back here.
     """
-    settings = _load_settings()
+    settings = load_settings_or_exit()
     err = Console(stderr=True)
     letters = _read_selected(settings, reasons, older_than, newer_than, timeout)
     if letters is None:
@@ -398,15 +393,3 @@ async def _redrive(settings: Settings, letters: list[DeadLetter], *, console: Co
     finally:
         await producer.stop()
     return sent
-
-
-def _load_settings() -> Settings:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        click.echo("feedback-worker: invalid configuration", err=True)
-        for problem in exc.problems:
-            click.echo(f"  {problem}", err=True)
-        sys.exit(2)
-    logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
-    return settings
