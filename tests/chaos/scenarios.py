@@ -169,7 +169,7 @@ def verify(
     dlq = asyncio.run(read_to_end(bootstrap, topics.dlq))
     invalid = asyncio.run(read_to_end(bootstrap, topics.invalid))
     try:
-        expected = {i: _comparable(orjson.loads(d.model_dump_json()))
+        expected = {i: _comparable(orjson.loads(d.outbox_json()))
                     for i, d in reference.decisions.items()}
         found_ids = {d["decision_id"] for d in outbox}
         lost = expected.keys() - found_ids
