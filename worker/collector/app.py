@@ -108,15 +108,20 @@ class Collector:
         )
         return response
 
-    async def _judge_and_write(self, request: web.Request, origin: str | None) -> Batch | Refusal:
+    def _admit(self, request: web.Request, origin: str | None, action: str) -> Refusal | None:
+        """The checks every request passes, in this order: its Origin, the per-client rate,
+        then the write key (so a flood of bad keys is rate limited before it is judged)."""
         if not self.origins.permits(origin):
-            return refusal("origin_not_allowed", "this Origin may not post events")
+            return refusal("origin_not_allowed", f"this Origin may not {action}")
         wait_s = self.limiter.take(self._client_address(request))
         if wait_s is not None:
             return refusal("rate_limited", "too many requests", retry_after_s=wait_s)
-        denied = self.keys.check(
+        return self.keys.check(
             presented_key(request.query.get("key"), request.headers.get("Authorization"))
         )
+
+    async def _judge_and_write(self, request: web.Request, origin: str | None) -> Batch | Refusal:
+        denied = self._admit(request, origin, "post events")
         if denied is not None:
             return denied
         body = await read_body(request, self.max_body_bytes, timeout_s=self.body_timeout_s)
@@ -182,14 +187,7 @@ class Collector:
         return response
 
     def _judge_read(self, request: web.Request, origin: str | None) -> list[str] | Refusal:
-        if not self.origins.permits(origin):
-            return refusal("origin_not_allowed", "this Origin may not read prompts")
-        wait_s = self.limiter.take(self._client_address(request))
-        if wait_s is not None:
-            return refusal("rate_limited", "too many requests", retry_after_s=wait_s)
-        denied = self.keys.check(
-            presented_key(request.query.get("key"), request.headers.get("Authorization"))
-        )
+        denied = self._admit(request, origin, "read prompts")
         if denied is not None:
             return denied
         keys = audience_keys(request.query.get("user_id"), request.query.get("session_id"))
