@@ -12,6 +12,7 @@ Map of the module::
     not_found_wait_ms(n, horizon)     when a "Request not found" is tried again, or None
     PropertyCall                      one ``PUT /v1/request/{id}/property`` to make
     PropertyLane                      properties waiting per request: replaced, not queued
+    Pending                           what the lane holds for one request, as it is persisted
 
 What holds, and why:
 
@@ -41,6 +42,12 @@ What holds, and why:
   dropped (reason ``overflow``).  The ranks of settled requests are remembered for the last
   ``remember`` requests only: beyond that an old decision arriving very late could set older
   properties again, which costs two calls and no rating.
+* **What a restart needs is all in** :class:`Pending`.  :meth:`PropertyLane.snapshot` gives a
+  request's properties still to be sent with its absolute due time (wall clock, ms) and its
+  counters ("Request not found" answers, retryable failures, first failure);
+  :meth:`PropertyLane.restore` puts it back as it was, so the attempt schedule resumes where
+  it stood instead of starting again.  :meth:`PropertyLane.take_changed` names the requests
+  whose snapshot changed since it was last asked, for :mod:`worker.evidence_store` to write.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ __all__ = [
     "SIGNALS_PROPERTY",
     "DropReason",
     "LaneOutcome",
+    "Pending",
     "PropertyCall",
     "PropertyLane",
     "evidence_properties",
@@ -209,6 +217,19 @@ class PropertyCall:
     generation: int
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One request's entry as it outlives the process: what to send, when, and how its calls
+    fared so far (``due_ms`` is wall-clock time, so it means the same after a restart)."""
+
+    rank: Rank
+    properties: tuple[tuple[str, str], ...]
+    due_ms: int
+    not_found: int = 0
+    attempts: int = 0
+    first_failed_ms: int | None = None
+
+
 @dataclass(slots=True)
 class _Entry:
     """A request's properties still to be sent, and how its calls fared."""
@@ -228,7 +249,8 @@ class PropertyLane:
 
     ``offer`` adds or replaces a request's properties; ``take`` hands out the next call that
     is due (never two of one request at a time); ``done`` reports how it ended.  Given-up
-    entries are reported to ``on_drop`` with their reason.
+    entries are reported to ``on_drop`` with their reason.  With ``track_changes`` it
+    remembers which requests' :meth:`snapshot` changed, for :meth:`take_changed`.
     """
 
     def __init__(
@@ -239,6 +261,7 @@ class PropertyLane:
         max_pending: int = 50_000,
         remember: int = 65_536,
         on_drop: Callable[[DropReason], None] | None = None,
+        track_changes: bool = False,
     ) -> None:
         if not not_found_horizon_s > 0 or max_pending < 1 or remember < 0:
             raise ValueError("need not_found_horizon_s > 0, max_pending >= 1, remember >= 0")
@@ -251,6 +274,8 @@ class PropertyLane:
         self._settled: OrderedDict[str, Rank] = OrderedDict()
         self._heap: list[tuple[int, int, str]] = []
         self._tie = itertools.count()
+        self._track = track_changes
+        self._changed: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -276,12 +301,55 @@ class PropertyLane:
             # Keeps its place and its retry counters: the request is the same one.
             entry.rank, entry.pending = rank, properties
             entry.generation += 1
+            self._changed_now(request_id)
             return "replaced"
+        self._add(request_id, _Entry(rank, properties, 0, now_ms))
+        self._changed_now(request_id)
+        return "new"
+
+    def _add(self, request_id: str, entry: _Entry) -> None:
         if len(self._entries) >= self._max_pending:
             self._evict_oldest()
-        self._entries[request_id] = _Entry(rank, properties, 0, now_ms)
-        heapq.heappush(self._heap, (now_ms, next(self._tie), request_id))
-        return "new"
+        self._entries[request_id] = entry
+        heapq.heappush(self._heap, (entry.due_ms, next(self._tie), request_id))
+
+    def snapshot(self, request_id: str) -> Pending | None:
+        """What ``request_id`` has waiting, as it would be restored; None when nothing."""
+        entry = self._entries.get(request_id)
+        if entry is None:
+            return None
+        return Pending(
+            entry.rank, entry.pending, entry.due_ms,
+            entry.not_found, entry.attempts, entry.first_failed_ms,
+        )
+
+    def restore(self, request_id: str, saved: Pending) -> bool:
+        """Put back an entry saved by an earlier process (or the partition's previous owner).
+
+        Does nothing (False) when the lane already holds the request (what it holds is at
+        least as recent) or has settled it at an equal or higher rank.  The entry is due at
+        its saved time, with its saved counters: the schedule goes on, it does not restart.
+        """
+        known = self._settled.get(request_id)
+        if request_id in self._entries or not saved.properties or (
+            known is not None and saved.rank <= known
+        ):
+            return False
+        self._add(request_id, _Entry(
+            saved.rank, saved.properties, 0, saved.due_ms, attempts=saved.attempts,
+            first_failed_ms=saved.first_failed_ms, not_found=saved.not_found,
+        ))
+        return True
+
+    def _changed_now(self, request_id: str) -> None:
+        if self._track:
+            self._changed.add(request_id)
+
+    def take_changed(self) -> set[str]:
+        """The requests whose :meth:`snapshot` changed (or ended) since the last call
+        (always empty unless the lane was made with ``track_changes``)."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     def offer_decision(self, decision: Decision, *, now_ms: int) -> str | None:
         """:meth:`offer` what ``decision`` sets (None: it sets nothing)."""
@@ -326,6 +394,7 @@ class PropertyLane:
         if entry is None:
             return
         entry.in_flight = False
+        self._changed_now(call.request_id)
         current = entry.generation == call.generation
         if outcome == "ok" or (outcome == "rejected" and not current):
             if current:
@@ -386,6 +455,7 @@ class PropertyLane:
 
     def _drop(self, request_id: str, reason: DropReason) -> None:
         entry = self._entries[request_id]
+        self._changed_now(request_id)
         self._settle(request_id, entry)  # an equal or older decision must not bring it back
         if self._on_drop is not None:
             self._on_drop(reason)

@@ -258,3 +258,106 @@ def test_the_lane_and_its_sender_import_no_io_library() -> None:
         f"set({sorted(IO_LIBRARIES)!r})))"
     )
     assert run_probe(probe) == "[]"
+
+
+# --------------------------------------------------------------------------- outliving the process
+
+
+def test_a_restored_entry_resumes_the_not_found_schedule_where_it_stood() -> None:
+    """Two "Request not found" answers, then the process ends: a new lane restored from the
+    snapshot waits until the saved due time and drops the entry after two more answers, at
+    the same times as a lane that never stopped (30 s, 75 s, 187.5 s of 300 s)."""
+    rid, drops = str(uuid.uuid4()), list[DropReason]()
+    before = lane()
+    before.offer_decision(rated(rid), now_ms=0)
+    for now in (0, 30_000):
+        (call,) = take_all(before, now)
+        before.done(call, "not_found", now_ms=now)
+    saved = before.snapshot(rid)
+    assert saved is not None and (saved.due_ms, saved.not_found) == (105_000, 2)
+
+    after = lane(drops)
+    assert after.restore(rid, saved)
+    assert after.next_due_ms() == 105_000 and take_all(after, 104_999) == []
+    times = []
+    now = 105_000
+    while (due := after.next_due_ms()) is not None:
+        now = max(now, due)
+        (call,) = take_all(after, now)
+        times.append(now)
+        after.done(call, "not_found", now_ms=now)
+    assert times == [105_000, 292_500]
+    assert drops == ["not_found"]
+
+
+def test_a_restored_entry_keeps_its_retry_counters_and_what_is_left_to_send() -> None:
+    rid, drops = str(uuid.uuid4()), list[DropReason]()
+    before = lane()
+    before.offer_decision(rated(rid), now_ms=0)
+    (call,) = take_all(before, 0)
+    before.done(call, "ok", now_ms=1)  # Feedback-Rule is set; Feedback-Signals is left
+    (call,) = take_all(before, 1)
+    before.done(call, "retryable", now_ms=1)
+    (call,) = take_all(before, 2_001)
+    before.done(call, "retryable", now_ms=2_001)
+    saved = before.snapshot(rid)
+    assert saved is not None and saved.attempts == 2 and saved.first_failed_ms == 1
+
+    after = lane(drops)
+    after.restore(rid, saved)
+    (call,) = take_all(after, saved.due_ms)
+    assert (call.key, call.value) == (SIGNALS_PROPERTY, "copied")
+    after.done(call, "retryable", now_ms=saved.due_ms)
+    assert drops == ["max_attempts"]  # the third failure, not the first
+
+
+def test_a_newer_decision_replaces_a_restored_entry_and_an_older_one_does_not() -> None:
+    rid = str(uuid.uuid4())
+    before = lane()
+    before.offer_decision(rated(rid, minutes=1), now_ms=0)
+    saved = before.snapshot(rid)
+    assert saved is not None
+    after = lane()
+    after.restore(rid, saved)
+    assert after.offer_decision(rated(rid, minutes=0), now_ms=5) == "stale"
+    assert after.offer_decision(rated(rid, rule="explicit"), now_ms=5) == "replaced"
+    (call,) = take_all(after, 5)
+    assert call.value == "explicit"
+
+
+def test_restore_keeps_what_the_lane_holds_and_skips_what_it_settled() -> None:
+    rid = str(uuid.uuid4())
+    old = lane()
+    old.offer_decision(rated(rid), now_ms=0)
+    stale = old.snapshot(rid)
+    assert stale is not None
+    subject = lane()
+    subject.offer_decision(rated(rid, rule="explicit"), now_ms=0)
+    assert not subject.restore(rid, stale)  # the lane's own entry is at least as recent
+    (call,) = take_all(subject, 0)
+    assert call.value == "explicit"
+    subject.done(call, "ok", now_ms=1)
+    (call,) = take_all(subject, 1)
+    subject.done(call, "ok", now_ms=2)
+    assert len(subject) == 0
+    again = old.snapshot(rid)
+    assert again is not None and not subject.restore(rid, again)  # settled at a higher rank
+    assert len(subject) == 0
+
+
+def test_changes_are_tracked_only_when_asked_and_name_ended_entries_too() -> None:
+    rid, other = str(uuid.uuid4()), str(uuid.uuid4())
+    untracked = lane()
+    untracked.offer_decision(rated(rid), now_ms=0)
+    assert untracked.take_changed() == set()
+
+    subject = lane(track_changes=True, max_pending=1)
+    subject.offer_decision(rated(rid), now_ms=0)
+    assert subject.take_changed() == {rid}
+    (call,) = take_all(subject, 0)
+    assert subject.take_changed() == set()  # being in flight is not persisted
+    subject.done(call, "not_found", now_ms=0)
+    assert subject.take_changed() == {rid}
+    subject.offer_decision(rated(other), now_ms=1)  # evicts rid (max_pending=1)
+    assert subject.take_changed() == {rid, other}
+    assert subject.snapshot(rid) is None
