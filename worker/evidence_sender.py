@@ -25,10 +25,13 @@ Why ratings are never delayed by properties:
   the lane only goes while the breaker is closed and delivery is not paused on auth.  A
   401/403 to a property call does pause delivery: it is the same key.
 
-Properties live in memory only: a restart loses those still waiting (the outbox is not read
-again), which costs labels, never ratings.  A rebalance does not: the worker that merged a
-decision keeps sending its properties whoever owns the partition now (a property call is an
-idempotent write, so nothing depends on ownership).
+Properties waiting survive a restart and a rebalance: with a
+:class:`~worker.evidence_store.PendingStore` (the worker always has one) every change of the
+lane is written to the changelogged table ``evidence-properties``, and the entries of the
+partitions a worker is assigned are restored into its lane after recovery, due when they
+were, with their counters.  Why that is at-least-once and what a rebalance does is said
+there.  None of it touches ratings: the table is written in the same events as the delivery
+state, and restored entries wait behind due ratings like any other.
 """
 
 from __future__ import annotations
@@ -43,9 +46,12 @@ from worker.errors import AuthRejected, PermanentDelivery, RequestNotLogged, Ret
 from worker.evidence import LaneOutcome, PropertyCall, PropertyLane
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from worker.config import Settings
     from worker.delivery_engine import Delivery
     from worker.events import Decision
+    from worker.evidence_store import PendingStore
 
 __all__ = ["EvidenceConfig", "PropertyPoster", "PropertySender"]
 
@@ -93,7 +99,11 @@ class PropertySender:
     """Sends the lane's calls inside the engine's budget (see the module docstring)."""
 
     def __init__(
-        self, delivery: Delivery, poster: PropertyPoster, config: EvidenceConfig
+        self,
+        delivery: Delivery,
+        poster: PropertyPoster,
+        config: EvidenceConfig,
+        store: PendingStore | None = None,
     ) -> None:
         if config.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -107,7 +117,9 @@ class PropertySender:
             not_found_horizon_s=config.not_found_horizon_s,
             max_pending=config.max_pending,
             on_drop=self._metrics.observe_property_dropped,
+            track_changes=store is not None,
         )
+        self.store = store
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -117,6 +129,8 @@ class PropertySender:
     def offer(self, decision: Decision) -> None:
         """A decision was merged: its properties wait in the lane (replacing older ones)."""
         result = self.lane.offer_decision(decision, now_ms=self._clock.now_ms())
+        if self.store is not None and result is not None and decision.request_id is not None:
+            self.store.save_offered(self.lane, self.store.partition_of(decision.request_id))
         if result == "replaced":
             self._metrics.property_superseded.inc()
         if result in ("new", "replaced"):
@@ -186,7 +200,25 @@ class PropertySender:
             call, outcome, now_ms=self._clock.now_ms(),
             retry_after_s=retry_after_s, wait_ms=wait_ms,
         )
+        if self.store is not None:
+            self.store.mark_changed(self.lane.take_changed())
         self._delivery.wake()
+
+    def apply(self, value: bytes | None, partition: int) -> None:
+        """A ``property`` record of the retry topic, in its partition's event: persist the
+        entries it names (:meth:`~worker.evidence_store.PendingStore.apply`)."""
+        if self.store is not None:
+            self.store.apply(self.lane, value, partition)
+
+    def restore(self, items: Iterable[tuple[bytes, bytes]], owned: set[int]) -> int:
+        """After recovery: the waiting properties of ``owned`` partitions back into the lane."""
+        if self.store is None:
+            return 0
+        restored = self.store.restore(self.lane, items, owned)
+        self.store.mark_changed(self.lane.take_changed())  # entries evicted to make room
+        self.update_gauges()
+        self._delivery.wake()
+        return restored
 
     def observe(self, record: DeliveryAttempted) -> None:
         """A property call went on the wire: metrics, the auth pause and the rate learn;
@@ -206,7 +238,11 @@ class PropertySender:
         """Wait for every property call in flight (tests, and shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self.store is not None:
+            await self.store.drain()
 
     def cancel(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        if self.store is not None:
+            self.store.cancel()

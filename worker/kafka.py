@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DELIVERY_STATE_TABLE",
     "DELIVERY_TABLES",
+    "EVIDENCE_TABLE",
     "PROMPT_COOLDOWN_TABLE",
     "TopicPlan",
     "changelog_topic_name",
@@ -132,6 +133,10 @@ def topic_plan(settings: Settings) -> list[TopicPlan]:
             for table in (WINDOWS_TABLE, *DELIVERY_TABLES)
         ),
         *_prompt_topics(settings),
+        *(
+            [TopicPlan(changelog_topic_name(settings, EVIDENCE_TABLE), n, True, _COMPACTED)]
+            if settings.helicone_evidence_properties else []
+        ),
     ]
 
 
@@ -158,6 +163,9 @@ WINDOWS_TABLE = "windows"
 #: Each target's whole feedback state (worker.delivery_state), co-partitioned with the outbox.
 DELIVERY_STATE_TABLE = "delivery-state"
 DELIVERY_TABLES = (DELIVERY_STATE_TABLE,)
+#: Evidence properties waiting to be set (worker.evidence_store), with
+#: HELICONE_EVIDENCE_PROPERTIES only; co-partitioned with the outbox like delivery-state.
+EVIDENCE_TABLE = "evidence-properties"
 
 _COMPACTED = {"cleanup.policy": "compact"}
 

@@ -253,7 +253,7 @@ def test_the_lane_and_its_sender_import_no_io_library() -> None:
     from tests.unit.test_core_imports import IO_LIBRARIES, run_probe
 
     probe = (
-        "import sys, worker.evidence, worker.evidence_sender; "
+        "import sys, worker.evidence, worker.evidence_sender, worker.evidence_store; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         f"set({sorted(IO_LIBRARIES)!r})))"
     )

@@ -5,6 +5,10 @@ deliver agent over the outbox and the retry topic (one actor: merging takes micr
 keeps a partition's merges and results in order), the sender task and the timer, rebuilds the
 engine's due index after every recovery, and on revocation waits for the revoked partitions'
 calls in flight.  The engine's docstring says what holds and why.
+
+With ``HELICONE_EVIDENCE_PROPERTIES`` it also declares the changelogged ``evidence-properties``
+table, hands the evidence lane its ``property`` records from the retry topic, and restores the
+lane's waiting properties after every recovery (:mod:`worker.evidence_store` says why).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from worker.delivery_engine import TICK_INTERVAL_S, Delivery, DeliveryConfig, Poster
-from worker.envelopes import KIND_HEADER, REDRIVE_HEADER, dead_letter_record
-from worker.kafka import DELIVERY_STATE_TABLE
+from worker.delivery_engine import TICK_INTERVAL_S, Delivery, DeliveryConfig, Poster, Send
+from worker.envelopes import KIND_HEADER, REDRIVE_HEADER, dead_letter_record, header
+from worker.evidence_store import PROPERTY_KIND, PendingStore
+from worker.kafka import DELIVERY_STATE_TABLE, EVIDENCE_TABLE
 
 if TYPE_CHECKING:
     import faust
@@ -88,25 +93,15 @@ def install_delivery(
         await acked
 
     delivery = Delivery(config, states=states, send=send, metrics=metrics, clock=clock)
-    delivery.poster = _poster(settings, delivery)
+    store = _install_evidence(app, settings, delivery, send, config.retry_topic)
+    delivery.poster = _poster(settings, delivery, store)
 
     outbox_name = settings.topic_outbox
     channel = app.topic(outbox_name, config.retry_topic, key_type=bytes, value_type=bytes)
 
     async def deliver_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            message = event.message
-            arguments: dict[str, Any] = {
-                "key": message.key,
-                "value": message.value,
-                "partition": message.partition,
-                "offset": message.offset,
-                "headers": list(message.headers or ()),
-            }
-            if message.topic == config.retry_topic:
-                await delivery.on_retry(**arguments)
-            else:
-                await delivery.on_outbox(topic=outbox_name, **arguments)
+            await _handle(delivery, event.message, config.retry_topic, outbox_name)
 
     # One actor: merging takes microseconds, and one actor keeps a partition's merges and
     # results in the order they were read.
@@ -147,7 +142,59 @@ def install_delivery(
     return delivery
 
 
-def _poster(settings: Settings, delivery: Delivery) -> Poster | None:
+async def _handle(delivery: Delivery, message: Any, retry_topic: str, outbox: str) -> None:
+    """One record for the deliver agent: an outbox decision, or a retry-topic record (the
+    evidence lane's ``property`` records go to the lane, the rest to the engine)."""
+    arguments: dict[str, Any] = {
+        "key": message.key,
+        "value": message.value,
+        "partition": message.partition,
+        "offset": message.offset,
+        "headers": list(message.headers or ()),
+    }
+    if message.topic != retry_topic:
+        await delivery.on_outbox(topic=outbox, **arguments)
+    elif header(arguments["headers"], KIND_HEADER) != PROPERTY_KIND:
+        await delivery.on_retry(**arguments)
+    elif delivery.properties is not None:  # else the option was turned off: nothing to keep
+        delivery.properties.apply(message.value, message.partition)
+
+
+def _install_evidence(
+    app: faust.App, settings: Settings, delivery: Delivery, send: Send, retry_topic: str
+) -> PendingStore | None:
+    """With HELICONE_EVIDENCE_PROPERTIES: the changelogged ``evidence-properties`` table and
+    its store, and the waiting properties of the owned partitions restored into the lane
+    after every recovery (:mod:`worker.evidence_store`)."""
+    if not settings.helicone_evidence_properties:
+        return None
+    table = app.Table(
+        EVIDENCE_TABLE,
+        default=None,
+        partitions=settings.topic_partitions,
+        key_type=bytes,
+        value_type=bytes,
+        options=settings.rocksdb_options,
+        help="Evidence properties waiting to be set on their requests in Helicone.",
+    )
+
+    async def recovered() -> None:
+        if delivery.properties is not None:
+            owned = {
+                tp.partition for tp in app.assignor.assigned_actives()
+                if tp.topic == settings.topic_outbox
+            }
+            delivery.properties.restore(list(table.items()), owned)
+
+    table.on_recover(recovered)
+    return PendingStore(
+        table, send, retry_topic=retry_topic, partitions=settings.topic_partitions
+    )
+
+
+def _poster(
+    settings: Settings, delivery: Delivery, store: PendingStore | None
+) -> Poster | None:
     """The Helicone client (with the evidence lane when HELICONE_EVIDENCE_PROPERTIES is on),
     or None without an API key outside dry run."""
     from worker.evidence_sender import EvidenceConfig, PropertySender
@@ -158,5 +205,5 @@ def _poster(settings: Settings, delivery: Delivery) -> Poster | None:
     client = HeliconeClient.from_settings(settings, observer=delivery.observe)
     evidence = EvidenceConfig.from_settings(settings)
     if evidence.enabled:  # the lane after the ratings
-        delivery.properties = PropertySender(delivery, client, evidence)
+        delivery.properties = PropertySender(delivery, client, evidence, store)
     return client
