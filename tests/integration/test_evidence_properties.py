@@ -2,23 +2,33 @@
 
 The worker runs as ``feedback-worker run`` with ``HELICONE_EVIDENCE_PROPERTIES=true``.  The
 first test goes from UI events through a (shortened) engagement window; the second publishes
-decisions to the outbox directly, under a strict budget.  Both wait on the receiver's
-accepted-call count, never on a sleep.
+decisions to the outbox directly, under a strict budget; the third kills a worker whose
+properties wait out "Request not found" and checks that its replacement sets them.  They wait
+on the receiver's accepted calls or stored properties, never on a sleep.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.fixtures.delivery import ReceiverThread, api_key, make_decision, publish
+from tests.fixtures.delivery import (
+    ReceiverThread,
+    api_key,
+    make_decision,
+    publish,
+    wait_until,
+)
 from tests.fixtures.kafka import produce
 from tests.fixtures.worker import TestTopics, WorkerProcess
+from tests.integration.test_delivery import wait_committed
 from worker.events import Evidence
 
 pytestmark = pytest.mark.integration
@@ -111,3 +121,58 @@ def test_with_a_strict_budget_ratings_are_not_delayed_by_properties(
         for d in decisions
     }
     assert worker.metric_sum("feedback_delivery_dlq_total") == 0
+
+
+def test_properties_waiting_on_request_not_found_survive_a_kill_9(
+    kafka_bootstrap: str,
+    topics: TestTopics,
+    worker_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """Helicone has not logged three rated requests yet: each property call is answered
+    "Request not found" and waits to be tried again.  The worker is SIGKILLed once its outbox
+    offsets are committed (the outbox will not be read again); Helicone then logs the
+    requests, and a second worker on an empty state directory restores the waiting
+    properties from the changelog and sets them: the receiver ends up *storing* both
+    properties of every request.
+
+    KAFKA_PRODUCER_BATCH_BYTES=1: see test_delivery's kill-9 test (Tansu's ListOffsets)."""
+    logged: set[str] = set()
+    receiver = ReceiverThread(known_requests=lambda request_id: request_id in logged)
+    try:
+        env = evidence_env(
+            receiver, KAFKA_PRODUCER_BATCH_BYTES="1", HELICONE_PROPERTY_NOT_FOUND_S="120"
+        )
+        first: WorkerProcess = worker_factory(state_dir=tmp_path / "state-a", **env)
+        first.wait_ready()
+        now = datetime.now(UTC)
+        shown = Evidence(event_id="e1", type="suggestion_shown", event_time=now)
+        accepted = Evidence(event_id="e2", type="suggestion_accepted", event_time=now)
+        decisions = [
+            make_decision(rule="code_suggestion").model_copy(
+                update={"signals": [shown, accepted]}
+            )
+            for _ in range(3)
+        ]
+        publish(kafka_bootstrap, topics.outbox, decisions)
+        first.wait_metric("feedback_property_not_found_total", lambda v: v >= 3)
+        wait_committed(kafka_bootstrap, topics.group, topics.outbox, 3)
+        first.kill()
+        assert receiver.call(lambda r: r.properties.all()) == {}
+
+        logged.update(d.request_id for d in decisions if d.request_id is not None)
+        second: WorkerProcess = worker_factory(state_dir=tmp_path / "state-b", **env)
+        second.wait_ready(timeout_s=120)
+        expected = {
+            d.request_id: {"Feedback-Rule": "code_suggestion", "Feedback-Signals": "accepted"}
+            for d in decisions
+        }
+        wait_until(
+            lambda: receiver.call(lambda r: r.properties.all()) == expected,
+            timeout_s=60, what="the second worker to set the waiting properties",
+        )
+        restored = re.findall(r"evidence: (\d+) pending request", second.logs())
+        assert sum(map(int, restored)) >= 3, second.logs()[-3000:]
+        assert second.metric_sum("feedback_property_dropped_total") == 0
+    finally:
+        receiver.close()
