@@ -191,6 +191,43 @@ async def test_a_late_record_writes_the_lanes_current_view_not_older_properties(
     await harness.aclose()
 
 
+async def test_after_a_rebalance_the_new_owner_resumes_and_the_old_owners_records_are_harmless(
+    clock: FakeClock,
+) -> None:
+    """The partition moves while a property waits: the new owner restores it and sets both
+    properties; the old owner still makes its own call, and its record, applied by the new
+    owner, writes the new owner's view.  Helicone ends with both properties once (last write
+    per key), and the table ends empty."""
+    states: dict[bytes, bytes] = {}
+    evidence: dict[bytes, bytes] = {}
+    old_wire = Wire(not_found)
+    old = worker(old_wire, clock, states, evidence)
+    decision = rated()
+    rid = decision.request_id
+    assert rid is not None
+    await old.publish(decision)
+    await old.advance(0.5)  # the first "Request not found"
+    saved = entries(evidence)[rid]
+
+    new_wire = Wire(ok)
+    new = worker(new_wire, clock, states, evidence)
+    assert new.delivery.properties is not None
+    assert new.delivery.properties.restore(list(evidence.items()), {old.owner(decision)}) == 1
+    old_wire.property_answer = ok  # Helicone has logged the request meanwhile
+    clock.t_ms = saved.due_ms
+    old.delivery.dispatch()
+    await old.delivery.drain()  # the old owner sets Feedback-Rule; its record goes out
+    records = [r for r in old.sent[-1:] if header(r[4], KIND_HEADER) == PROPERTY_KIND]
+    assert len(records) == 1
+    new.delivery.properties.apply(records[0][2], old.owner(decision))
+    assert entries(evidence)[rid].properties[0] == (RULE_PROPERTY, "engagement")  # new's view
+    await new.advance(0.5)
+    assert new_wire.properties() == [(RULE_PROPERTY, "engagement"), (SIGNALS_PROPERTY, "copied")]
+    assert evidence == {}
+    await old.aclose()
+    await new.aclose()
+
+
 async def test_restore_takes_only_the_owned_partitions_and_skips_unreadable_entries(
     clock: FakeClock,
 ) -> None:
