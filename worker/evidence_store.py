@@ -199,8 +199,8 @@ class PendingStore:
         many were restored (entries the lane already holds are left as they are)."""
         restored = 0
         for key, raw in items:
-            partition, _, request_id = key.decode().partition("/")
-            if raw is None or int(partition) not in owned:
+            partition, _, request_id = key.decode(errors="replace").partition("/")
+            if raw is None or not partition.isdigit() or int(partition) not in owned:
                 continue
             try:
                 saved = decode(raw)

@@ -240,6 +240,7 @@ async def test_restore_takes_only_the_owned_partitions_and_skips_unreadable_entr
     for rid in ids:
         evidence[f"{store.partition_of(rid)}/{rid}".encode()] = encode(saved)
     evidence[b"0/broken"] = b"{not json"
+    evidence[b"no-partition"] = encode(saved)
     sender = harness.delivery.properties
     assert sender is not None
     owned = {0, 1}
