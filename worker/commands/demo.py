@@ -39,6 +39,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from worker.commands.common import read_to_end
 from worker.commands.demo_check import check_table as _check_table
 from worker.commands.demo_check import stored_table as _stored_table
 from worker.commands.demo_prompts import assign_users, prompt_report
@@ -560,42 +561,22 @@ async def _settle(
     return samples
 
 
-async def _read_outbox(settings: Settings, timeout_s: float = 30) -> list[dict[str, Any]]:
-    """Every decision on the outbox topic, up to each partition's fetch high watermark."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from worker.kafka import client_kwargs
-
-    consumer = AIOKafkaConsumer(
-        enable_auto_commit=False, auto_offset_reset="earliest", **client_kwargs(settings)
-    )
-    await consumer.start()
-    found: list[dict[str, Any]] = []
+def _document(record: Any) -> dict[str, Any] | None:
     try:
-        if settings.topic_outbox not in await consumer.topics():
-            return found
-        tps = [
-            TopicPartition(settings.topic_outbox, p)
-            for p in sorted(consumer.partitions_for_topic(settings.topic_outbox) or ())
-        ]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300, max_records=5_000)
-            for records in batch.values():
-                for record in records:
-                    with contextlib.suppress(orjson.JSONDecodeError):
-                        document = orjson.loads(record.value)
-                        if isinstance(document, dict):
-                            found.append(document)
-            ends = [consumer.highwater(tp) for tp in tps]
-            positions = [await consumer.position(tp) for tp in tps]
-            if all(h is not None and p >= h for h, p in zip(ends, positions, strict=True)):
-                break
-    finally:
-        await consumer.stop()
-    return found
+        document = orjson.loads(record.value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+async def _read_outbox(settings: Settings, timeout_s: float = 30) -> list[dict[str, Any]]:
+    """Every decision on the outbox topic, up to each partition's fetch high watermark (what
+    was read by then if that takes over ``timeout_s``; nothing if the topic is missing)."""
+    read = await read_to_end(
+        settings, settings.topic_outbox, _document,
+        timeout_s=timeout_s, poll_ms=300, partial_on_timeout=True,
+    )
+    return [] if read is None else read.items
 
 
 # --------------------------------------------------------------------------- tables
