@@ -272,11 +272,11 @@ def _configs(
 
 @contextlib.asynccontextmanager
 async def _collector(settings: Settings) -> AsyncIterator[str]:
-    """The HTTP collector in this process (``start_collector``), on a free local port, writing
-    to the demo's topics; yields its base URL once its producer is connected."""
-    from worker.collector.server import start_collector
+    """The HTTP collector in this process, on a free local port, writing to the demo's
+    topics; yields its base URL once its producer is connected."""
+    from worker.collector import start_in_process
 
-    running = await start_collector(settings)
+    running = await start_in_process(settings)
     try:
         if not await running.wait_ready(timeout_s=30):
             raise click.ClickException("the collector could not connect to the broker")
