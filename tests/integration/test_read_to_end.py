@@ -10,11 +10,11 @@ from typing import Any
 import click
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.fixtures.kafka import produce
 from worker.commands.common import read_to_end
 from worker.config import Settings
+from worker.kafka import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -28,27 +28,27 @@ def _number(record: Any) -> int | None:
     return document.get("n") if isinstance(document, dict) else None
 
 
-async def _topic_with_records(bootstrap: str, partitions: int, count: int) -> str:
+async def _topic_with_records(bootstrap: str, partitions: int, count: int) -> Settings:
+    """Settings whose outbox topic is new, has ``partitions`` partitions and holds ``count``
+    numbered records and two that are no number."""
     topic = f"read-to-end-{uuid.uuid4().hex[:10]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
+    settings = Settings(
+        kafka_bootstrap_servers=bootstrap, topic_outbox=topic, topic_partitions=partitions
+    )
+    await ensure_topics(settings, only=[topic])
     # linger_ms batches many records per produce request: the multi-record batches of DESIGN 2.
     records = [(str(n).encode(), orjson.dumps({"n": n})) for n in range(count)]
     records += [(b"junk", b"not json"), (b"list", b"[1, 2]")]
     await produce(bootstrap, topic, records)
-    return topic
+    return settings
 
 
 def test_reads_every_record_of_every_partition_once_and_counts_the_skipped(
     kafka_bootstrap: str,
 ) -> None:
     async def scenario() -> None:
-        topic = await _topic_with_records(kafka_bootstrap, partitions=3, count=500)
-        settings = Settings(kafka_bootstrap_servers=kafka_bootstrap)
+        settings = await _topic_with_records(kafka_bootstrap, partitions=3, count=500)
+        topic = settings.topic_outbox
         read = await read_to_end(settings, topic, _number, timeout_s=60)
         assert read is not None
         assert sorted(read.items) == list(range(500))
@@ -68,8 +68,8 @@ def test_a_missing_topic_reads_as_none(kafka_bootstrap: str) -> None:
 
 def test_not_reaching_the_end_raises_unless_partial_is_asked_for(kafka_bootstrap: str) -> None:
     async def scenario() -> None:
-        topic = await _topic_with_records(kafka_bootstrap, partitions=1, count=5)
-        settings = Settings(kafka_bootstrap_servers=kafka_bootstrap)
+        settings = await _topic_with_records(kafka_bootstrap, partitions=1, count=5)
+        topic = settings.topic_outbox
         # No time at all: the loop never polls, so the end is never reached.
         with pytest.raises(click.ClickException, match=topic):
             await read_to_end(settings, topic, _number, timeout_s=0)
