@@ -56,11 +56,29 @@ class Metrics:
     """The worker's series, registered on one registry (a fresh one per app by default)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        """Register every series, by area, in the order ``/metrics`` lists them (the generated
+        metrics reference follows it too)."""
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         # process_resident_memory_bytes, process_cpu_seconds_total, open fds: the standard
         # process series, to read RSS next to feedback_rocksdb_memory_bytes.
         ProcessCollector(registry=r)
+        self._ingest_series(r)
+        self._runtime_series(r)
+        self._consumer_series(r)
+        self._window_series(r)
+        self._calibration_series(r)
+        # ---- delivery (DESIGN 5, 9): fed by worker/delivery_engine.py
+        self._delivery_call_series(r)
+        self._delivery_queue_series(r)
+        self._delivery_outcome_series(r)
+        self._evidence_series(r)
+        self._delivery_zeros()
+        #: Feedback prompts' series (worker.prompts), listed after the others.
+        self.prompts = PromptMetrics(r)
+
+    def _ingest_series(self, r: CollectorRegistry) -> None:
+        """What ingest accepted, refused, dropped as duplicate or forwarded."""
         self.events = Counter(
             "feedback_events", "Valid events accepted by ingest, by type.", ["type"], registry=r
         )
@@ -94,6 +112,8 @@ class Metrics:
         for reason in _INVALID_REASONS:
             self.events_invalid.labels(reason=reason)
 
+    def _runtime_series(self, r: CollectorRegistry) -> None:
+        """Crashed handlers, skipped offsets, changelog losses and RocksDB memory."""
         self.agent_crashes = Counter(
             "feedback_agent_crashes",
             "Records that made a stream handler raise, by handler (ingest goes on with the "
@@ -133,9 +153,8 @@ class Metrics:
             registry=r,
         )
 
-        self._consumer_series(r)
-
-        # ---- windows and decisions
+    def _window_series(self, r: CollectorRegistry) -> None:
+        """Late events, stream time, open windows and the decisions they made."""
         self.events_late = Counter(
             "feedback_events_late",
             "Valid events that arrived for a window that had already closed (to the late topic).",
@@ -169,9 +188,8 @@ class Metrics:
             registry=r,
         )
 
-        self._calibration_series(r)
-
-        # ---- delivery (DESIGN 5, 9): fed by worker/delivery_engine.py
+    def _delivery_call_series(self, r: CollectorRegistry) -> None:
+        """The calls to Helicone and what they delivered."""
         self.delivery_attempts = Counter(
             "feedback_delivery_attempts",
             "HTTP calls to Helicone (or dry-run stand-ins), by endpoint and outcome.",
@@ -205,6 +223,9 @@ class Metrics:
             "explicit one, no new score), so they needed no call.",
             registry=r,
         )
+
+    def _delivery_queue_series(self, r: CollectorRegistry) -> None:
+        """What waits for delivery, how fast it can drain, and throttling."""
         self.delivery_retry_queue = Gauge(
             "feedback_delivery_retry_queue",
             "Requests and sessions waiting for a retry after a failed call, on this worker's "
@@ -238,6 +259,9 @@ class Metrics:
             "Calls Helicone answered 429 (rate limited).",
             registry=r,
         )
+
+    def _delivery_outcome_series(self, r: CollectorRegistry) -> None:
+        """Read-back checks, dead letters, the breaker, the auth pause and the delay."""
         self.delivery_verified = Counter(
             "feedback_delivery_verified",
             "Delivered request states read back from Helicone (DELIVERY_VERIFY_SAMPLE), by "
@@ -272,7 +296,9 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400),
             registry=r,
         )
-        self._evidence_series(r)
+
+    def _delivery_zeros(self) -> None:
+        """Every closed label set of the delivery series at 0, so dashboards see zeros."""
         for endpoint in ENDPOINTS:
             self.delivery_duration.labels(endpoint=endpoint)
             for outcome in DeliveryOutcome:
@@ -285,8 +311,6 @@ class Metrics:
             self.delivery_delivered.labels(target=target)
         for state in ("delivered", "pending"):
             self.delivery_duplicates.labels(state=state)
-        #: Feedback prompts' series (worker.prompts), listed after the others.
-        self.prompts = PromptMetrics(r)
 
     def _consumer_series(self, r: CollectorRegistry) -> None:
         """Consumer lag per topic partition (partitions are a small closed set; no ids)."""

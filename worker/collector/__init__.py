@@ -11,6 +11,27 @@ Map of the package::
 Events are validated by :func:`worker.ingest.inspect_record`, the same function the ingest
 agent runs, so the collector and the worker never disagree about what is valid.
 
-This module imports nothing, so the pure core (``batch``, ``policy``) loads
-without aiohttp or aiokafka; start the service from :mod:`worker.collector.server`.
+This module imports nothing at load time, so the pure core (``batch``, ``policy``) loads
+without aiohttp or aiokafka.  :func:`start_in_process` is the entry point for code outside the
+package (the demo command), so it depends on no adapter module; tests and the CLI's
+``collect`` may use :mod:`worker.collector.server` directly.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.collector.server import RunningCollector
+    from worker.config import Settings
+
+__all__ = ["start_in_process"]
+
+
+async def start_in_process(settings: Settings) -> RunningCollector:
+    """The collector started in this process from ``settings`` (their host and port, topics
+    created), as :func:`worker.collector.server.start_collector` starts it; stop it with
+    ``await running.stop()``."""
+    from worker.collector.server import start_collector
+
+    return await start_collector(settings)

@@ -26,24 +26,25 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 import httpx
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
+from worker.commands.common import read_to_end
 from worker.commands.demo_check import check_table as _check_table
 from worker.commands.demo_check import stored_table as _stored_table
 from worker.commands.demo_prompts import assign_users, prompt_report
+from worker.commands.demo_traffic import DEMO_WRITE_KEY, Progress, collector_share, ordinal, publish
+from worker.commands.demo_view import live_view, settle
+from worker.commands.demo_view import scrape as _scrape
+from worker.commands.demo_view import total as _total
 from worker.config import Settings
-from worker.devtools.traffic import Journey, Windows, generate, hostile_record
+from worker.devtools.traffic import Journey, Windows, generate
 
 __all__ = ["DEMO_SETTINGS", "demo"]
 
@@ -66,28 +67,7 @@ SHAPE = Windows(engagement_ms=6_000, code_ms=4_000, clicks_ms=8_000, ticket_ms=1
 #: The longest a journey lasts (event time) under SHAPE, so the last one ends before traffic.
 _LONGEST_JOURNEY_MS = 6_000
 DEMO_KEY = "sk-helicone-demo-local-receiver"
-#: The collector's write key in the demo (write keys are publishable: they only allow writing).
-DEMO_WRITE_KEY = "wk-demo-local"
-#: Every this many journeys (in generation order) goes through the collector over HTTP.
-COLLECTOR_EVERY = 3
-#: Least time between two POSTs to the collector: events due meanwhile go in one batch, as
-#: an SDK buffers them, and the demo stays under the default COLLECTOR_RATE_PER_S.
-COLLECTOR_FLUSH_S = 0.1
-#: One malformed record (not JSON, wrong shape, bad ids...) per this many events.
-HOSTILE_EVERY = 20
 
-
-@dataclass
-class Progress:
-    published: int = 0
-    hostile: int = 0
-    journeys: int = 0
-    #: Events the collector accepted (202), the batches they went in, and invalid ones.
-    via_collector: int = 0
-    collector_batches: int = 0
-    collector_invalid: int = 0
-    phase: str = "starting"
-    started: float = field(default_factory=time.monotonic)
 
 
 # --------------------------------------------------------------------------- the command
@@ -177,11 +157,10 @@ async def _run(
                 await _wait_ready(process, port, workdir / "worker.log")
             async with _collector(settings) as collector_url:
                 console.print(
-                    f"Collector (HTTP): {collector_url}/v1/events  (every {_ordinal()} journey "
+                    f"Collector (HTTP): {collector_url}/v1/events  (every {ordinal()} journey "
                     "goes through it, as batches of events like a browser SDK sends; the rest "
                     "and the malformed records go straight to Kafka)"
                 )
-                progress = Progress()
                 requests = max(1, int(rate * max(1, seconds - _LONGEST_JOURNEY_MS // 1000)))
                 journeys = generate(
                     requests,
@@ -191,32 +170,13 @@ async def _run(
                     seed=seed,
                 )
                 assign_users(journeys, seed=seed)  # so the prompts' cooldown has work
-                progress.journeys = len(journeys)
-                async with httpx.AsyncClient(timeout=3) as http:
-                    with Live(
-                        _live_view(progress, {}, metrics_url, receiver),
-                        console=console,
-                        refresh_per_second=2,
-                        transient=False,
-                    ) as live:
-                        publisher = asyncio.create_task(
-                            _publish(settings, journeys, progress, random.Random(seed),
-                                     collector_url=collector_url)
-                        )
-                        samples: dict[str, Any] = {}
-                        while not publisher.done():
-                            samples = await _scrape(http, metrics_url) or samples
-                            live.update(_live_view(progress, samples, metrics_url, receiver))
-                            await asyncio.sleep(1)
-                        await publisher  # re-raise a publishing failure
-                        progress.phase = "closing the last windows"
-                        samples = await _settle(
-                            http, metrics_url, progress, live, receiver, timeout_s=40
-                        )
-                        progress.phase = "done"
-                        live.update(_live_view(progress, samples, metrics_url, receiver))
+                progress = Progress(journeys=len(journeys))
+                samples = await _watch(
+                    console, settings, journeys, progress, random.Random(seed),
+                    metrics_url=metrics_url, collector_url=collector_url, receiver=receiver,
+                )
                 console.print()  # the live view leaves the cursor at its end
-                console.print(_collector_share(progress, collector_url))
+                console.print(collector_share(progress, collector_url))
         console.print()
         found = await _read_outbox(settings)
         candidates = _total(samples, "feedback_prompt_candidates_total")
@@ -238,6 +198,42 @@ async def _run(
         f" (worker log: {workdir / 'worker.log'})"
     )
     return ok
+
+
+async def _watch(
+    console: Console,
+    settings: Settings,
+    journeys: list[Journey],
+    progress: Progress,
+    rng: random.Random,
+    *,
+    metrics_url: str,
+    collector_url: str,
+    receiver: Any,
+) -> dict[str, Any]:
+    """Publish the traffic under a live view of the worker's metrics, then wait until the
+    worker settled; the last metrics read."""
+    async with httpx.AsyncClient(timeout=3) as http:
+        with Live(
+            live_view(progress, {}, metrics_url, receiver),
+            console=console,
+            refresh_per_second=2,
+            transient=False,
+        ) as live:
+            publisher = asyncio.create_task(
+                publish(settings, journeys, progress, rng, collector_url=collector_url)
+            )
+            samples: dict[str, Any] = {}
+            while not publisher.done():
+                samples = await _scrape(http, metrics_url) or samples
+                live.update(live_view(progress, samples, metrics_url, receiver))
+                await asyncio.sleep(1)
+            await publisher  # re-raise a publishing failure
+            progress.phase = "closing the last windows"
+            samples = await settle(http, metrics_url, progress, live, receiver, timeout_s=40)
+            progress.phase = "done"
+            live.update(live_view(progress, samples, metrics_url, receiver))
+    return samples
 
 
 # --------------------------------------------------------------------------- parts
@@ -274,107 +270,19 @@ def _configs(
     return env, settings
 
 
-def _ordinal() -> str:
-    return {2: "second", 3: "third", 4: "fourth"}.get(COLLECTOR_EVERY, f"{COLLECTOR_EVERY}th")
-
-
-def _collector_share(progress: Progress, url: str) -> str:
-    share = progress.via_collector / progress.published if progress.published else 0.0
-    return (
-        f"Through the collector ({url}/v1/events): {progress.via_collector} of "
-        f"{progress.published} events ({share:.0%}) in {progress.collector_batches} batches, "
-        f"each answered 202 ({progress.collector_invalid} invalid); the other "
-        f"{progress.published - progress.via_collector} events and {progress.hostile} "
-        "malformed records went straight to Kafka."
-    )
-
-
 @contextlib.asynccontextmanager
 async def _collector(settings: Settings) -> AsyncIterator[str]:
-    """The HTTP collector in this process (``start_collector``), on a free local port, writing
-    to the demo's topics; yields its base URL once its producer is connected."""
-    from worker.collector.server import start_collector
+    """The HTTP collector in this process, on a free local port, writing to the demo's
+    topics; yields its base URL once its producer is connected."""
+    from worker.collector import start_in_process
 
-    running = await start_collector(settings)
+    running = await start_in_process(settings)
     try:
         if not await running.wait_ready(timeout_s=30):
             raise click.ClickException("the collector could not connect to the broker")
         yield running.url
     finally:
         await running.stop()
-
-
-class _CollectorSender:
-    """Posts events to the collector as a browser SDK does: the events due since the last
-    request go in one batch with a ``sent_at``, one request at a time (so a request's events
-    keep their order), at most one every :data:`COLLECTOR_FLUSH_S`.  A ``429`` or ``503`` is
-    retried after its ``Retry-After``, the whole batch again (``event_id`` dedupe makes that
-    safe); any other refusal is a bug in the demo and ends it."""
-
-    def __init__(self, http: httpx.AsyncClient, url: str, progress: Progress,
-                 max_events: int) -> None:
-        self._http = http
-        self._url = f"{url}/v1/events"
-        self._progress = progress
-        self._max_events = max_events
-        self._pending: list[dict[str, Any]] = []
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._task = asyncio.create_task(self._run(), name="demo-collector-sender")
-
-    def put(self, event: dict[str, Any]) -> None:
-        self._pending.append(event)
-        self._wake.set()
-
-    def cancel(self) -> None:
-        """Stop at once (the demo is failing anyway)."""
-        self._task.cancel()
-
-    async def close(self) -> None:
-        """Send what is pending and wait for every answer (re-raises a failure)."""
-        self._closing = True
-        self._wake.set()
-        await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch = self._pending[: self._max_events]
-                del self._pending[: len(batch)]
-                await self._post(batch)
-            if self._closing:
-                return
-            await asyncio.sleep(COLLECTOR_FLUSH_S)
-
-    async def _post(self, batch: list[dict[str, Any]]) -> None:
-        from worker.devtools.traffic import iso
-
-        # sent_at is never before an event's occurred_at, which the worker would refuse
-        now_ms = max(int(time.time() * 1000), *(_epoch_ms(e["occurred_at"]) for e in batch))
-        body = orjson.dumps({"sent_at": iso(now_ms), "events": batch})
-        headers = {"Authorization": f"Bearer {DEMO_WRITE_KEY}",
-                   "Content-Type": "application/json"}
-        for _ in range(10):
-            try:
-                response = await self._http.post(self._url, content=body, headers=headers)
-            except httpx.HTTPError:
-                await asyncio.sleep(1)
-                continue
-            if response.status_code == 202:
-                answer = response.json()
-                self._progress.via_collector += int(answer["accepted"])
-                self._progress.collector_invalid += int(answer["invalid"])
-                self._progress.collector_batches += 1
-                return
-            if response.status_code in (429, 503):
-                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
-                continue
-            raise click.ClickException(
-                f"the collector refused a batch: {response.status_code} {response.text}"
-            )
-        raise click.ClickException("the collector did not accept a batch after 10 attempts")
 
 
 @contextlib.asynccontextmanager
@@ -433,208 +341,21 @@ async def _wait_ready(
     raise click.ClickException(f"the worker was not ready within {timeout_s:.0f} s")
 
 
-async def _publish(
-    settings: Settings,
-    journeys: list[Journey],
-    progress: Progress,
-    rng: random.Random,
-    *,
-    collector_url: str | None = None,
-) -> None:
-    """Send every event when its event time comes (a live stream), a hostile record now and
-    then.  Every :data:`COLLECTOR_EVERY`-th journey's events go to the collector over HTTP
-    (whole journeys, so each request's events take one path, in order); the others and the
-    hostile records go to Kafka, keyed by request id like `feedback-worker publish`."""
-    from aiokafka import AIOKafkaProducer
-
-    from worker.kafka import client_kwargs
-
-    via_http = (
-        {j.request_id for i, j in enumerate(journeys) if i % COLLECTOR_EVERY == 0}
-        if collector_url
-        else set()
-    )
-    events = sorted(
-        ((e, j.request_id) for j in journeys for e in j.events), key=lambda p: p[0]["occurred_at"]
-    )
-    epoch_ms = {id(e): _epoch_ms(e["occurred_at"]) for e, _ in events}
-    producer = AIOKafkaProducer(linger_ms=5, **client_kwargs(settings))
-    await producer.start()
-    progress.phase = "publishing traffic"
+def _document(record: Any) -> dict[str, Any] | None:
     try:
-        async with httpx.AsyncClient(timeout=30) as http:
-            sender = (
-                _CollectorSender(http, collector_url, progress, settings.collector_max_events)
-                if collector_url
-                else None
-            )
-            try:
-                for event, request_id in events:
-                    delay = epoch_ms[id(event)] / 1000 - time.time()
-                    if delay > 0:
-                        await producer.flush()
-                        await asyncio.sleep(delay)
-                    if sender is not None and request_id in via_http:
-                        sender.put(event)
-                    else:
-                        await producer.send(
-                            settings.topic_ui_events,
-                            key=request_id.lower().encode(),
-                            value=orjson.dumps(event),
-                        )
-                    progress.published += 1
-                    if progress.published % HOSTILE_EVERY == 1:  # the first, then 1 in 20
-                        await producer.send(settings.topic_ui_events, value=hostile_record(rng))
-                        progress.hostile += 1
-                await producer.flush()
-            except BaseException:
-                if sender is not None:
-                    sender.cancel()
-                raise
-            if sender is not None:
-                await sender.close()
-    finally:
-        await producer.stop()
-
-
-def _epoch_ms(occurred_at: str) -> int:
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(occurred_at).timestamp() * 1000)
-
-
-async def _scrape(http: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
-    """``/metrics`` as {name: [(labels, value), ...]}; None when it cannot be read."""
-    try:
-        text = (await http.get(url)).text
-    except httpx.HTTPError:
+        document = orjson.loads(record.value or b"")
+    except orjson.JSONDecodeError:
         return None
-    samples: dict[str, Any] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return samples
-
-
-def _total(samples: dict[str, Any], name: str, **labels: str) -> int:
-    return int(
-        sum(
-            value
-            for got, value in samples.get(name, [])
-            if all(got.get(k) == v for k, v in labels.items())
-        )
-    )
-
-
-async def _settle(
-    http: httpx.AsyncClient,
-    url: str,
-    progress: Progress,
-    live: Live,
-    receiver: Any,
-    *,
-    timeout_s: float,
-) -> dict[str, Any]:
-    """Until no window is open and decisions and deliveries held still for 3 s."""
-    deadline = time.monotonic() + timeout_s
-    samples: dict[str, Any] = {}
-    last: tuple[int, ...] = ()
-    since = time.monotonic()
-    while time.monotonic() < deadline:
-        samples = await _scrape(http, url) or samples
-        live.update(_live_view(progress, samples, url, receiver))
-        state = (
-            _total(samples, "feedback_decisions_total"),
-            _total(samples, "feedback_delivery_delivered_total"),
-            _total(samples, "feedback_delivery_dlq_total"),
-        )
-        if state != last:
-            last, since = state, time.monotonic()
-        idle = (
-            _total(samples, "feedback_windows_open") == 0
-            and _total(samples, "feedback_delivery_backlog") == 0
-        )
-        if samples and idle and time.monotonic() - since >= 3:
-            break
-        await asyncio.sleep(0.5)
-    return samples
+    return document if isinstance(document, dict) else None
 
 
 async def _read_outbox(settings: Settings, timeout_s: float = 30) -> list[dict[str, Any]]:
-    """Every decision on the outbox topic, up to each partition's fetch high watermark."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from worker.kafka import client_kwargs
-
-    consumer = AIOKafkaConsumer(
-        enable_auto_commit=False, auto_offset_reset="earliest", **client_kwargs(settings)
+    """Every decision on the outbox topic, up to each partition's fetch high watermark (what
+    was read by then if that takes over ``timeout_s``; nothing if the topic is missing)."""
+    read = await read_to_end(
+        settings, settings.topic_outbox, _document,
+        timeout_s=timeout_s, poll_ms=300, partial_on_timeout=True,
     )
-    await consumer.start()
-    found: list[dict[str, Any]] = []
-    try:
-        if settings.topic_outbox not in await consumer.topics():
-            return found
-        tps = [
-            TopicPartition(settings.topic_outbox, p)
-            for p in sorted(consumer.partitions_for_topic(settings.topic_outbox) or ())
-        ]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300, max_records=5_000)
-            for records in batch.values():
-                for record in records:
-                    with contextlib.suppress(orjson.JSONDecodeError):
-                        document = orjson.loads(record.value)
-                        if isinstance(document, dict):
-                            found.append(document)
-            ends = [consumer.highwater(tp) for tp in tps]
-            positions = [await consumer.position(tp) for tp in tps]
-            if all(h is not None and p >= h for h, p in zip(ends, positions, strict=True)):
-                break
-    finally:
-        await consumer.stop()
-    return found
+    return [] if read is None else read.items
 
 
-# --------------------------------------------------------------------------- tables
-
-
-def _live_view(
-    progress: Progress, samples: dict[str, Any], metrics_url: str, receiver: Any
-) -> Group:
-    elapsed = time.monotonic() - progress.started
-    summary = Table(title=f"feedback-worker demo: {progress.phase} ({elapsed:.0f} s)",
-                    show_header=False, min_width=60)
-    summary.add_column("what")
-    summary.add_column("count", justify="right")
-    summary.add_row("simulated answers", str(progress.journeys))
-    summary.add_row("events published", str(progress.published))
-    summary.add_row("  of which through the collector (HTTP, 202)", str(progress.via_collector))
-    summary.add_row("hostile records published", str(progress.hostile))
-    summary.add_row("events accepted (feedback_events_total)",
-                    str(_total(samples, "feedback_events_total")))
-    summary.add_row("invalid (feedback_events_invalid_total)",
-                    str(_total(samples, "feedback_events_invalid_total")))
-    summary.add_row("open windows", str(_total(samples, "feedback_windows_open")))
-    summary.add_row("decisions", str(_total(samples, "feedback_decisions_total")))
-    summary.add_row("delivered", str(_total(samples, "feedback_delivery_delivered_total")))
-    summary.add_row("retried calls",
-                    str(_total(samples, "feedback_delivery_attempts_total", outcome="retryable")))
-    summary.add_row("dead-lettered", str(_total(samples, "feedback_delivery_dlq_total")))
-    if receiver is not None:
-        summary.add_row("calls received by the local receiver", str(len(receiver.records)))
-
-    decisions = Table(title="decisions by rule and rating", min_width=60)
-    decisions.add_column("rule")
-    for rating in ("true", "false", "none"):
-        decisions.add_column(rating, justify="right")
-    rules = sorted({labels["rule"] for labels, _ in samples.get("feedback_decisions_total", [])})
-    for rule in rules:
-        decisions.add_row(
-            rule,
-            *(str(_total(samples, "feedback_decisions_total", rule=rule, rating=r))
-              for r in ("true", "false", "none")),
-        )
-    return Group(summary, decisions, Text(f"metrics: {metrics_url}", style="dim"))

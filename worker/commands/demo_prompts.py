@@ -14,15 +14,14 @@ run, :func:`read_prompts` reads the ``feedback-prompts`` topic, :func:`prompt_fi
 
 from __future__ import annotations
 
-import contextlib
 import random
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from rich.table import Table
 
+from worker.commands.common import read_to_end
 from worker.prompts import PromptRecord
 
 if TYPE_CHECKING:
@@ -112,38 +111,21 @@ def prompt_table(f: PromptFigures, *, cooldown_s: float) -> Table:
     return table
 
 
-async def read_prompts(settings: Settings, timeout_s: float = 20) -> list[PromptRecord]:
-    """Every record of the prompts topic, up to each partition's fetch high watermark."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from worker.kafka import client_kwargs
-
-    topic = settings.topic_prompts
-    consumer = AIOKafkaConsumer(
-        enable_auto_commit=False, auto_offset_reset="earliest", **client_kwargs(settings)
-    )
-    await consumer.start()
-    found: list[PromptRecord] = []
+def _prompt(record: Any) -> PromptRecord | None:
     try:
-        if topic not in await consumer.topics():
-            return found
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300, max_records=5_000)
-            for records in batch.values():
-                for record in records:
-                    with contextlib.suppress(ValidationError):
-                        found.append(PromptRecord.model_validate_json(record.value or b""))
-            ends = [consumer.highwater(tp) for tp in tps]
-            positions = [await consumer.position(tp) for tp in tps]
-            if all(h is not None and p >= h for h, p in zip(ends, positions, strict=True)):
-                break
-    finally:
-        await consumer.stop()
-    return found
+        return PromptRecord.model_validate_json(record.value or b"")
+    except ValidationError:
+        return None
+
+
+async def read_prompts(settings: Settings, timeout_s: float = 20) -> list[PromptRecord]:
+    """Every record of the prompts topic, up to each partition's fetch high watermark (what
+    was read by then if that takes over ``timeout_s``; nothing if the topic is missing)."""
+    read = await read_to_end(
+        settings, settings.topic_prompts, _prompt,
+        timeout_s=timeout_s, poll_ms=300, partial_on_timeout=True,
+    )
+    return [] if read is None else read.items
 
 
 async def prompt_report(settings: Settings, journeys: list[Journey], *, candidates: int) -> Table:

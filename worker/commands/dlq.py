@@ -5,15 +5,14 @@ Instead ``redrive`` appends a small *redriven* marker (header :data:`REDRIVEN_HE
 so same partition, after the record) and both commands show a decision only while its newest
 record is a dead-letter record: a decision that fails again after a redrive shows up again.
 
-Reading stops at each partition's high watermark as reported by fetch responses, not by
-ListOffsets, which Tansu gets wrong for multi-record batches (DESIGN 2).
+Reading stops at each partition's high watermark as reported by fetch responses
+(:func:`worker.commands.common.read_to_end`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from worker.commands.common import load_settings_or_exit
+from worker.commands.common import load_settings_or_exit, read_to_end
 from worker.delivery import DEAD_LETTER_REASONS
 from worker.envelopes import REDRIVE_HEADER, REDRIVEN_HEADER
 
@@ -82,65 +81,32 @@ class _Marker:
 
 
 async def read_dead_letters(
-    settings: Settings, *, timeout_s: float = 30.0, on_progress: Any = None
+    settings: Settings, *, timeout_s: float = 30.0
 ) -> tuple[list[DeadLetter], list[_Marker]] | None:
     """Every record of the dead-letter topic up to its end; None when the topic is missing."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from worker.kafka import client_kwargs
-
-    topic = settings.topic_dlq
-    consumer = AIOKafkaConsumer(
-        enable_auto_commit=False, auto_offset_reset="earliest", **client_kwargs(settings)
-    )
-    await consumer.start()
-    letters: list[DeadLetter] = []
-    markers: list[_Marker] = []
-    try:
-        if topic not in await consumer.topics():
-            return None
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200, max_records=5_000)
-            for records in batch.values():
-                for record in records:
-                    _collect(record, letters, markers)
-            if on_progress is not None:
-                on_progress(len(letters))
-            caught_up = True
-            for tp in tps:
-                highwater = consumer.highwater(tp)
-                if highwater is None or await consumer.position(tp) < highwater:
-                    caught_up = False
-                    break
-            if caught_up:
-                return letters, markers
-        raise click.ClickException(
-            f"could not read {topic} to its end within {timeout_s:.0f} s "
-            "(is the broker reachable? try --timeout)"
-        )
-    finally:
-        await consumer.stop()
+    read = await read_to_end(settings, settings.topic_dlq, _parse, timeout_s=timeout_s)
+    if read is None:
+        return None
+    letters = [item for item in read.items if isinstance(item, DeadLetter)]
+    markers = [item for item in read.items if isinstance(item, _Marker)]
+    return letters, markers
 
 
-def _collect(record: Any, letters: list[DeadLetter], markers: list[_Marker]) -> None:
+def _parse(record: Any) -> DeadLetter | _Marker | None:
+    """A dead letter, a redriven marker, or None for what the worker did not write."""
     headers = dict(record.headers or ())
     try:
         document = orjson.loads(record.value or b"")
     except orjson.JSONDecodeError:
-        return  # not written by the worker; nothing to show or redrive
+        return None  # not written by the worker; nothing to show or redrive
     if not isinstance(document, dict):
-        return
+        return None
     if REDRIVEN_HEADER in headers:
         decision_id = document.get("decision_id")
         if isinstance(decision_id, str):
-            markers.append(_Marker(record.partition, record.offset, decision_id))
-        return
-    letters.append(DeadLetter(record.partition, record.offset, record.key, document))
+            return _Marker(record.partition, record.offset, decision_id)
+        return None
+    return DeadLetter(record.partition, record.offset, record.key, document)
 
 
 def open_dead_letters(letters: list[DeadLetter], markers: list[_Marker]) -> list[DeadLetter]:

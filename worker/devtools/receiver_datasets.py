@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from worker.devtools.receiver import Receiver
+    from worker.devtools.receiver_server import Receiver
 
 __all__ = ["DatasetRow", "DatasetStore", "StoredDataset", "mount_datasets", "with_result"]
 

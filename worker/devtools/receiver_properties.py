@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from worker.devtools.receiver import Receiver
+    from worker.devtools.receiver_server import Receiver
 
 __all__ = ["PROPERTY_ROUTE", "PropertyStore", "mount_properties", "validate_property"]
 
