@@ -58,6 +58,7 @@ DEMO_SETTINGS: dict[str, str] = {
     "ENGAGEMENT_LONG_READ_S": "4",
     "ENGAGEMENT_SHORT_READ_S": "0.6",
     "ENGAGEMENT_QUICK_EXIT_S": "1.2",
+    "CODE_RETAINED_MIN_PCT": "50",  # an accepted suggestion mostly deleted later rates false
     # Tansu completes a group join after about half the rebalance timeout (DESIGN 2).
     "KAFKA_REBALANCE_TIMEOUT_S": "6",
     "KAFKA_SESSION_TIMEOUT_S": "10",
@@ -187,8 +188,8 @@ async def _run(
                     requests,
                     start_ms=int(time.time() * 1000) + 500,
                     spread_ms=max(1_000, seconds * 1000 - _LONGEST_JOURNEY_MS),
-                    windows=SHAPE,
-                    seed=seed,
+                    windows=SHAPE, seed=seed,
+                    retained_min_pct=int(DEMO_SETTINGS["CODE_RETAINED_MIN_PCT"]),
                 )
                 assign_users(journeys, seed=seed)  # so the prompts' cooldown has work
                 progress.journeys = len(journeys)
@@ -354,8 +355,7 @@ class _CollectorSender:
         # sent_at is never before an event's occurred_at, which the worker would refuse
         now_ms = max(int(time.time() * 1000), *(_epoch_ms(e["occurred_at"]) for e in batch))
         body = orjson.dumps({"sent_at": iso(now_ms), "events": batch})
-        headers = {"Authorization": f"Bearer {DEMO_WRITE_KEY}",
-                   "Content-Type": "application/json"}
+        headers = {"Authorization": f"Bearer {DEMO_WRITE_KEY}", "Content-Type": "application/json"}
         for _ in range(10):
             try:
                 response = await self._http.post(self._url, content=body, headers=headers)
