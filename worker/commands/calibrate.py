@@ -107,8 +107,11 @@ def calibrate_command(since: timedelta | None, as_json: bool, timeout: float) ->
     console.print(_table(results, title))
     console.print(
         "decided nothing: the rule's records with no rating and no shadow (abstentions "
-        "included), of all its records; precision: share of the rule's true (false) ratings "
-        "the user's thumbs confirmed; \\[low-high]: 95 % Wilson interval"
+        "included), of all its records"
+    )
+    console.print(
+        "precision: share of the rule's true (false) ratings the user's thumbs confirmed; "
+        "\\[low-high]: 95 % Wilson interval"
     )
     if not settings.outbox_abstentions:
         console.print(
