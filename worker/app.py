@@ -59,6 +59,7 @@ def rule_config(settings: Settings) -> RuleConfig:
         quick_exit_ms=int(settings.engagement_quick_exit_s * 1000),
         correction_phrases=tuple(settings.correction_phrases),
         code_retained_min_pct=settings.code_retained_min_pct,
+        outbox_abstentions=settings.outbox_abstentions,
     )
 
 

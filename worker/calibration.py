@@ -15,10 +15,11 @@ at-least-once):
 Per rule, over the decisions selected:
 
 * ``decisions``: the rule's decisions; ``undecided``: those with neither a rating nor a
-  shadow (a retention above its threshold, a window that only carried forwarded scores).
-  A window that decided nothing *and* had no score writes no decision at all (an
-  engagement tie, a code suggestion nobody acted on), so it cannot be counted here; that
-  is said where this is shown;
+  shadow, whatever their scores: abstentions (a window the rule decided nothing for: an
+  engagement tie, a code suggestion nobody acted on), a retention above its threshold, a
+  window that only carried forwarded scores.  Abstentions reach the outbox only while
+  ``OUTBOX_ABSTENTIONS`` is on (the default); with it off those windows write nothing and
+  ``undecided`` undercounts them, which is said where this is shown;
 * ``paired``: requests with both an explicit and this rule's rating; ``agreed``: of those,
   the ones where both are the same;
 * precision of the rule's positive ratings (explicit true among the rule's true) and of

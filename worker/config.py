@@ -160,6 +160,11 @@ class Settings(BaseSettings):
     code_retained_min_pct: int | None = Field(default=None, ge=0, le=100)
     """Code retention: a suggestion_retained below this retained_pct rates the request false
     (accepted, then mostly deleted).  Unset (the default): retention is only a score."""
+    outbox_abstentions: bool = True
+    """A window whose rule decides nothing (an untouched code suggestion, an engagement tie
+    with no score) writes an abstention to the outbox (rating null, no scores), which
+    delivery skips and ``calibrate`` counts as "decided nothing".  Off: such a window writes
+    nothing, for a smaller outbox when nobody calibrates."""
 
     # ---- feedback prompts (worker.prompts)
     prompts_enabled: bool = False

@@ -24,7 +24,9 @@ What holds, and why:
   :func:`~worker.delivery_state.score_rank`.  Both ranks are total orders computed from the
   decision alone, so the fold is independent of the order decisions are read in and of
   duplicates (the outbox is at-least-once; redriven decisions come back with the same id):
-  the dataset holds what delivery sent Helicone as the request's feedback.
+  the dataset holds what delivery sent Helicone as the request's feedback.  An abstention
+  (``Decision.is_abstention``) sets nothing, as in delivery, and its window does not make
+  the request look recent to ``--since``; a request with nothing else is ``empty``.
 * **--since looks at the request, not at single decisions.**  Dropping old decisions before
   the fold could let a newer implicit rating overrule an older explicit one; so the fold sees
   everything and ``--since`` keeps requests whose *latest* window ended within the span.
@@ -195,6 +197,8 @@ def fold_decisions(decisions: Iterable[Decision]) -> Folded:
         # Canonical form: Helicone ids are case-insensitive, and a set must not hold both.
         acc = accs.setdefault(decision.request_id.lower(), _Acc())
         acc.ids.add(decision.decision_id)
+        if decision.is_abstention:
+            continue  # sets nothing, not even the latest window (module docstring)
         acc.last_end_ms = max(acc.last_end_ms, _ms(decision.window_end))
         if decision.rating is not None:
             rank = rating_rank(decision)

@@ -149,13 +149,12 @@ REVOKE_WAIT_S = 15.0
 #: Decoded states kept in memory (the most recently written due ones); a backlog beyond this
 #: is read from the table again when it is sent.
 _DECODED_MAX = 4_096
-#: Outcomes of a partition that finish within this long of each other share one ``result``
-#: record.  It delays only when an outcome becomes durable (``_settled`` knows it meanwhile),
-#: never a call or a decision.  Each record costs a produce and a pass through Faust's
-#: per-record path, which shares the fetch loop with the rekeyed and outbox topics: at 5 ms,
-#: steady traffic made one record per call and the windows' lag in the live phase of
-#: ``bench/pipeline.py`` grew four- to sixfold; at 100 ms a partition writes at most ten a
-#: second.
+#: Outcomes of a partition that finish within this long of each other share one ``result`` record.
+#: It delays only when an outcome becomes durable (``_settled`` knows it meanwhile), never a call
+#: or a decision.  Each record costs a produce and a pass through Faust's per-record path, which
+#: shares the fetch loop with the rekeyed and outbox topics: at 5 ms, steady traffic made one
+#: record per call and the windows' lag in the live phase of ``bench/pipeline.py`` grew four- to
+#: sixfold; at 100 ms a partition writes at most ten a second.
 _RESULT_LINGER_S = 0.1
 #: The most outcomes in one ``result`` record (a few hundred bytes each).
 _RESULTS_PER_RECORD = 500
@@ -472,6 +471,9 @@ class Delivery:
 
     async def _merge(self, decision: Decision, partition: int, *, redrive: bool) -> None:
         """A decision seen on its owner partition: fold it into the state; due if changed."""
+        if decision.is_abstention:  # nothing to post or validate: no state, no call
+            self.metrics.delivery_unchanged.inc()
+            return
         problem = _problem(decision)
         if problem is not None:
             await self._dead_letter(
@@ -493,9 +495,7 @@ class Delivery:
             self.metrics.delivery_duplicates.labels(
                 state="pending" if before.due else "delivered"
             ).inc()
-        elif not changed:
-            # A first decision that changes nothing Helicone would store (its rating ranks
-            # below the one held, and it brings no new score): no call is needed for it.
+        elif not changed:  # a first decision that changes nothing posted: no call needed
             self.metrics.delivery_unchanged.inc()
         self._write(table_key, state)
         if state.due:

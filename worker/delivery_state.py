@@ -40,6 +40,12 @@ What holds, and why:
   ``feedback-dlq`` receives when a version is given up, so ``dlq redrive`` can put them
   back, where they merge again.  A decision that changes nothing posted produces no version
   and is not kept: it needs no call, and losing it loses nothing Helicone would store.
+* **An abstention is a no-op.**  A window whose rule decided nothing writes a decision with
+  no rating, no shadow and no scores (``Decision.is_abstention``), for calibration to count.
+  It cannot change the rating, a score or a pairing, so :func:`merge` returns the state it
+  was given, unchanged (no version, no evidence kept, no duplicate id remembered), and the
+  adapter, asking ``is_abstention`` first, creates no state for it: a request that only
+  ever got abstentions costs no state, no call and no place in the backlog.
 """
 
 from __future__ import annotations
@@ -268,12 +274,17 @@ def merge(
     """``decision`` merged into ``state``; and whether what would be posted changed.
 
     ``force`` (a redriven decision) makes a new version even when nothing changed, so the
-    whole state is sent again.  The decision must belong to the state's target.
+    whole state is sent again.  The decision must belong to the state's target.  An
+    abstention returns ``state`` itself, even forced (there is nothing of it to send); the
+    caller creates no state for one (``Decision.is_abstention``), so with no state this
+    returns a new, empty one only to keep the signature.
     """
     if state is None:
         target_id = decision.request_id if decision.target == "request" else decision.session_id
         assert target_id is not None, "the caller checks the target id first"
         state = FeedbackState(target=decision.target, target_id=target_id)
+    if decision.is_abstention:
+        return state, False
     rating, rating_rank_ = state.rating, state.rating_rank
     if decision.rating is not None:
         rank = rating_rank(decision)

@@ -385,7 +385,11 @@ class Decision(BaseModel):
     request_id: str | None
     session_id: str | None
     rule: RuleName
-    rating: bool | None = Field(description="null where only scores are decided.")
+    rating: bool | None = Field(
+        description="null where only scores are decided, under an explicit rating (see "
+        "shadow_rating), or in an abstention: a window the rule decided nothing for, written "
+        "with no scores and no shadow while OUTBOX_ABSTENTIONS is on (delivery skips it)."
+    )
     shadow_rating: bool | None = Field(
         default=None,
         description="The rating the rule would have posted had an explicit rating not won "
@@ -408,6 +412,13 @@ class Decision(BaseModel):
         if self.shadow_rating is None:
             return self.model_dump_json(exclude=_NO_SHADOW).encode()
         return self.model_dump_json().encode()
+
+    @property
+    def is_abstention(self) -> bool:
+        """Whether the rule decided nothing for its window: no rating, no shadow and no
+        scores.  Such a record (written while ``OUTBOX_ABSTENTIONS`` is on) is for
+        calibration only; merging it changes nothing delivery would post."""
+        return self.rating is None and self.shadow_rating is None and not self.scores
 
     @property
     def target_id(self) -> str:

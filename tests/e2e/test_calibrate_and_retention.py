@@ -7,7 +7,10 @@ Three requests, each a case the unit tests prove in isolation:
 * thumbs down *after* the code window closed on a rejection: the code rating was posted,
   then the explicit one replaced it;
 * an accepted suggestion, 10 % retained, with ``CODE_RETAINED_MIN_PCT=50``: Helicone stores
-  ``retained_pct`` 10 and the rating false.
+  ``retained_pct`` 10 and the rating false;
+* a suggestion nobody acted on: its window writes an abstention (``OUTBOX_ABSTENTIONS``, on
+  by default) that delivery skips, so Helicone gets no call for it and ``calibrate`` counts
+  it as "decided nothing".
 
 Then ``feedback_rule_agreement_total`` counts both pairs once and ``feedback-worker
 calibrate --json`` reads the same answer from the outbox.
@@ -67,7 +70,7 @@ def test_shadow_agreement_retention_and_calibrate(
         HELICONE_API_KEY=api_key(), HELICONE_BASE_URL=helicone_receiver.url, **FAST
     )
     worker.wait_ready()
-    chat, code, kept = (str(uuid.uuid4()) for _ in range(3))
+    chat, code, kept, untouched = (str(uuid.uuid4()) for _ in range(4))
     t = int(time.time() * 1000) - 20_000  # in the past: no clamping of future device times
     records = [
         event(chat, "response_shown", t),
@@ -79,6 +82,7 @@ def test_shadow_agreement_retention_and_calibrate(
         event(kept, "suggestion_shown", t),
         event(kept, "suggestion_accepted", t + 200),
         event(kept, "suggestion_retained", t + 1_500, retained_chars=10, suggested_chars=100),
+        event(untouched, "suggestion_shown", t),
     ]
     asyncio.run(produce(kafka_bootstrap, topics.ui_events, records))
 
@@ -121,7 +125,11 @@ def test_shadow_agreement_retention_and_calibrate(
     assert by_rule["engagement"]["paired"] == 1
     assert by_rule["engagement"]["agreement"]["successes"] == 0
     assert by_rule["engagement"]["positive_precision"]["trials"] == 1
-    assert by_rule["code_suggestion"]["decisions"] == 2  # the rejection and the accept
+    # the rejection, the accept, and the abstention of the untouched suggestion
+    assert by_rule["code_suggestion"]["decisions"] == 3
+    assert by_rule["code_suggestion"]["undecided"]["successes"] == 1
+    assert untouched not in stored()
+    assert helicone_receiver.accepted(f"/v1/request/{untouched}") == []
     assert by_rule["code_suggestion"]["paired"] == 1
     assert by_rule["code_suggestion"]["negative_precision"]["successes"] == 1
     assert by_rule["code_retention"]["decisions"] == 1

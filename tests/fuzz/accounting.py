@@ -14,7 +14,9 @@ account for.  Paths, exactly as checked:
 * **late**: its event id is on the late topic;
 * **no decision**: no decision of the event's rule for its request covers the event's time
   (or the covering decision says signals over the cap were dropped), and the rule can end a
-  window that way (worker/rules/, worker/windows.py ``_close``):
+  window that way (worker/rules/, worker/windows/transitions.py ``_close``).  With
+  ``OUTBOX_ABSTENTIONS`` on (the default) such a window writes an abstention that cites its
+  events, so they count as decided; this path is for workers that run with it off:
 
   - engagement: equal positive and negative signals give no verdict, hence no decision;
   - code suggestion: a ``suggestion_shown`` with no action (an action under an explicit

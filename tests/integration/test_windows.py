@@ -202,7 +202,8 @@ def test_late_events_go_to_the_late_topic_and_change_nothing(
     now = int(time.time() * 1000)
     journey = generate(1, start_ms=now - 1_000, spread_ms=1, windows=SHAPE, seed=5,
                        kinds={"code": 1.0})[0]
-    while journey.intent != "satisfied":  # deterministic search for a satisfied one
+    # deterministic search for a satisfied one with no thumbs and no retention report
+    while journey.intent != "satisfied" or set(journey.expected) != {"code_suggestion"}:
         journey = generate(1, start_ms=now - 1_000, spread_ms=1, windows=SHAPE,
                            seed=random.randrange(10**6), kinds={"code": 1.0})[0]
     worker.wait_ready()

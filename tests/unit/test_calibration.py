@@ -179,3 +179,28 @@ def test_as_dict_is_plain_json() -> None:
     assert doc["paired"] == 10 and doc["agreement"]["successes"] == 7
     assert doc["table"]["implicit=true,explicit=false"] == 2
     assert doc["negative_precision"]["ci95"][0] == pytest.approx(0.0945312, abs=1e-6)
+
+
+def test_abstentions_count_as_decided_nothing_and_never_pair() -> None:
+    """Code suggestions: two untouched (abstentions, one of them under thumbs), one accepted
+    and confirmed, one rejected with no thumbs; and an engagement tie under thumbs."""
+    outbox = [
+        decision("code_suggestion", 1, rating=None),  # abstention
+        decision("code_suggestion", 2, rating=None),  # abstention...
+        decision("explicit", 2, rating=False, minute=1),  # ...the user rated anyway
+        decision("code_suggestion", 3, rating=True),
+        decision("explicit", 3, rating=True, minute=1),
+        decision("code_suggestion", 4, rating=False),
+        decision("engagement", 5, rating=None),  # a tie: abstention
+        decision("explicit", 5, rating=True, minute=2),
+        decision("engagement", 6, rating=None, scores={"time_spent_s": 9}),  # scores only
+        decision("engagement", 7, rating=False),
+    ]
+    by_rule = {c.rule: c for c in calibrate(outbox)}
+    code = by_rule["code_suggestion"]
+    assert (code.decisions, code.undecided, code.paired) == (4, 2, 1)
+    assert code.table == {(True, True): 1}
+    assert code.undecided_share.value == pytest.approx(0.5)
+    engagement = by_rule["engagement"]
+    assert (engagement.decisions, engagement.undecided, engagement.paired) == (3, 2, 0)
+    assert engagement.as_dict()["undecided"]["successes"] == 2

@@ -227,6 +227,21 @@ def test_since_keeps_a_request_whose_latest_window_is_recent() -> None:
     assert [(o.request_id, o.rating) for o in chosen] == [(r, False)]
 
 
+def test_abstentions_set_nothing_not_even_the_latest_window() -> None:
+    """A window that decided nothing (OUTBOX_ABSTENTIONS) sets nothing and does not make an
+    old request recent; a request with nothing else is empty."""
+    old, only = rid(), rid()
+    folded = fold_decisions([
+        decision(old, rating=True, end_s=-30 * 86400),
+        decision(old, rule="code_suggestion", rating=None, end_s=3600),
+        decision(only, rule="code_suggestion", rating=None),
+    ])
+    assert folded.outcomes[only].rating is None and folded.outcomes[only].scores == {}
+    assert folded.outcomes[old].last_window_end_ms == int(T0.timestamp() * 1000) - 30 * 86400_000
+    recent = select(folded.outcomes.values(), Criteria(since_s=86400 * 2), now_ms=NOW_MS)
+    assert recent.request_ids == [] and recent.excluded == {"since": 1, "empty": 1}
+
+
 def test_selection_order_is_latest_window_then_id() -> None:
     a, b, c = sorted(rid() for _ in range(3))
     folded = fold_decisions([decision(c, end_s=0), decision(b, end_s=60), decision(a, end_s=60)])

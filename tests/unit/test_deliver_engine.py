@@ -193,6 +193,30 @@ async def test_an_explicit_rating_beats_any_later_implicit_one(
     assert harness.metric("feedback_delivery_delivered_total", target="request") == 1
 
 
+async def test_an_abstention_is_a_no_op_counted_as_unchanged(
+    harness: EngineHarness, script: Script
+) -> None:
+    """A window that decided nothing (OUTBOX_ABSTENTIONS): no call, no state created or
+    changed, nothing in the backlog, and one count in the metrics identity (unchanged)."""
+    alone = make_decision(rule="code_suggestion", rating=None)
+    await publish_and_settle(harness, alone)
+    assert script.calls == [] and harness.state(alone.request_id or "") is None
+    assert harness.metric("feedback_delivery_unchanged_total") == 1
+    assert harness.metric("feedback_delivery_backlog") == 0
+    request_id = str(uuid.uuid4())
+    rated = make_decision(request_id=request_id, rule="engagement", rating=True)
+    await publish_and_settle(harness, rated)
+    before = harness.state(request_id)
+    tie = make_decision(
+        request_id=request_id, rule="engagement", rating=None,
+        decided_at=rated.decided_at + timedelta(minutes=5),
+    )
+    await publish_and_settle(harness, tie, tie)  # and its duplicate
+    assert harness.state(request_id) == before and len(script.calls) == 1
+    assert harness.metric("feedback_delivery_unchanged_total") == 3
+    assert harness.metric("feedback_delivery_delivered_total", target="request") == 1
+
+
 async def test_a_change_during_a_call_is_sent_after_it(script: Script) -> None:
     """One call per target in flight; what changed meanwhile goes in the next call."""
     gate, slow = held_transport(script)

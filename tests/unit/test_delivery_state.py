@@ -192,3 +192,60 @@ def test_a_short_window_in_whole_seconds_does_not_pace_the_rate() -> None:
     rate = AdaptiveRate(ceiling_per_s=5.0, clock=clock)
     rate.answered(remaining=2, reset_s=1.0)
     assert rate.per_s == 5.0
+
+
+# --------------------------------------------------------------------------- abstentions
+
+
+def abstention(rule: str, minute: int) -> Decision:
+    """What a window whose rule decided nothing writes (OUTBOX_ABSTENTIONS)."""
+    return decision(rule, minute, None, {})
+
+
+def test_an_abstention_is_recognised_by_its_empty_verdict() -> None:
+    assert abstention("engagement", 0).is_abstention
+    assert not decision("engagement", 0, None, {"time_spent_s": 3}).is_abstention
+    assert not decision("engagement", 0, False, {}).is_abstention
+    shadow = abstention("code_suggestion", 0).model_copy(update={"shadow_rating": True})
+    assert not shadow.is_abstention
+
+
+def test_an_abstention_with_no_state_creates_nothing_to_send() -> None:
+    state, changed = merge(None, abstention("code_suggestion", 0), now_ms=5)
+    assert not changed
+    empty = FeedbackState(target="request", target_id=REQUEST)
+    assert state == empty  # no version, no evidence, no id remembered, not even the time
+    assert not state.due and calls_for(state) == () and state.oldest_unsent_ms is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(unique(), st.sampled_from(RULES), st.integers(0, 30), st.booleans())
+def test_an_abstention_changes_no_state(
+    items: list[Decision], rule: str, minute: int, force: bool
+) -> None:
+    state = fold(items) or FeedbackState(target="request", target_id=REQUEST)
+    again, changed = merge(state, abstention(rule, minute), now_ms=99, force=force)
+    assert again is state and not changed
+
+
+@settings(max_examples=200, deadline=None)
+@given(unique(), st.lists(st.tuples(st.sampled_from(RULES), st.integers(0, 30)), max_size=4))
+def test_abstentions_anywhere_in_the_stream_change_nothing_posted(
+    items: list[Decision], spots: list[tuple[str, int]]
+) -> None:
+    decided = [d for d in items if not d.is_abstention]
+    mixed = list(decided)
+    for i, (rule, minute) in enumerate(spots):
+        mixed.insert(i % (len(mixed) + 1), abstention(rule, minute))
+    with_them, without = fold(mixed), fold(decided)
+    if without is None:
+        assert with_them is None or with_them == FeedbackState(target="request", target_id=REQUEST)
+        return
+    assert with_them is not None
+    assert (with_them.rating, with_them.score_values(), with_them.version) == (
+        without.rating,
+        without.score_values(),
+        without.version,
+    )
+    assert calls_for(with_them) == calls_for(without)
+    assert with_them.unsent == without.unsent and with_them.recent_ids == without.recent_ids

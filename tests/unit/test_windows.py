@@ -28,11 +28,13 @@ from tests.unit.rules.eventkit import (
 from worker.clock import FakeClock
 from worker.events import Decision, decision_id_for
 from worker.ingest import Accepted
-from worker.rules import RuleConfig
+from worker.rules import RULE_FOR_TYPE, RULES, RuleConfig
 from worker.windows import META_KEY, SESSION_KEY_PREFIX, StateFormatError, WindowEngine
 
 MIN = 60_000
 HOUR = 3_600_000
+#: The rules with OUTBOX_ABSTENTIONS off: a window that decides nothing writes nothing.
+NO_ABSTENTIONS = RuleConfig(outbox_abstentions=False)
 
 
 def run_all(events: list[Accepted], **engine_kwargs: Any) -> Run:
@@ -78,9 +80,24 @@ def test_engagement_end_to_end() -> None:
     assert run.late == []
 
 
-def test_engagement_tie_gives_no_decision() -> None:
-    run = run_all([ev("response_shown", 0), ev("response_copied", 1_000), ev("page_left", 7_000)])
-    assert run.by_rule("engagement") == []  # copied vs quick exit
+def abstained(decision: Decision, *cited: str) -> bool:
+    """``decision`` is an abstention citing exactly the events ``cited``, in order."""
+    valid(decision)
+    return (
+        decision.is_abstention
+        and (decision.rating, decision.shadow_rating, decision.scores) == (None, None, {})
+        and [s.event_id for s in decision.signals] == list(cited)
+    )
+
+
+def test_engagement_tie_writes_an_abstention() -> None:
+    events = [ev("response_shown", 0), ev("response_copied", 1_000), ev("page_left", 7_000)]
+    decision = run_all(events).one("engagement")  # copied vs quick exit: a tie
+    assert abstained(decision, *(a.event.event_id for a in events))
+    assert decision.decision_id == decision_id_for(REQUEST, "engagement", T0)
+    assert decision.window_end.timestamp() * 1000 == T0 + MIN
+    assert decision.rule_version == 1 and decision.session_id == SESSION
+    assert run_all(events, config=NO_ABSTENTIONS).by_rule("engagement") == []
 
 
 def test_correction_ends_the_window_at_the_message() -> None:
@@ -118,7 +135,10 @@ def test_code_suggestion_first_action_closes_the_window() -> None:
 
 
 def test_code_suggestion_without_action_decides_nothing() -> None:
-    run = run_all([ev("suggestion_shown", 0)])
+    shown = ev("suggestion_shown", 0)
+    run = run_all([shown])
+    assert abstained(run.one("code_suggestion"), shown.event.event_id) and run.late == []
+    run = run_all([shown], config=NO_ABSTENTIONS)
     assert run.decisions == [] and run.late == []
 
 
@@ -255,7 +275,14 @@ def test_a_window_the_rule_leaves_undecided_has_no_shadow() -> None:
             ev("feedback_given", 1_000, rating=True),
         ]
     )
-    assert run.by_rule("code_suggestion") == []  # no action: nothing to shadow either
+    # no action: nothing to shadow either, so an abstention (or, without them, nothing)
+    code = run.one("code_suggestion")
+    assert abstained(code, code.signals[0].event_id)
+    assert code.signals[0].type == "suggestion_shown"
+    assert run_all(
+        [ev("suggestion_shown", 0), ev("feedback_given", 1_000, rating=True)],
+        config=NO_ABSTENTIONS,
+    ).by_rule("code_suggestion") == []
 
 
 def test_the_shadow_does_not_depend_on_arrival_order() -> None:
@@ -359,15 +386,16 @@ def test_second_opener_is_absorbed_and_an_earlier_one_reanchors() -> None:
 
 
 def test_an_opener_after_a_window_opens_a_new_one() -> None:
-    run = run_all(
-        [
-            ev("suggestion_shown", 0),
-            ev("suggestion_shown", 40_000),
-            ev("suggestion_accepted", 41_000),
-        ]
-    )
-    decisions = run.by_rule("code_suggestion")
+    events = [
+        ev("suggestion_shown", 0),
+        ev("suggestion_shown", 40_000),
+        ev("suggestion_accepted", 41_000),
+    ]
+    decisions = run_all(events, config=NO_ABSTENTIONS).by_rule("code_suggestion")
     assert len(decisions) == 1 and decisions[0].window_start.timestamp() * 1000 == T0 + 40_000
+    first, second = sorted(run_all(events).by_rule("code_suggestion"), key=lambda d: d.window_start)
+    assert abstained(first, events[0].event.event_id)  # the first one nobody acted on
+    assert second.rating is True and second.window_start.timestamp() * 1000 == T0 + 40_000
 
 
 # a scenario: a few requests, every event type, distinct times per request
@@ -460,6 +488,35 @@ def test_restarting_anywhere_gives_the_same_decisions(
     feed(restarted, events[cut:], run)
     drain(restarted, run)
     assert comparable(run.decisions) == comparable(straight.decisions)
+
+
+@settings(max_examples=200, deadline=None)
+@given(scenarios())
+def test_every_closed_window_writes_exactly_one_decision_with_abstentions(
+    scenario: list[tuple[int, Accepted]],
+) -> None:
+    """With abstentions, each event of a window rule that no window pushed out (late) is
+    cited by exactly one decision of its rule: its window's, whatever that decided.  Without
+    them the decisions are those with abstentions, less the abstentions."""
+    events = [a for _, a in sorted(scenario, key=lambda x: x[0])]
+    run = run_all(events)
+    late = {le.event_id for le in run.late}
+    for accepted in events:
+        event = accepted.event
+        spec = RULE_FOR_TYPE[event.type]
+        if spec.kind != "window" or event.event_id in late:
+            continue
+        citing = [
+            d for d in run.by_rule(spec.name) if event.event_id in {s.event_id for s in d.signals}
+        ]
+        assert len(citing) == 1, (event.type, event.event_id, citing)
+    windows = [d for d in run.decisions if RULES[d.rule].kind == "window"]
+    assert len({d.decision_id for d in windows}) == len(windows)
+    without = run_all(events, config=NO_ABSTENTIONS)
+    assert comparable(without.decisions) == comparable(
+        d for d in run.decisions if not d.is_abstention
+    )
+    assert all(RULES[d.rule].kind == "window" for d in run.decisions if d.is_abstention)
 
 
 @settings(max_examples=50, deadline=None)
@@ -744,7 +801,8 @@ def test_engine_arguments_are_checked() -> None:
 def test_window_lengths_are_configurable() -> None:
     config = RuleConfig(code_window_ms=10_000)
     run = run_all([ev("suggestion_shown", 0), ev("suggestion_accepted", 11_000)], config=config)
-    assert run.by_rule("code_suggestion") == []
+    assert abstained(run.one("code_suggestion"), run.decisions[0].signals[0].event_id)
+    assert run.one("code_suggestion").window_end.timestamp() * 1000 == T0 + 10_000
     assert [late.reason for late in run.late] == ["no_window"]
 
 

@@ -80,12 +80,13 @@ def _table(results: list[RuleCalibration], title: str) -> Table:
 def calibrate_command(since: timedelta | None, as_json: bool, timeout: float) -> None:
     """How far each implicit rule agrees with explicit thumbs, read from the outbox.
 
-    Per rule: decisions; the share that decided nothing (no rating and no shadow); requests
-    that also got an explicit rating; agreement; and the precision of the rule's true and of
-    its false ratings against the thumbs, each with a 95 % Wilson interval.  A rating the
-    thumbs overrode counts too (its shadow_rating).  Windows that decided nothing and had no
-    score (engagement ties, untouched suggestions) write no decision, so they are not in
-    "decided nothing".
+    Per rule: decisions; the share that decided nothing (records with neither a rating nor
+    a shadow, whatever their scores, over all the rule's records); requests that also got
+    an explicit rating; agreement; and the precision of the rule's true and of its false
+    ratings against the thumbs, each with a 95 % Wilson interval.  A rating the thumbs
+    overrode counts too (its shadow_rating).  Windows the rule decided nothing for
+    (engagement ties, untouched suggestions) are counted through their abstention records,
+    written while OUTBOX_ABSTENTIONS is on (the default); with it off they are missing.
     """
     settings = load_settings_or_exit()
     with Console(stderr=True).status(f"reading {settings.topic_outbox}"):
@@ -105,8 +106,18 @@ def calibrate_command(since: timedelta | None, as_json: bool, timeout: float) ->
     console = Console(soft_wrap=False)
     console.print(_table(results, title))
     console.print(
+        "decided nothing: the rule's records with no rating and no shadow (abstentions "
+        "included), of all its records"
+    )
+    console.print(
         "precision: share of the rule's true (false) ratings the user's thumbs confirmed; "
         "\\[low-high]: 95 % Wilson interval"
     )
+    if not settings.outbox_abstentions:
+        console.print(
+            "OUTBOX_ABSTENTIONS is off in this environment: if it is off for the worker too, "
+            "windows that decided nothing wrote no record and \"decided nothing\" undercounts "
+            "them"
+        )
     if skipped:
         console.print(f"{skipped} records on {settings.topic_outbox} were not decisions")

@@ -59,6 +59,7 @@ DEMO_SETTINGS: dict[str, str] = {
     "ENGAGEMENT_LONG_READ_S": "4",
     "ENGAGEMENT_SHORT_READ_S": "0.6",
     "ENGAGEMENT_QUICK_EXIT_S": "1.2",
+    "CODE_RETAINED_MIN_PCT": "50",  # an accepted suggestion mostly deleted later rates false
     # Tansu completes a group join after about half the rebalance timeout (DESIGN 2).
     "KAFKA_REBALANCE_TIMEOUT_S": "6",
     "KAFKA_SESSION_TIMEOUT_S": "10",
@@ -168,6 +169,7 @@ async def _run(
                     spread_ms=max(1_000, seconds * 1000 - _LONGEST_JOURNEY_MS),
                     windows=SHAPE,
                     seed=seed,
+                    retained_min_pct=int(DEMO_SETTINGS["CODE_RETAINED_MIN_PCT"]),
                 )
                 assign_users(journeys, seed=seed)  # so the prompts' cooldown has work
                 progress = Progress(journeys=len(journeys))

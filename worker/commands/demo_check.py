@@ -51,7 +51,10 @@ def stored_table(found: list[dict[str, Any]], receiver: Any) -> tuple[Table, boo
 
 
 def check_table(journeys: list[Journey], found: list[dict[str, Any]]) -> tuple[Table, bool]:
-    """Decisions on the outbox against each simulated user's intent, per rule."""
+    """Decisions on the outbox against each simulated user's intent, per rule
+    (:attr:`~worker.devtools.traffic.Journey.expected`: code journeys also mean a
+    ``code_retention`` and an ``explicit`` rating when they report retained code or press a
+    thumbs).  Only ratings are compared: an abstention is no rating."""
     decided: dict[tuple[str, str], set[bool | None]] = {}
     for d in found:
         key = (str(d.get("request_id") or d.get("session_id")), str(d.get("rule")))
@@ -75,7 +78,8 @@ def check_table(journeys: list[Journey], found: list[dict[str, Any]]) -> tuple[T
     columns = ["rating meant", "no rating meant", "as meant", "missing", "wrong", "extra"]
     table = Table(
         title="final check: outbox decisions vs. simulated intent",
-        caption="extra: a rating where the simulated user meant none",
+        caption="extra: a rating where the simulated user meant none (a decision without "
+        "one, scores only or an abstention, is as meant there)",
     )
     table.add_column("rule", no_wrap=True)
     for column in columns:

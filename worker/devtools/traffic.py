@@ -2,8 +2,15 @@
 
 Each :class:`Journey` is one LLM answer and what one user did after it (chat, code, search or
 support), acted out as *satisfied*, *dissatisfied* or *silent*.  The journey knows which
-rating its behaviour should earn under the default rules, so a run can be checked end to end:
-the decisions the worker writes must match :attr:`Journey.expected`.
+rating its behaviour should earn under the default rules (and ``CODE_RETAINED_MIN_PCT``, which
+:func:`generate` is told), so a run can be checked end to end: the decisions the worker writes
+must match :attr:`Journey.expected`.
+
+Code journeys that act on the suggestion sometimes go further: an accepted one may report
+later how much of it was kept (``suggestion_retained``: mostly kept, or mostly deleted), and
+some users also press a thumbs after acting, so code suggestions have explicit ratings to be
+calibrated against.  The thumbs always comes after the action that ended the window, so the
+window's rating stands (it is posted, then the thumbs replaces it in Helicone).
 
 Times are event times in milliseconds; window lengths come in as a :class:`Windows` so the
 demo can shorten them and the journeys shrink with them.
@@ -17,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+
+from worker.rules.code_retention import retained_pct
 
 __all__ = ["Intent", "Journey", "Windows", "generate", "hostile_record", "iso"]
 
@@ -56,7 +65,8 @@ class Journey:
     intent: Intent
     start_ms: int
     events: list[dict[str, Any]] = field(default_factory=list)
-    #: rule name -> the rating this behaviour should earn (None: no decision expected).
+    #: rule name -> the rating this behaviour should earn (None: no rating expected; the rule
+    #: may still write a decision without one: scores only, or an abstention).
     expected: dict[str, bool | None] = field(default_factory=dict)
 
     def add(self, type_: str, at_ms: int, **properties: Any) -> None:
@@ -76,7 +86,7 @@ def _request_id(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def _chat(j: Journey, rng: random.Random, w: Windows) -> None:
+def _chat(j: Journey, rng: random.Random, w: Windows, retained_min_pct: int | None) -> None:
     t = j.start_ms
     prompt = rng.choice(PROMPTS)
     j.add("response_shown", t, prompt_text=prompt)
@@ -93,20 +103,44 @@ def _chat(j: Journey, rng: random.Random, w: Windows) -> None:
         j.expected["engagement"] = None
 
 
-def _code(j: Journey, rng: random.Random, w: Windows) -> None:
+#: Of the code journeys that accept, the share that later report what was kept; of those,
+#: the share that kept most of it (the rest deleted most of it).
+_RETAINED_SHARE = 0.6
+_MOSTLY_KEPT_SHARE = 0.5
+#: Of the code journeys that act on the suggestion, the share that also press a thumbs.
+_CODE_THUMBS_SHARE = 0.4
+
+
+def _code(j: Journey, rng: random.Random, w: Windows, retained_min_pct: int | None) -> None:
     t = j.start_ms
     j.add("suggestion_shown", t)
-    if j.intent == "satisfied":
-        j.add(rng.choice(["suggestion_accepted", "suggestion_modified"]), t + w.code_ms // 5)
-        j.expected["code_suggestion"] = True
-    elif j.intent == "dissatisfied":
-        j.add("suggestion_rejected", t + w.code_ms // 10)
-        j.expected["code_suggestion"] = False
+    if j.intent == "silent":
+        j.expected["code_suggestion"] = None  # nobody acted: the window abstains
+        return
+    satisfied = j.intent == "satisfied"
+    acted = t + (w.code_ms // 5 if satisfied else w.code_ms // 10)
+    if satisfied:
+        j.add(rng.choice(["suggestion_accepted", "suggestion_modified"]), acted)
     else:
-        j.expected["code_suggestion"] = None
+        j.add("suggestion_rejected", acted)
+    j.expected["code_suggestion"] = satisfied
+    liked = satisfied
+    if satisfied and rng.random() < _RETAINED_SHARE:  # the editor reports back later
+        suggested = rng.randrange(200, 1_000)
+        mostly_kept = rng.random() < _MOSTLY_KEPT_SHARE
+        share = rng.randrange(80, 101) if mostly_kept else rng.randrange(5, 25)
+        kept = suggested * share // 100
+        j.add("suggestion_retained", acted + w.code_ms // 2, retained_chars=kept,
+              suggested_chars=suggested)
+        below = retained_min_pct is not None and retained_pct(kept, suggested) < retained_min_pct
+        j.expected["code_retention"] = False if below else None
+        liked = mostly_kept  # who deleted most of it would not rate it up
+    if rng.random() < _CODE_THUMBS_SHARE:  # after the action: the window's rating stands
+        j.add("feedback_given", acted + w.code_ms // 4, rating=liked)
+        j.expected["explicit"] = liked
 
 
-def _search(j: Journey, rng: random.Random, w: Windows) -> None:
+def _search(j: Journey, rng: random.Random, w: Windows, retained_min_pct: int | None) -> None:
     t = j.start_ms
     ids = [f"doc-{i}" for i in range(10)]
     j.add("results_shown", t, result_count=len(ids), result_ids=ids)
@@ -118,7 +152,7 @@ def _search(j: Journey, rng: random.Random, w: Windows) -> None:
         j.expected["search_clicks"] = False
 
 
-def _support(j: Journey, rng: random.Random, w: Windows) -> None:
+def _support(j: Journey, rng: random.Random, w: Windows, retained_min_pct: int | None) -> None:
     t = j.start_ms
     ticket = f"T-{rng.randrange(10_000, 99_999)}"
     j.add("ticket_opened", t, ticket_id=ticket)
@@ -133,7 +167,7 @@ def _support(j: Journey, rng: random.Random, w: Windows) -> None:
         j.expected["ticket_resolution"] = False  # unresolved at close
 
 
-def _explicit(j: Journey, rng: random.Random, w: Windows) -> None:
+def _explicit(j: Journey, rng: random.Random, w: Windows, retained_min_pct: int | None) -> None:
     t = j.start_ms
     j.add("response_shown", t, prompt_text=rng.choice(PROMPTS))
     rating = j.intent == "satisfied"
@@ -157,9 +191,12 @@ def generate(
     windows: Windows | None = None,
     seed: int = 1,
     kinds: dict[str, float] | None = None,
+    retained_min_pct: int | None = None,
 ) -> list[Journey]:
     """``requests`` journeys whose answers are shown uniformly over ``spread_ms`` from
-    ``start_ms``; deterministic for a seed."""
+    ``start_ms``; deterministic for a seed.  ``retained_min_pct``: the worker's
+    ``CODE_RETAINED_MIN_PCT``, which decides whether a mostly deleted suggestion is meant to
+    be rated false."""
     rng = random.Random(seed)
     random.seed(seed)  # event ids in Journey.add
     w = windows or Windows()
@@ -169,7 +206,7 @@ def generate(
         kind = rng.choices(list(weights), weights=list(weights.values()))[0]
         intent = rng.choices(list(_INTENT_WEIGHTS), weights=list(_INTENT_WEIGHTS.values()))[0]
         journey = Journey(_request_id(rng), kind, intent, start_ms + rng.randrange(spread_ms))  # type: ignore[arg-type]
-        _BUILDERS[kind](journey, rng, w)
+        _BUILDERS[kind](journey, rng, w, retained_min_pct)
         journeys.append(journey)
     return journeys
 

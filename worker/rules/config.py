@@ -50,6 +50,11 @@ class RuleConfig:
     #: A ``suggestion_retained`` whose ``retained_pct`` is below this rates the request false
     #: (accepted, then mostly deleted); None (the default) never rates, only scores.
     code_retained_min_pct: int | None = None
+    #: A window whose rule decides nothing (no rating, no shadow, no score) still writes a
+    #: decision, its *abstention* (rating null, scores empty), so that calibration can count
+    #: how often each rule decides nothing; off, such a window writes no decision.  Delivery
+    #: treats an abstention as a no-op.
+    outbox_abstentions: bool = True
 
     def __post_init__(self) -> None:
         problems = [

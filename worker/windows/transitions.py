@@ -368,8 +368,10 @@ class Transitions:
         """Decide ``w`` and leave its tombstone.  The rule folds the anchor and its own
         signals; attached events merge into the scores; an override suppresses the rating
         but not the scores, and the suppressed rating is kept as the decision's
-        ``shadow_rating`` (for calibration; delivery never posts it); no decision when there
-        is neither a rating, a shadow nor a score."""
+        ``shadow_rating`` (for calibration; delivery never posts it).  When there is neither
+        a rating, a shadow nor a score, the window writes its abstention (rating null, no
+        scores, the signals it saw) if ``outbox_abstentions`` is on, and nothing otherwise:
+        so with it on, every closed window writes exactly one decision."""
         spec = RULES[w.rule]
         own = [s for s in w.signals if s.type not in self._attached]
         forwarded = [s for s in w.signals if s.type in self._attached]
@@ -382,9 +384,10 @@ class Transitions:
         scores, forwarded_evidence = scores_rule.merge(
             verdict.scores if verdict is not None else {}, forwarded
         )
-        if (verdict is not None or forwarded) and (
-            rating is not None or shadow is not None or scores
-        ):
+        decided = (verdict is not None or bool(forwarded)) and (
+            rating is not None or shadow is not None or bool(scores)
+        )
+        if decided or self._cfg.outbox_abstentions:
             evidence = (
                 list(verdict.evidence)
                 if verdict is not None
