@@ -688,7 +688,7 @@ class Delivery:
             self._report(due.partition, key, version, "failed", retry=retry)
             return
         now_ms = self.clock.now_ms()
-        for decision in state.settled_decisions(version, after=self._settled_version(table_key)):
+        for decision in state.settled_decisions(version, after=self._counted_version(table_key)):
             decided_at = datetime.fromisoformat(decision["decided_at"]).timestamp()
             self.metrics.observe_delivered(state.target, delay_s=now_ms / 1000 - decided_at)
         self._settled[table_key] = (version, True)
@@ -696,19 +696,11 @@ class Delivery:
             self.readback.delivered(state.target_id, calls[-1].body["scores"])
         self._report(due.partition, key, version, "delivered")
 
-    async def _give_up(
-        self,
-        table_key: bytes,
-        due: _Due,
-        state: FeedbackState,
-        retry: RetryState,
-        *,
-        reason: DeadLetterReason,
-        message: str,
-    ) -> None:
+    async def _give_up(self, table_key: bytes, due: _Due, state: FeedbackState,
+                       retry: RetryState, *, reason: DeadLetterReason, message: str) -> None:
         key = table_key.split(b"/", 1)[1].decode()
         await self._dead_letter(
-            state.settled_decisions(state.version, after=self._settled_version(table_key)),
+            state.settled_decisions(state.version, after=self._counted_version(table_key)),
             retry,
             target=state.target_id.encode(), reason=reason, message=message,
         )
@@ -820,6 +812,14 @@ class Delivery:
 
     def _settled_version(self, table_key: bytes) -> int:
         return self._settled.get(table_key, (0, True))[0]
+
+    def _counted_version(self, table_key: bytes) -> int:
+        """The highest version whose decisions are counted (delivered or dead): known in
+        memory until its result record is applied, then in the table.  Read both when a call
+        ends, not from the call's copy of the state: a record applied meanwhile moves it."""
+        held = self._read(table_key)
+        in_table = max(held.sent, held.dead) if held is not None else 0
+        return max(self._settled_version(table_key), in_table)
 
     def _as_known(self, table_key: bytes, state: FeedbackState) -> FeedbackState:
         """``state`` with the outcome this process already knows applied (its result record

@@ -61,6 +61,15 @@ RequestId = Annotated[
 ]
 EventId = Annotated[str, StringConstraints(pattern=_UUID_PATTERN, to_lower=True, strict=True)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=128, strict=True)]
+#: A session id Helicone can hold: it learns session ids from the ``Helicone-Session-Id``
+#: header, and an HTTP field value cannot carry control characters (RFC 9110 5.5), so an id
+#: with one names no Helicone session and its feedback could only be dead-lettered.
+SessionId = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$", strict=True
+    ),
+]
 LongText = Annotated[str, StringConstraints(max_length=16_384, strict=True)]
 Timestamp = AwareDatetime
 ScoreName = Annotated[str, StringConstraints(min_length=1, max_length=128, strict=True)]
@@ -174,7 +183,7 @@ class _EventBase(BaseModel):
 
     event_id: EventId = Field(description="UUID; duplicates of an event_id are processed once.")
     request_id: RequestId = Field(description="The Helicone request id (UUID v1-v5).")
-    session_id: ShortText | None = None
+    session_id: SessionId | None = None
     user_id: ShortText | None = None
     occurred_at: Timestamp = Field(description="RFC 3339 with offset; device clock.")
     sent_at: Timestamp | None = Field(
@@ -284,7 +293,7 @@ class SessionFeedbackGiven(_EventBase):
 
     type: Literal["session_feedback_given"]
     request_id: RequestId | None = None  # type: ignore[assignment]
-    session_id: ShortText
+    session_id: SessionId
     properties: RatingProperties
 
     @property

@@ -44,6 +44,7 @@ InvalidReason = Literal[
     "schema_violation",  # JSON, but not a valid event; ``errors`` names the fields
     "too_large",  # larger than MAX_EVENT_BYTES; not parsed
     "invalid_request_id",  # request_id is not a UUID v1-v5, which Helicone would refuse
+    "invalid_session_id",  # session_id holds a control character: no Helicone session can
     "timestamp_out_of_range",  # occurred_at/sent_at/record time too far in the future or past
 ]
 
@@ -164,6 +165,10 @@ def _classify(exc: ValidationError) -> Invalid:
     fields = tuple(FieldError(_path(e["loc"], e["type"]), e["msg"]) for e in errors[:20])
     if any(_path(e["loc"], e["type"]) == "request_id" and e["type"] != "missing" for e in errors):
         return Invalid("invalid_request_id", "request_id must be a UUID v1-v5", fields)
+    if any(_path(e["loc"], e["type"]) == "session_id" and e["type"] == "string_pattern_mismatch"
+           for e in errors):
+        return Invalid("invalid_session_id", "session_id must not hold control characters",
+                       fields)
     summary = "; ".join(f"{f.path or '(root)'}: {f.message}" for f in fields[:5])
     return Invalid("schema_violation", summary, fields)
 

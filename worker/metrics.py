@@ -44,6 +44,7 @@ _INVALID_REASONS = (
     "schema_violation",
     "too_large",
     "invalid_request_id",
+    "invalid_session_id",
     "timestamp_out_of_range",
 )
 

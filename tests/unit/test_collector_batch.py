@@ -260,5 +260,5 @@ def test_batches_of_hostile_events_never_crash_and_account_for_every_event(
         else:
             assert orjson.loads(record.value)["reason"] in {
                 "not_json", "schema_violation", "too_large", "invalid_request_id",
-                "timestamp_out_of_range",
+                "invalid_session_id", "timestamp_out_of_range",
             }

@@ -751,3 +751,60 @@ async def test_a_call_frees_its_slot_before_its_result_record_is_acknowledged(
         assert state is not None and state["sent"] == state["version"] == 1
     assert len(script.calls) == 2
     await h.aclose()
+
+
+@pytest.mark.parametrize("second_status", [201, 404])
+async def test_a_result_applied_during_the_next_call_does_not_count_its_decisions_again(
+    script: Script, monkeypatch: pytest.MonkeyPatch, second_status: int
+) -> None:
+    """Each decision counts once, as delivered or dead-lettered, however a version's call and
+    the result record of the version before it interleave.
+
+    Version 1 is delivered; version 2 (a decision merged during that call) is read and sent
+    before version 1's result record is applied; the record is applied while version 2's
+    call is in flight, which clears the in-memory outcome of version 1.  Version 2's call,
+    carrying a copy read before the record, must count (or dead-letter) only what version 2
+    added.
+    """
+    monkeypatch.setattr("worker.delivery_engine._RESULT_LINGER_S", 0.0)
+    gates: list[asyncio.Event] = []
+
+    async def one_gate_per_call(request: httpx.Request) -> httpx.Response:
+        script.calls.append((request.url.path, orjson.loads(request.content)))
+        gates.append(gate := asyncio.Event())
+        await gate.wait()
+        return httpx.Response(201 if len(gates) == 1 else second_status, json=OK)
+
+    harness = EngineHarness(transport=httpx.MockTransport(one_gate_per_call), rate_per_s=1000.0)
+
+    async def until(predicate: Callable[[], bool]) -> None:
+        for _ in range(1_000):
+            if predicate():
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("the engine did not get there")
+
+    request_id = str(uuid.uuid4())
+    await harness.publish(make_decision(request_id=request_id, rule="engagement", rating=True))
+    harness.delivery.dispatch()
+    await until(lambda: len(gates) == 1)
+    await harness.publish(make_decision(request_id=request_id, rule="explicit", rating=False))
+    gates[0].set()  # version 1 delivered; its result record is produced, not yet applied
+    await until(lambda: bool(result_records(harness)))
+    harness.clock.advance(0.01)  # the rate's next token
+    harness.delivery.dispatch()  # version 2 goes out, read while the table still says sent=0
+    await until(lambda: len(gates) == 2)
+    assert await harness.pump() == 1  # version 1's result is applied during version 2's call
+    gates[1].set()
+    await harness.settle()
+    assert [body for _, body in script.calls] == [
+        {"scores": {"helicone-score-feedback": 1}},
+        {"scores": {"helicone-score-feedback": 0}},
+    ]
+    state = harness.state(request_id)
+    assert state is not None and state["version"] == 2 and state["sent"] == 1 + (
+        second_status == 201)
+    delivered = harness.metric("feedback_delivery_delivered_total", target="request")
+    dead = [orjson.loads(v)["decision"]["rule"] for t, _, v, _, _ in harness.sent if t == "dlq"]
+    assert (delivered, dead) == ((2, []) if second_status == 201 else (1, ["explicit"]))
+    await harness.aclose()

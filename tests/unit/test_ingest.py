@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, get_args
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -52,6 +53,22 @@ def test_reasons() -> None:
     missing = event()
     del missing["request_id"]
     assert inspect(missing).reason == "schema_violation", "missing is a schema problem"
+
+
+@pytest.mark.parametrize("session_id", ["a\nb", "\x00", "tab\there", "del\x7f", "\x1b[31m"])
+def test_a_session_id_no_helicone_session_can_hold_is_its_own_reason(session_id: str) -> None:
+    """Helicone learns session ids from a header, which cannot carry control characters."""
+    result = inspect(event(session_id=session_id))
+    assert isinstance(result, Invalid) and result.reason == "invalid_session_id"
+    assert [e.path for e in result.errors] == ["session_id"]
+    rating = {**EXAMPLES["session_feedback_given"], "session_id": session_id}
+    assert inspect(rating).reason == "invalid_session_id"
+
+
+@pytest.mark.parametrize("session_id", ["s-1", "Sitzung ü 日本 🙂", " spaced ", "x" * 128])
+def test_other_session_ids_within_the_length_are_accepted(session_id: str) -> None:
+    assert not isinstance(inspect(event(session_id=session_id)), Invalid)
+    assert inspect(event(session_id="x" * 129)).reason == "schema_violation"
 
 
 def test_schema_violation_names_fields_without_union_tags() -> None:
