@@ -178,7 +178,9 @@ class Receiver(FaultInjection):
         app = web.Application()
         app.router.add_post("/v1/request/{request_id}/feedback", self._request_feedback)
         app.router.add_post("/v1/request/{request_id}/score", self._request_score)
-        app.router.add_post("/v1/session/{session_id}/feedback", self._session_feedback)
+        # any character but "/" (aiohttp's default, [^{}/]+, would 404 an id with a brace,
+        # which Helicone's router takes)
+        app.router.add_post("/v1/session/{session_id:[^/]+}/feedback", self._session_feedback)
         app.router.add_get("/v1/request/{request_id}", self._read_request)
         mount_properties(app, self)
         mount_admin(app, self)
