@@ -38,7 +38,7 @@ integration: $(STAMP)
 	$(BIN)/pytest tests/integration tests/e2e -q
 
 test: lint typecheck sdk-test $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 demo: $(STAMP)
 	$(BIN)/feedback-worker demo

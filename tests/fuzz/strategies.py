@@ -38,6 +38,7 @@ the future or the past) are not expressible in it at all.
 from __future__ import annotations
 
 import json
+import os
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -223,6 +224,14 @@ def rfc3339(ms: int, offset_minutes: int, *, precision: str) -> str:
 _OFFSETS = st.sampled_from([0, 0, 60, -300, 330, 525, -720, 840])
 _PRECISION = st.sampled_from(["milliseconds", "seconds", "microseconds"])
 
+
+#: Unset (``make test``): every fuzz test draws the same examples each run, so a failure in CI
+#: is a change in the code, not a new draw that a later run may never make again (a
+#: failure's shrinking can then also outrun the per-test timeout).  ``FUZZ_SEED=<int>``:
+#: other examples (the pipeline fuzz seeds its streams with it; the pure fuzz tests draw at
+#: random and print how to reproduce a failure).
+FUZZ_SEED = os.environ.get("FUZZ_SEED") or None
+DERANDOMIZE = FUZZ_SEED is None
 
 @dataclass(frozen=True)
 class Clocks:

@@ -47,6 +47,7 @@ IDLE_CLOSE_MS = 2_000
 @settings(
     max_examples=40,
     deadline=None,
+    derandomize=fz.DERANDOMIZE,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.large_base_example],
 )

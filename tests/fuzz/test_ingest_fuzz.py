@@ -32,6 +32,7 @@ REASONS = set(get_args(InvalidReason))
 FUZZ = settings(
     max_examples=200,
     deadline=None,
+    derandomize=fz.DERANDOMIZE,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 

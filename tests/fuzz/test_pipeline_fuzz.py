@@ -77,7 +77,7 @@ PARTITIONS = 4
 #: Streams per run: 3 keeps ``make test`` within its budget; FUZZ_EXAMPLES=20 digs deeper.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "3"))
 #: Unset: the derandomized streams; an integer: other streams, reproducible by that seed.
-SEED = os.environ.get("FUZZ_SEED") or None  # empty is unset too
+SEED = fz.FUZZ_SEED
 #: Short windows so a stream settles within seconds of being sent; thresholds scaled down
 #: with them so engagement sees both long and short reads.
 WORKER_ENV = {
