@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -38,6 +39,7 @@ from worker.health import Liveness, Readiness, healthz, readyz, supervised
 from worker.ingest import IngestLimits, RecentIds
 from worker.kafka import WINDOWS_TABLE, ensure_topics, rekey_topic_name, ssl_context
 from worker.metrics import CONTENT_TYPE_LATEST, Metrics
+from worker.producing import Headers, Producer
 from worker.rules import RuleConfig
 
 if TYPE_CHECKING:
@@ -140,8 +142,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
             settings.topic_dlq,
         )
     }
-    sends = _Sends(app, topics)
-    windows = _windows(app, settings, sends=sends, metrics=metrics, clock=clock)
+    producer = _FaustProducer(app)
+    windows = _windows(app, settings, producer=producer, metrics=metrics, clock=clock)
     next_stage = register_prompts(
         app,
         windows.on_event,
@@ -157,7 +159,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         input_topic=settings.topic_ui_events,
         invalid_topic=settings.topic_invalid,
         rekey_topic=rekey_topic,
-        send=sends.forced,
+        producer=producer,
         next_stage=next_stage,
         defer_ack=windows.hold,
         metrics=metrics,
@@ -193,42 +195,30 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
 
 
 @dataclass(frozen=True)
-class _Sends:
-    """The two ways the worker's adapters produce a record."""
+class _FaustProducer:
+    """:class:`~worker.producing.Producer` over the app's own producer.  Faust's
+    ``Topic.send`` ends in the same call and costs several times more per record
+    (serialisers, sensors, a future per message) for nothing the worker uses."""
 
     app: faust.App
-    topics: dict[str, faust.TopicT]
 
-    async def forced(
+    async def send(
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
-        partition: int | None,
-        headers: list[tuple[str, bytes]] | None,
-    ) -> Any:
-        """Through the topic, ``force``d: queued now, never attached to a Faust event and
-        sent when it is acked, so a watermark sent after it is behind it
-        (worker.windows.watermarks)."""
-        return await self.topics[topic].send(
-            key=key, value=value, partition=partition, headers=headers, force=True
+        value: bytes | None,
+        *,
+        partition: int | None = None,
+        headers: Headers | None = None,
+    ) -> Awaitable[Any]:
+        queued: Awaitable[Any] = await self.app.producer.send(
+            topic, key, value, partition, None, list(headers) if headers else None
         )
-
-    async def produce(
-        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None, *_: Any
-    ) -> Any:
-        """With the producer itself (Faust's Topic.send costs several times more per
-        record); returns the delivery future, which the caller awaits before it
-        acknowledges what the record depends on."""
-        return await self.app.producer.send(topic, key, value, partition, None, None)
-
-    async def record(self, topic: str, key: bytes, value: bytes) -> Any:
-        """:meth:`produce` to the partition the key picks."""
-        return await self.produce(topic, key, value, None)
+        return queued
 
 
 def _windows(
-    app: faust.App, settings: Settings, *, sends: _Sends, metrics: Metrics, clock: Clock
+    app: faust.App, settings: Settings, *, producer: Producer, metrics: Metrics, clock: Clock
 ) -> Windows:
     """The windows adapter over its changelogged table."""
     table = app.Table(
@@ -245,7 +235,7 @@ def _windows(
     collection = cast(Collection, table)
     collection.key_serializer, collection.value_serializer = "json", "raw"
     return Windows(
-        io=TableIO(table, sends.produce),
+        io=TableIO(table, producer),
         config=rule_config(settings),
         grace_ms=int(settings.window_grace_s * 1000),
         idle_close_ms=int(settings.idle_close_s * 1000),
@@ -253,7 +243,7 @@ def _windows(
         cache_keys=settings.window_cache_keys,
         clock=clock,
         metrics=metrics,
-        send=sends.record,
+        producer=producer,
         outbox_topic=settings.topic_outbox,
         sources=settings.topic_partitions,
         late_topic=settings.topic_late,

@@ -214,11 +214,12 @@ async def test_tableio_writes_what_faust_s_rocksdb_store_reads(tmp_path: Path) -
     table = changelog_table(app)
     sent: list[tuple[Any, ...]] = []
 
-    async def send(*args: Any) -> Any:
-        sent.append(args)
-        return None
+    class Recorder:
+        async def send(self, *args: Any, **kwargs: Any) -> Any:
+            sent.append((*args, kwargs))
+            return None
 
-    io = compat.TableIO(table, send)
+    io = compat.TableIO(table, Recorder())
     io.put_local(1, {"1/a": b"x", "1/b": b"y"})
     io.put_local(1, {"1/b": None})
     await io.send_changelog(1, {"1/a": b"x"}, lambda: True)
@@ -229,7 +230,7 @@ async def test_tableio_writes_what_faust_s_rocksdb_store_reads(tmp_path: Path) -
     assert io.get(1, "1/a") == b"x" and list(io.items(1, "1/")) == [("1/a", b"x")]
     assert store.persisted_offset(TP(table.changelog_topic.get_topic_name(), 1)) == 41
     changelog = table.changelog_topic.get_topic_name()
-    assert sent == [(changelog, store._encode_key("1/a"), b"x", 1, None, None)]
+    assert sent == [(changelog, store._encode_key("1/a"), b"x", {"partition": 1})]
     assert set(compat.rocksdb_memory([table])) == {"memtables", "block_cache", "table_readers"}
 
 

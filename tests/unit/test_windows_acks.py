@@ -20,6 +20,7 @@ from tests.unit.test_windows_align import MemoryIO
 from worker.agents.windows import Windows
 from worker.clock import FakeClock
 from worker.metrics import Metrics
+from worker.producing import Headers
 from worker.rules import RuleConfig
 
 REQUESTS = [f"5f2b8c1e-3d4a-4b6c-9e7f-1a2b3c4d5e{n:02x}" for n in range(16)]
@@ -59,11 +60,16 @@ class Harness:
         self.windows = Windows(
             io=self.io,  # type: ignore[arg-type]
             config=RuleConfig(), grace_ms=5_000, idle_close_ms=30_000, max_signals=200,
-            clock=FakeClock(T0 + 1_000), metrics=Metrics(), send=self._send,
+            clock=FakeClock(T0 + 1_000), metrics=Metrics(), producer=self,
             outbox_topic="outbox", late_topic="late", on_failure=self.failures.append,
         )
 
-    async def _send(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes | None, *,
+        partition: int | None = None, headers: Headers | None = None,
+    ) -> asyncio.Future[None]:
+        """The windows adapter's producer: each decision's acknowledgement is a future the
+        test resolves."""
         sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.decisions.append(sent)
         return sent

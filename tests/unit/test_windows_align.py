@@ -32,6 +32,7 @@ from worker.devtools.traffic import generate
 from worker.events import UI_EVENT_ADAPTER
 from worker.ingest import Accepted
 from worker.metrics import Metrics
+from worker.producing import Headers
 from worker.rules import RuleConfig
 from worker.windows.watermarks import SourceMark
 
@@ -165,18 +166,29 @@ class MemoryIO:
         pass
 
 
-def _adapter(clock: FakeClock, io: MemoryIO, sent: list[bytes]) -> Windows:
-    async def send(topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
-        if topic == "outbox":
-            sent.append(value)
+class _Outbox:
+    """A producer whose records are acknowledged at once; it keeps the outbox's values."""
+
+    def __init__(self, sent: list[bytes]) -> None:
+        self.sent = sent
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes | None, *,
+        partition: int | None = None, headers: Headers | None = None,
+    ) -> asyncio.Future[None]:
+        if topic == "outbox" and value is not None:
+            self.sent.append(value)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
 
+
+def _adapter(clock: FakeClock, io: MemoryIO, sent: list[bytes]) -> Windows:
     return Windows(
         io=io,  # type: ignore[arg-type]
         config=RuleConfig(), grace_ms=5_000, idle_close_ms=30_000, max_signals=200,
-        clock=clock, metrics=Metrics(), send=send, outbox_topic="outbox", late_topic="late",
+        clock=clock, metrics=Metrics(), producer=_Outbox(sent), outbox_topic="outbox",
+        late_topic="late",
         sources=2,
     )
 

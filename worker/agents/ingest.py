@@ -30,8 +30,9 @@ from worker.partitioner import partition_for
 if TYPE_CHECKING:
     from worker.clock import Clock
     from worker.metrics import Metrics
+    from worker.producing import Producer
 
-__all__ = ["Ack", "Ingest", "NextStage", "RecordSink"]
+__all__ = ["Ack", "Ingest", "NextStage"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ _MAX_KEY_BYTES = 1024
 
 #: Acknowledges one input record, so its offset may be committed.
 Ack = Callable[[], Awaitable[Any]]
+
+
 class NextStage(Protocol):
     """The next stage (the window engine): called with the owning partition, the event and
     the record's ack, which the stage calls once the event's effects are durable; for a
@@ -48,11 +51,6 @@ class NextStage(Protocol):
         self, partition: int, accepted: Accepted, ack: Ack, read_ms: int | None = None
     ) -> Awaitable[None]: ...
 
-
-#: Sends one record: (topic, key, value, partition or None, headers or None).
-RecordSink = Callable[
-    [str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None], Awaitable[Any]
-]
 
 
 @dataclass
@@ -64,7 +62,7 @@ class Ingest:
     input_topic: str
     invalid_topic: str
     rekey_topic: str
-    send: RecordSink
+    producer: Producer
     next_stage: NextStage
     #: Queues a record's ack behind the records of its partition that came before it: Faust
     #: may commit past an unacknowledged record when a later one is acknowledged first.
@@ -119,12 +117,12 @@ class Ingest:
                 return
             self.metrics.events_rekeyed.inc()
             assert value is not None
-            await self.send(
+            await self.producer.send(
                 self.rekey_topic,
                 routing_key,
                 value,
-                owner,
-                [
+                partition=owner,
+                headers=[
                     (EVENT_TIME_HEADER, str(result.event_time_ms).encode()),
                     (READ_TIME_HEADER, str(now_ms).encode()),
                 ],
@@ -187,7 +185,7 @@ class Ingest:
             record_ts_ms=timestamp_ms,
             max_value_bytes=self.limits.max_event_bytes,
         )
-        await self.send(self.invalid_topic, key, payload, None, None)
+        await self.producer.send(self.invalid_topic, key, payload)
 
 
 def _header_int(headers: list[tuple[str, bytes]] | None, name: str) -> int | None:

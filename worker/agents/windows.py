@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from worker.clock import Clock
     from worker.ingest import Accepted
     from worker.metrics import Metrics
+    from worker.producing import Producer
     from worker.rules import RuleConfig
 
 __all__ = [
@@ -57,8 +58,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Queues one record (topic, key, value); what it returns is awaited for the delivery.
-Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 
 _DELETED = None
 
@@ -127,7 +126,7 @@ class Windows:
     max_signals: int
     clock: Clock
     metrics: Metrics
-    send: Send
+    producer: Producer
     outbox_topic: str
     late_topic: str
     #: Input partitions whose watermarks bound stream time (TOPIC_PARTITIONS; 0: none, for
@@ -385,7 +384,7 @@ class Windows:
         inflight = self._inflight.setdefault(partition, [])
         for decision in outcome.decisions:
             inflight.append(
-                await self.send(
+                await self.producer.send(
                     self.outbox_topic,
                     decision.target_id.encode(),
                     decision.outbox_json(),
@@ -394,7 +393,7 @@ class Windows:
             self.metrics.observe_decision(decision, now_ms=now_ms)
         for late in outcome.late:
             inflight.append(
-                await self.send(self.late_topic, late.key.encode(), late_record(late))
+                await self.producer.send(self.late_topic, late.key.encode(), late_record(late))
             )
             self.metrics.events_late.inc()
         if outcome.duplicates:

@@ -34,13 +34,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rocksdict
 from faust.stores import rocksdb as faust_rocksdb
 from faust.types import TP
 
 from worker.faust_compat.names import incompatible
+
+if TYPE_CHECKING:
+    from worker.producing import Producer
 
 __all__ = [
     "ROCKSDB_MEMORY_PROPERTIES",
@@ -94,10 +97,10 @@ class TableIO:
     checked when it is created (:func:`require_rocksdb_store`).
     """
 
-    def __init__(self, table: Any, producer_send: Callable[..., Awaitable[Any]]) -> None:
+    def __init__(self, table: Any, producer: Producer) -> None:
         require_rocksdb_store()
         self._table = table
-        self._send = producer_send
+        self._producer = producer
 
     @property
     def _store(self) -> Any:
@@ -143,7 +146,9 @@ class TableIO:
             if not owned():
                 break
             futures.append(
-                await self._send(topic, store._encode_key(key), value, partition, None, None)
+                await self._producer.send(
+                    topic, store._encode_key(key), value, partition=partition
+                )
             )
         return futures
 
