@@ -223,13 +223,7 @@ class PropertySender:
     def observe(self, record: DeliveryAttempted) -> None:
         """A property call went on the wire: metrics, the auth pause and the rate learn;
         the circuit breaker does not (see the module docstring)."""
-        delivery = self._delivery
-        self._metrics.observe_attempt(record)
-        delivery.auth.record(record.outcome)
-        if record.status == 429:
-            self._metrics.delivery_throttled.inc()
-            delivery.rate.throttled(record.retry_after_s)
-        delivery.rate.answered(remaining=record.rate_remaining, reset_s=record.rate_reset_s)
+        self._delivery.gates.observe(record, breaker=False)
 
     def update_gauges(self) -> None:
         self._metrics.property_backlog.set(len(self.lane))

@@ -62,7 +62,7 @@ from worker.evidence import Pending, PropertyLane
 from worker.partitioner import partition_for
 
 if TYPE_CHECKING:
-    from worker.delivery_engine import KeyValueTable, Send
+    from worker.delivery_ports import KeyValueTable, Send
 
 __all__ = ["PROPERTY_KIND", "PendingStore", "decode", "encode"]
 

@@ -671,8 +671,8 @@ async def test_a_result_record_that_cannot_be_sent_is_sent_again(
 ) -> None:
     """An outcome known in memory but not durable would be lost for the table, which would
     then show the state due forever (and its next owner would send it again)."""
-    monkeypatch.setattr("worker.delivery_engine._RESULT_RETRY_MS", 10)
-    real_send = harness.delivery._send
+    monkeypatch.setattr("worker.delivery_results._RESULT_RETRY_MS", 10)
+    real_send = harness.delivery.results.send
     failures = [1]
 
     async def flaky(topic: str, key: bytes, value: bytes, partition: int | None,
@@ -682,7 +682,7 @@ async def test_a_result_record_that_cannot_be_sent_is_sent_again(
             raise RuntimeError("broker away")
         await real_send(topic, key, value, partition, headers)
 
-    harness.delivery._send = flaky
+    harness.delivery.results.send = flaky
     decision = make_decision()
     await publish_and_settle(harness, decision)
     assert not failures, "the first result record failed"
@@ -726,7 +726,7 @@ async def test_a_call_frees_its_slot_before_its_result_record_is_acknowledged(
     h = EngineHarness(transport=httpx.MockTransport(script.handler), rate_per_s=1000.0,
                       concurrency=1)
     broker = asyncio.Event()
-    real_send = h.delivery._send
+    real_send = h.delivery.results.send
 
     async def slow_results(topic: str, key: bytes, value: bytes, partition: int | None,
                            headers: list[tuple[str, bytes]]) -> None:
@@ -734,7 +734,7 @@ async def test_a_call_frees_its_slot_before_its_result_record_is_acknowledged(
             await broker.wait()
         await real_send(topic, key, value, partition, headers)
 
-    h.delivery._send = slow_results
+    h.delivery.results.send = slow_results
     first, second = make_decision(), make_decision()
     await h.publish(first)
     await h.publish(second)
@@ -766,7 +766,7 @@ async def test_a_result_applied_during_the_next_call_does_not_count_its_decision
     carrying a copy read before the record, must count (or dead-letter) only what version 2
     added.
     """
-    monkeypatch.setattr("worker.delivery_engine._RESULT_LINGER_S", 0.0)
+    monkeypatch.setattr("worker.delivery_results._RESULT_LINGER_S", 0.0)
     gates: list[asyncio.Event] = []
 
     async def one_gate_per_call(request: httpx.Request) -> httpx.Response:

@@ -18,13 +18,21 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from worker.delivery_engine import TICK_INTERVAL_S, Delivery, DeliveryConfig, Poster, Send
+from worker.delivery_engine import (
+    TICK_INTERVAL_S,
+    Connect,
+    Delivery,
+    DeliveryConfig,
+    Poster,
+    Send,
+)
 from worker.envelopes import KIND_HEADER, REDRIVE_HEADER, dead_letter_record, header
 from worker.evidence_store import PROPERTY_KIND, PendingStore
 from worker.kafka import DELIVERY_STATE_TABLE, EVIDENCE_TABLE
 
 if TYPE_CHECKING:
     import faust
+    from faust.types import TableT
 
     from worker.clock import Clock
     from worker.config import Settings
@@ -62,14 +70,13 @@ def install_delivery(
     """
     config = DeliveryConfig.from_settings(settings)
     partitions = settings.topic_partitions
-    retry_topic = app.topic(
+    topics[config.retry_topic] = app.topic(
         config.retry_topic,
         key_type=bytes,
         value_type=bytes,
         partitions=partitions,
         internal=False,
     )
-    topics[config.retry_topic] = retry_topic
     states = app.Table(
         DELIVERY_STATE_TABLE,
         default=None,
@@ -79,22 +86,10 @@ def install_delivery(
         options=settings.rocksdb_options,
         help="Each request's and session's whole feedback state and how far delivery got.",
     )
-
-    async def send(
-        topic: str,
-        key: bytes,
-        value: bytes,
-        partition: int | None,
-        headers: list[tuple[str, bytes]],
-    ) -> None:
-        acked = await topics[topic].send(
-            key=key, value=value, partition=partition, headers=headers
-        )
-        await acked
-
-    delivery = Delivery(config, states=states, send=send, metrics=metrics, clock=clock)
-    store = _install_evidence(app, settings, delivery, send, config.retry_topic)
-    delivery.poster = _poster(settings, delivery, store)
+    send = _sender(topics)
+    evidence = _install_evidence(app, settings, send, config.retry_topic)
+    delivery = Delivery(config, states=states, send=send, metrics=metrics, clock=clock,
+                        connect=_connect(settings, evidence))
 
     outbox_name = settings.topic_outbox
     channel = app.topic(outbox_name, config.retry_topic, key_type=bytes, value_type=bytes)
@@ -106,21 +101,7 @@ def install_delivery(
     # One actor: merging takes microseconds, and one actor keeps a partition's merges and
     # results in the order they were read.
     app.agent(channel, name="deliver", concurrency=1)(supervise("deliver", deliver_agent))
-
-    def owned_partitions() -> set[int]:
-        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == outbox_name}
-
-    async def recovered() -> None:
-        delivery.rebuild(list(states.items()), owned_partitions())
-
-    states.on_recover(recovered)
-
-    @app.on_partitions_revoked.connect
-    async def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        revoked = args[0] if args else kwargs.get("revoked", ())
-        partitions = {tp.partition for tp in revoked if tp.topic == outbox_name}
-        delivery.on_revoked(partitions)
-        await delivery.wait_revoked(partitions)
+    _on_rebalance(app, settings, delivery, states, evidence)
 
     async def sender() -> None:
         try:
@@ -142,6 +123,60 @@ def install_delivery(
     return delivery
 
 
+def _sender(topics: dict[str, faust.TopicT]) -> Send:
+    """Sends one record to one of ``topics`` and waits for the broker's acknowledgement."""
+
+    async def send(
+        topic: str,
+        key: bytes,
+        value: bytes,
+        partition: int | None,
+        headers: list[tuple[str, bytes]],
+    ) -> None:
+        acked = await topics[topic].send(
+            key=key, value=value, partition=partition, headers=headers
+        )
+        await acked
+
+    return send
+
+
+def _on_rebalance(
+    app: faust.App,
+    settings: Settings,
+    delivery: Delivery,
+    states: TableT[bytes, bytes],
+    evidence: tuple[TableT[bytes, bytes], PendingStore] | None,
+) -> None:
+    """After every recovery rebuild the engine's due index (and restore the evidence lane's
+    waiting properties) for the owned partitions; on revocation stop sending the revoked
+    partitions' states and wait for their calls in flight."""
+    outbox_name = settings.topic_outbox
+
+    def owned_partitions() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == outbox_name}
+
+    async def recovered() -> None:
+        delivery.rebuild(list(states.items()), owned_partitions())
+
+    states.on_recover(recovered)
+    if evidence is not None:
+        table = evidence[0]
+
+        async def evidence_recovered() -> None:
+            if delivery.properties is not None:
+                delivery.properties.restore(list(table.items()), owned_partitions())
+
+        table.on_recover(evidence_recovered)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked = args[0] if args else kwargs.get("revoked", ())
+        partitions = {tp.partition for tp in revoked if tp.topic == outbox_name}
+        delivery.on_revoked(partitions)
+        await delivery.wait_revoked(partitions)
+
+
 async def _handle(delivery: Delivery, message: Any, retry_topic: str, outbox: str) -> None:
     """One record for the deliver agent: an outbox decision, or a retry-topic record (the
     evidence lane's ``property`` records go to the lane, the rest to the engine)."""
@@ -161,11 +196,11 @@ async def _handle(delivery: Delivery, message: Any, retry_topic: str, outbox: st
 
 
 def _install_evidence(
-    app: faust.App, settings: Settings, delivery: Delivery, send: Send, retry_topic: str
-) -> PendingStore | None:
+    app: faust.App, settings: Settings, send: Send, retry_topic: str
+) -> tuple[TableT[bytes, bytes], PendingStore] | None:
     """With HELICONE_EVIDENCE_PROPERTIES: the changelogged ``evidence-properties`` table and
-    its store, and the waiting properties of the owned partitions restored into the lane
-    after every recovery (:mod:`worker.evidence_store`)."""
+    its store (:mod:`worker.evidence_store`); :func:`_on_rebalance` restores the waiting
+    properties of the owned partitions into the lane after every recovery."""
     if not settings.helicone_evidence_properties:
         return None
     table = app.Table(
@@ -177,33 +212,33 @@ def _install_evidence(
         options=settings.rocksdb_options,
         help="Evidence properties waiting to be set on their requests in Helicone.",
     )
-
-    async def recovered() -> None:
-        if delivery.properties is not None:
-            owned = {
-                tp.partition for tp in app.assignor.assigned_actives()
-                if tp.topic == settings.topic_outbox
-            }
-            delivery.properties.restore(list(table.items()), owned)
-
-    table.on_recover(recovered)
-    return PendingStore(
+    store = PendingStore(
         table, send, retry_topic=retry_topic, partitions=settings.topic_partitions
     )
+    return table, store
 
 
-def _poster(
-    settings: Settings, delivery: Delivery, store: PendingStore | None
-) -> Poster | None:
-    """The Helicone client (with the evidence lane when HELICONE_EVIDENCE_PROPERTIES is on),
-    or None without an API key outside dry run."""
+def _connect(
+    settings: Settings, evidence: tuple[TableT[bytes, bytes], PendingStore] | None
+) -> Connect:
+    """The engine's ``connect``: the Helicone client, reporting every call to the engine's
+    observer (None without an API key outside dry run), and with HELICONE_EVIDENCE_PROPERTIES
+    the evidence lane after the ratings, which shares the engine's budget.
+
+    A factory given the engine, because both need it and the engine needs both: the engine
+    builds them last in its constructor, so nothing is set on it after it exists.
+    """
     from worker.evidence_sender import EvidenceConfig, PropertySender
     from worker.helicone import HeliconeClient
 
-    if not (settings.feedback_dry_run or settings.helicone_api_key is not None):
-        return None
-    client = HeliconeClient.from_settings(settings, observer=delivery.observe)
-    evidence = EvidenceConfig.from_settings(settings)
-    if evidence.enabled:  # the lane after the ratings
-        delivery.properties = PropertySender(delivery, client, evidence, store)
-    return client
+    def connect(delivery: Delivery) -> tuple[Poster | None, PropertySender | None]:
+        if not (settings.feedback_dry_run or settings.helicone_api_key is not None):
+            return None, None
+        client = HeliconeClient.from_settings(settings, observer=delivery.observe)
+        config = EvidenceConfig.from_settings(settings)
+        if not config.enabled:
+            return client, None
+        store = evidence[1] if evidence is not None else None
+        return client, PropertySender(delivery, client, config, store)
+
+    return connect
