@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from hypothesis import strategies as st
@@ -134,6 +134,10 @@ def from_json_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
         # UTF-8 record can carry one: a valid value holds none (the mutations still make them)
         return from_schema(_leaf(schema)).map(_without_surrogates)
     return from_schema(_leaf(schema))
+
+
+#: The Unicode category of lone surrogates.
+_SURROGATES: tuple[Literal["Cs"]] = ("Cs",)
 
 
 def _without_surrogates(value: Any) -> Any:
@@ -502,7 +506,11 @@ def streams(
     # Any text a valid session id may hold: no C0 control character or DEL (ingest refuses
     # those, invalid_session_id).
     refused = "\x7f" + "".join(map(chr, range(0x20)))
-    session_text = st.text(st.characters(exclude_characters=refused), min_size=1, max_size=20)
+    # (and no lone surrogate: no UTF-8 record can carry one; characters() draws them here)
+    session_text = st.text(
+        st.characters(exclude_characters=refused, exclude_categories=_SURROGATES),
+        min_size=1, max_size=20,
+    )
     sessions = draw(st.lists(session_text, min_size=1, max_size=3, unique=True))
     base = draw(st.lists(valid_events(clocks=clocks, pool=pool, sessions=sessions, lean=True),
                          min_size=0, max_size=8))
