@@ -126,13 +126,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     liveness = Liveness(clock=clock, on_crash=metrics.agent_crashed)
     rekey_topic = rekey_topic_name(settings)
     topics = {
-        name: app.topic(
-            name,
-            key_type=bytes,
-            value_type=bytes,
-            partitions=settings.topic_partitions,
-            internal=False,
-        )
+        name: app.topic(name, key_type=bytes, value_type=bytes,
+                        partitions=settings.topic_partitions, internal=False)
         for name in (
             settings.topic_ui_events,
             rekey_topic,
@@ -186,9 +181,11 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         settings=settings,
         metrics=metrics,
         topics=topics,
+        producer=producer,
         readiness_checks=readiness.checks,
+        liveness=liveness,
         clock=clock,
-        supervise=lambda name, agent: supervised(name, agent, liveness),
+        on_failure=lambda exc: asyncio.ensure_future(app.crash(exc)),
     )
     _add_routes(app, metrics, readiness, liveness)
     return FeedbackApp(app, settings, metrics, ingest, windows, readiness, topics)

@@ -189,6 +189,37 @@ def test_each_intake_topic_reaches_its_own_handler_in_order() -> None:
     assert consumer.delivered == []  # nothing went through the conductor
 
 
+def test_a_second_install_adds_its_topics_to_the_same_fetch_loop() -> None:
+    """Streams and delivery install their topics separately; the second call must neither
+    replace the first's routes nor wrap the replaced loop again."""
+    records = [message(INPUT, 0, 0), message(OTHER, 3, 5)]
+    consumer = FakeConsumer([records])
+    app = fake_app(consumer)
+    inputs: Handled = []
+    others: Handled = []
+    intake = Intake(app, recording_handler(inputs))
+    later = Intake(app, recording_handler(others))
+    assert install_intake(app, [(input_topic(), intake)])
+    loop = consumer._drain_messages
+    assert install_intake(app, [(FakeTopic(OTHER), later)])
+    assert consumer._drain_messages is loop
+
+    async def both() -> None:
+        runner = asyncio.ensure_future(later.run())
+        await drain(app, intake)
+        while not later.queue.empty():
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(both())
+
+    assert [r.offset for r, _ in inputs] == [0] and [r.offset for r, _ in others] == [5]
+    assert consumer.delivered == []
+
+
 def test_batches_are_bounded_and_keep_the_fetch_order() -> None:
     records = [message(INPUT, 0, offset) for offset in range(BATCH_RECORDS * 2 + 3)]
     consumer = FakeConsumer([records])

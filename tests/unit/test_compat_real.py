@@ -25,6 +25,7 @@ from faust.types import TP, Message
 
 from tests.unit.test_compat_intake import drain
 from worker import faust_compat as compat
+from worker.agents.buffered import BufferedTable, Checkpoints
 from worker.errors import IncompatibleLibraryError
 from worker.faust_compat.stores import require_rocksdb_store
 
@@ -232,6 +233,34 @@ async def test_tableio_writes_what_faust_s_rocksdb_store_reads(tmp_path: Path) -
     changelog = table.changelog_topic.get_topic_name()
     assert sent == [(changelog, store._encode_key("1/a"), b"x", {"partition": 1})]
     assert set(compat.rocksdb_memory([table])) == {"memtables", "block_cache", "table_readers"}
+
+
+async def test_delivery_s_buffered_table_writes_what_table_setitem_would(tmp_path: Path) -> None:
+    """Delivery's tables (bytes keys and values, raw) written through BufferedTable and
+    TableIO: Faust's own read path finds the values, and the changelog records carry exactly
+    the bytes ``table[key] = value`` would send, so older workers' changelogs still restore."""
+    app = real_app(tmp_path)
+    table = app.Table("delivery-state", default=None, partitions=2, key_type=bytes,
+                      value_type=bytes)
+    sent: list[tuple[Any, ...]] = []
+
+    class Recorder:
+        async def send(self, *args: Any, **kwargs: Any) -> Any:
+            sent.append((*args, kwargs))
+            return None
+
+    buffered = BufferedTable(compat.TableIO(table, Recorder()), table.items)
+    buffered[b"1/r:a"] = b'{"v":1}'
+    buffered[b"1/r:a"] = b'{"v":2}'
+    checkpoints = Checkpoints([buffered])
+    await checkpoints.flush(1)
+
+    assert table.data[b"1/r:a"] == b'{"v":2}'  # Faust's own read path
+    assert buffered.get(b"1/r:a") == b'{"v":2}'
+    changelog = table.changelog_topic
+    key, _ = changelog.prepare_key(b"1/r:a", None)
+    value, _ = changelog.prepare_value(b'{"v":2}', None)
+    assert sent == [(changelog.get_topic_name(), key, value, {"partition": 1})]
 
 
 def test_a_store_without_what_tableio_uses_stops_the_worker() -> None:

@@ -1,23 +1,32 @@
-"""The deliver agent: a thin Faust adapter around :mod:`worker.delivery_engine`.
+"""The deliver handlers: a thin Faust adapter around :mod:`worker.delivery_engine`.
 
-It declares the internal retry topic and the changelogged ``delivery-state`` table, runs the
-deliver agent over the outbox and the retry topic (one actor: merging takes microseconds and
-keeps a partition's merges and results in order), the sender task and the timer, rebuilds the
+It declares the internal retry topic and the changelogged ``delivery-state`` table, hands the
+outbox's and the retry topic's records to the engine in batches off Faust's per-record path
+(:func:`worker.agents.streams.consume`), runs the sender task and the timer, rebuilds the
 engine's due index after every recovery, and on revocation waits for the revoked partitions'
 calls in flight.  The engine's docstring says what holds and why.
 
+The table is written in batches: the engine's writes are buffered per partition and each
+record is acknowledged only once the changelog holds what it changed
+(:mod:`worker.agents.buffered`); the timer flushes every :data:`TICK_INTERVAL_S`.
+
 With ``HELICONE_EVIDENCE_PROPERTIES`` it also declares the changelogged ``evidence-properties``
-table, hands the evidence lane its ``property`` records from the retry topic, and restores the
-lane's waiting properties after every recovery (:mod:`worker.evidence_store` says why).
+table, flushed with ``delivery-state`` so that an outbox record is acknowledged only once
+both hold what it changed, hands the evidence lane its ``property`` records from the retry
+topic, and restores the lane's waiting properties after every recovery
+(:mod:`worker.evidence_store` says why).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from worker.agents.buffered import BufferedTable, Checkpoints
+from worker.agents.ingest import Ack
+from worker.agents.streams import consume
 from worker.delivery_engine import (
     TICK_INTERVAL_S,
     Connect,
@@ -28,15 +37,17 @@ from worker.delivery_engine import (
 )
 from worker.envelopes import KIND_HEADER, REDRIVE_HEADER, dead_letter_record, header
 from worker.evidence_store import PROPERTY_KIND, PendingStore
+from worker.faust_compat import Intake, TableIO
 from worker.kafka import DELIVERY_STATE_TABLE, EVIDENCE_TABLE
 
 if TYPE_CHECKING:
     import faust
-    from faust.types import TableT
 
     from worker.clock import Clock
     from worker.config import Settings
+    from worker.health import Liveness
     from worker.metrics import Metrics
+    from worker.producing import Producer
 
 __all__ = [
     "KIND_HEADER",
@@ -49,24 +60,24 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AgentFn = Callable[["faust.StreamT[bytes]"], Awaitable[None]]
-
-
 def install_delivery(
     app: faust.App,
     *,
     settings: Settings,
     metrics: Metrics,
     topics: dict[str, faust.TopicT],
+    producer: Producer,
     readiness_checks: dict[str, Callable[[], bool]],
+    liveness: Liveness,
     clock: Clock,
-    supervise: Callable[[str, AgentFn], AgentFn] = lambda name, agent: agent,
+    on_failure: Callable[[BaseException], object] = lambda exc: None,
 ) -> Delivery:
-    """Add delivery to the app: retry topic, state table, the deliver agent, the sender task.
+    """Add delivery to the app: retry topic, state table, the deliver handler, the sender task.
 
     The HTTP client is created here (it connects lazily); without an API key and outside dry
     run there is none, and the first call raises :class:`ConfigError` (``run`` checks first).
-    ``supervise`` wraps the agent so its crashes are counted like the other agents'.
+    A crash of the handler is counted on ``liveness`` like the other agents'; ``on_failure``
+    is called when the broker refuses a flush's changelog records (the worker must stop).
     """
     config = DeliveryConfig.from_settings(settings)
     partitions = settings.topic_partitions
@@ -77,31 +88,35 @@ def install_delivery(
         partitions=partitions,
         internal=False,
     )
-    states = app.Table(
-        DELIVERY_STATE_TABLE,
-        default=None,
-        partitions=partitions,
-        key_type=bytes,
-        value_type=bytes,
-        options=settings.rocksdb_options,
-        help="Each request's and session's whole feedback state and how far delivery got.",
+    states = _table(app, settings, DELIVERY_STATE_TABLE, producer,
+                    "Each request's and session's whole feedback state and how far delivery got.")
+    send = _sender(producer)
+    evidence = _install_evidence(app, settings, send, config.retry_topic, producer)
+    checkpoints = Checkpoints(
+        [states, *([evidence[0]] if evidence is not None else [])], on_failure=on_failure
     )
-    send = _sender(topics)
-    evidence = _install_evidence(app, settings, send, config.retry_topic)
     delivery = Delivery(config, states=states, send=send, metrics=metrics, clock=clock,
                         connect=_connect(settings, evidence))
 
     outbox_name = settings.topic_outbox
-    channel = app.topic(outbox_name, config.retry_topic, key_type=bytes, value_type=bytes)
 
-    async def deliver_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await _handle(delivery, event.message, config.retry_topic, outbox_name)
+    async def on_record(message: Any, ack: Ack) -> None:
+        await _handle(delivery, message, config.retry_topic, outbox_name)
+        checkpoints.hold(message.partition, ack)
+        if checkpoints.full(message.partition):
+            await checkpoints.flush(message.partition)
 
-    # One actor: merging takes microseconds, and one actor keeps a partition's merges and
-    # results in the order they were read.
-    app.agent(channel, name="deliver", concurrency=1)(supervise("deliver", deliver_agent))
-    _on_rebalance(app, settings, delivery, states, evidence)
+    # One handler per topic, like one actor each: merging takes microseconds, and a
+    # partition's merges and results are applied in the order they were read.
+    intakes = consume(
+        app,
+        [
+            (topics[outbox_name], "deliver", on_record),
+            (topics[config.retry_topic], "deliver-retry", on_record),
+        ],
+        liveness,
+    )
+    _on_rebalance(app, settings, delivery, states, evidence, checkpoints, intakes)
 
     async def sender() -> None:
         try:
@@ -113,6 +128,7 @@ def install_delivery(
         while True:
             await asyncio.sleep(TICK_INTERVAL_S)
             try:
+                await checkpoints.flush_all()
                 await delivery.tick(states.items)
             except Exception:  # the timer must outlive one bad tick
                 log.exception("delivery timer tick failed; continuing")
@@ -123,8 +139,26 @@ def install_delivery(
     return delivery
 
 
-def _sender(topics: dict[str, faust.TopicT]) -> Send:
-    """Sends one record to one of ``topics`` and waits for the broker's acknowledgement."""
+def _table(
+    app: faust.App, settings: Settings, name: str, producer: Producer, help: str
+) -> BufferedTable:
+    """A changelogged table of bytes keyed ``<partition>/...``, written in batches
+    (:mod:`worker.agents.buffered`)."""
+    table = app.Table(
+        name,
+        default=None,
+        partitions=settings.topic_partitions,
+        key_type=bytes,
+        value_type=bytes,
+        options=settings.rocksdb_options,
+        help=help,
+    )
+    io: TableIO[bytes] = TableIO(table, producer)
+    return BufferedTable(io, table.items)
+
+
+def _sender(producer: Producer) -> Send:
+    """Sends one record and waits for the broker's acknowledgement."""
 
     async def send(
         topic: str,
@@ -133,9 +167,7 @@ def _sender(topics: dict[str, faust.TopicT]) -> Send:
         partition: int | None,
         headers: list[tuple[str, bytes]],
     ) -> None:
-        acked = await topics[topic].send(
-            key=key, value=value, partition=partition, headers=headers
-        )
+        acked = await producer.send(topic, key, value, partition=partition, headers=headers)
         await acked
 
     return send
@@ -145,12 +177,15 @@ def _on_rebalance(
     app: faust.App,
     settings: Settings,
     delivery: Delivery,
-    states: TableT[bytes, bytes],
-    evidence: tuple[TableT[bytes, bytes], PendingStore] | None,
+    states: BufferedTable,
+    evidence: tuple[BufferedTable, PendingStore] | None,
+    checkpoints: Checkpoints,
+    intakes: list[Intake],
 ) -> None:
     """After every recovery rebuild the engine's due index (and restore the evidence lane's
-    waiting properties) for the owned partitions; on revocation stop sending the revoked
-    partitions' states and wait for their calls in flight."""
+    waiting properties) for the owned partitions; on revocation drop the revoked partitions'
+    unflushed writes and held acks, stop sending their states and wait for their calls in
+    flight."""
     outbox_name = settings.topic_outbox
 
     def owned_partitions() -> set[int]:
@@ -159,7 +194,7 @@ def _on_rebalance(
     async def recovered() -> None:
         delivery.rebuild(list(states.items()), owned_partitions())
 
-    states.on_recover(recovered)
+    states.io.table.on_recover(recovered)
     if evidence is not None:
         table = evidence[0]
 
@@ -167,14 +202,22 @@ def _on_rebalance(
             if delivery.properties is not None:
                 delivery.properties.restore(list(table.items()), owned_partitions())
 
-        table.on_recover(evidence_recovered)
+        table.io.table.on_recover(evidence_recovered)
 
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked = args[0] if args else kwargs.get("revoked", ())
         partitions = {tp.partition for tp in revoked if tp.topic == outbox_name}
+        for intake in intakes:  # fetched before the rebalance: the seek after it refetches
+            intake.clear()
+        checkpoints.on_revoked(partitions)
         delivery.on_revoked(partitions)
         await delivery.wait_revoked(partitions)
+
+    @app.on_partitions_assigned.connect
+    def _assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        assigned = args[0] if args else kwargs.get("assigned", ())
+        checkpoints.on_assigned({tp.partition for tp in assigned if tp.topic == outbox_name})
 
 
 async def _handle(delivery: Delivery, message: Any, retry_topic: str, outbox: str) -> None:
@@ -196,22 +239,15 @@ async def _handle(delivery: Delivery, message: Any, retry_topic: str, outbox: st
 
 
 def _install_evidence(
-    app: faust.App, settings: Settings, send: Send, retry_topic: str
-) -> tuple[TableT[bytes, bytes], PendingStore] | None:
+    app: faust.App, settings: Settings, send: Send, retry_topic: str, producer: Producer
+) -> tuple[BufferedTable, PendingStore] | None:
     """With HELICONE_EVIDENCE_PROPERTIES: the changelogged ``evidence-properties`` table and
     its store (:mod:`worker.evidence_store`); :func:`_on_rebalance` restores the waiting
     properties of the owned partitions into the lane after every recovery."""
     if not settings.helicone_evidence_properties:
         return None
-    table = app.Table(
-        EVIDENCE_TABLE,
-        default=None,
-        partitions=settings.topic_partitions,
-        key_type=bytes,
-        value_type=bytes,
-        options=settings.rocksdb_options,
-        help="Evidence properties waiting to be set on their requests in Helicone.",
-    )
+    table = _table(app, settings, EVIDENCE_TABLE, producer,
+                   "Evidence properties waiting to be set on their requests in Helicone.")
     store = PendingStore(
         table, send, retry_topic=retry_topic, partitions=settings.topic_partitions
     )
@@ -219,7 +255,7 @@ def _install_evidence(
 
 
 def _connect(
-    settings: Settings, evidence: tuple[TableT[bytes, bytes], PendingStore] | None
+    settings: Settings, evidence: tuple[BufferedTable, PendingStore] | None
 ) -> Connect:
     """The engine's ``connect``: the Helicone client, reporting every call to the engine's
     observer (None without an API key outside dry run), and with HELICONE_EVIDENCE_PROPERTIES

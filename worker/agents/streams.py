@@ -226,7 +226,7 @@ def install_streams(
     streams = _Streams(
         app, topics, rekey_topic, partitions, ingest, windows, metrics, clock, progress
     )
-    intakes = _consume(
+    intakes = consume(
         app,
         [
             (topics[input_topic], "ingest", streams.on_input),
@@ -258,14 +258,14 @@ def install_streams(
 Handler = Callable[[Any, Ack], Awaitable[None]]
 
 
-def _consume(
+def consume(
     app: faust.App, routes: list[tuple[faust.TopicT, str, Handler]], liveness: Liveness
 ) -> list[Intake]:
-    """Consume each topic with its handler.  The input and rekeyed topics skip Faust's
-    per-record delivery (worker.faust_compat.intake): no conductor, so their records never
-    wait behind the producer buffer that other tables' writes fill (delivery must not hold
-    stream time back).  If this Faust version cannot, supervised ordinary agents consume
-    them (and the returned list is empty)."""
+    """Consume each topic with its handler, named ``name`` for liveness.  The topics skip
+    Faust's per-record delivery (worker.faust_compat.intake): no conductor, so their records
+    never wait behind the producer buffer and cost a fraction per record.  If this Faust
+    version cannot, supervised ordinary agents consume them with manual acks (and the
+    returned list is empty).  Handlers must ack each record (or hold its ack) themselves."""
     intakes = [
         Intake(app, handler, on_crash=partial(_crashed, liveness, name))
         for _, name, handler in routes

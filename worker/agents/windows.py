@@ -66,7 +66,7 @@ class PartitionStore:
     """A :class:`~worker.windows.WindowStore` over one partition's keys of the table, with
     writes buffered until :meth:`flush` (module docstring)."""
 
-    def __init__(self, io: TableIO, partition: int) -> None:
+    def __init__(self, io: TableIO[str], partition: int) -> None:
         self._io = io
         self._partition = partition
         self._prefix = f"{partition}/"
@@ -119,7 +119,7 @@ class PartitionStore:
 class Windows:
     """Owns one engine per partition and sends what the engines return."""
 
-    io: TableIO
+    io: TableIO[str]
     config: RuleConfig
     grace_ms: int
     idle_close_ms: int

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -62,6 +63,12 @@ BATCH_RECORDS = 256
 #: Batches the queue holds before the fetch loop waits: with :data:`BATCH_RECORDS`, about
 #: Faust's own stream buffer (``stream_buffer_maxsize``, 4096 records).
 QUEUED_BATCHES = 16
+
+#: The topics' queues of every consumer whose fetch loop is replaced (the loop reads the
+#: same dict, so topics installed later join it).
+_INSTALLED: weakref.WeakKeyDictionary[Any, dict[str, asyncio.Queue[list[Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 #: Called for each record: (Faust's consumer message, its ack).
 Handler = Callable[[Any, Callable[[], Awaitable[None]]], Awaitable[None]]
@@ -123,7 +130,7 @@ def _acker(consumer: Any, sensors: Any, message: Any) -> Callable[[], Awaitable[
 
 def install_intake(app: Any, routes: Sequence[tuple[Any, Intake]]) -> bool:
     """Subscribe each topic of ``routes`` and send its records to its :class:`Intake`
-    (module docstring).
+    (module docstring).  May be called more than once per app, each call adding its topics.
 
     Topics are Faust topics (with acks enabled, as topics have by default).  Each intake
     runs as its own task (the caller starts every :meth:`Intake.run` as an app task), so a
@@ -143,11 +150,13 @@ def install_intake(app: Any, routes: Sequence[tuple[Any, Intake]]) -> bool:
         log.warning("this faust version's fetch loop cannot be replaced; the input and "
                     "rekeyed topics go through ordinary agents")
         return False
-    queues = {}
+    queues = _INSTALLED.get(consumer)
+    if queues is None:  # the first call replaces the fetch loop; later calls add topics
+        queues = _INSTALLED[consumer] = {}
+        consumer._drain_messages = _drain_messages(consumer, queues)
     for topic, intake in routes:
         app.topics.add(topic)  # what iterating it in an agent would do: the consumer subscribes
         queues[topic.get_topic_name()] = intake.queue
-    consumer._drain_messages = _drain_messages(consumer, queues)
     return True
 
 

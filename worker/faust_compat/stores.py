@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import rocksdict
 from faust.stores import rocksdb as faust_rocksdb
@@ -54,6 +54,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: A table's key type as its store encodes it: ``str`` (the windows) or ``bytes`` (delivery).
+K = TypeVar("K", str, bytes)
 
 #: Metric label -> RocksDB integer property.
 ROCKSDB_MEMORY_PROPERTIES = {
@@ -79,7 +82,7 @@ def rocksdb_memory(tables: Iterable[Any]) -> dict[str, int]:
     return totals
 
 
-class TableIO:
+class TableIO(Generic[K]):
     """One Faust table's RocksDB partitions and changelog, used directly.
 
     Why not ``table[key] = value``: each such write becomes one changelog message that goes
@@ -103,10 +106,15 @@ class TableIO:
         self._producer = producer
 
     @property
+    def table(self) -> Any:
+        """The Faust table (for its public API: recovery callbacks, ``items``)."""
+        return self._table
+
+    @property
     def _store(self) -> Any:
         return self._table.data  # created lazily by Faust, after the app starts
 
-    def get(self, partition: int, key: str) -> bytes | None:
+    def get(self, partition: int, key: K) -> bytes | None:
         store = self._store
         value: bytes | None = store._db_for_partition(partition).get(store._encode_key(key))
         return value
@@ -122,7 +130,7 @@ class TableIO:
             if isinstance(key, str) and key.startswith(prefix):
                 yield key, value
 
-    def put_local(self, partition: int, entries: dict[str, bytes | None]) -> None:
+    def put_local(self, partition: int, entries: dict[K, bytes | None]) -> None:
         """Write ``entries`` (None deletes) to the partition's RocksDB instance, at once."""
         store = self._store
         db = store._db_for_partition(partition)
@@ -134,7 +142,7 @@ class TableIO:
                 db.put(raw_key, value)
 
     async def send_changelog(
-        self, partition: int, entries: dict[str, bytes | None], owned: Callable[[], bool]
+        self, partition: int, entries: dict[K, bytes | None], owned: Callable[[], bool]
     ) -> list[Awaitable[Any]]:
         """Queue ``entries`` on the changelog, while ``owned()``; returns the futures.
 
