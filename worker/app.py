@@ -146,6 +146,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         rules=rule_config(settings),
         metrics=metrics.prompts,
         clock=clock,
+        producer=producer,
         supervise=lambda name, agent: supervised(name, agent, liveness),
     )
     ingest = Ingest(
@@ -177,14 +178,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     _install_patches(app, metrics)
     _watch_topics(app, settings)
     install_delivery(
-        app,
-        settings=settings,
-        metrics=metrics,
-        topics=topics,
-        producer=producer,
-        readiness_checks=readiness.checks,
-        liveness=liveness,
-        clock=clock,
+        app, settings=settings, metrics=metrics, topics=topics, producer=producer,
+        readiness_checks=readiness.checks, liveness=liveness, clock=clock,
         on_failure=lambda exc: asyncio.ensure_future(app.crash(exc)),
     )
     _add_routes(app, metrics, readiness, liveness)

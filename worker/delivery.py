@@ -1,7 +1,7 @@
 """Delivery policy: when to retry, when to stop calling, how fast to call (DESIGN 5).
 
 This is the pure half of delivery.  It imports no httpx, faust or prometheus_client: the
-adapters (the HTTP client in :mod:`worker.helicone`, the deliver agent, :mod:`worker.metrics`)
+adapters (the HTTP client in :mod:`worker.helicone`, the delivery adapter, :mod:`worker.metrics`)
 import it, never the other way round.  Every object here takes time as data or through an
 injected :class:`~worker.clock.Clock`, so tests drive it with a ``FakeClock`` and never sleep.
 
@@ -20,7 +20,7 @@ Map of the module::
     plan_calls(...)             which calls one decision needs, in order
     RetryState                  one decision's durable progress: attempts, calls done, when next
 
-How the deliver agent (:mod:`worker.agents.deliver`) combines them, per decision::
+How the delivery engine (:mod:`worker.delivery_engine`) combines them, per decision::
 
     if auth or breaker refuses (retry_in_ms() > 0, or allow() is False):
         keep it durably until then (RetryState.waiting) and move on; nothing is dropped

@@ -2,7 +2,7 @@
 
 No Faust or HTTP here: the table, ``send`` and Helicone are ports
 (:mod:`worker.delivery_ports`), time an injected clock.  The Faust adapter
-(:mod:`worker.agents.deliver`) hands the engine records in context and runs its sender.
+(:mod:`worker.agents.deliver`) hands the engine each partition's records and runs its sender.
 
 Map of the engine (this module holds :class:`Delivery`, which merges decisions into
 states, sends states and records outcomes; the rest is its parts)::
@@ -24,19 +24,20 @@ batch is complete.  A state that changes while it waits is sent once, as it is b
 
 Two halves, so that Helicone can never hold ingestion back:
 
-* **The deliver agent** (in a Faust event, so it may write the table) only merges: each
+* **The deliver handler** (the only writer of a partition's keys) only merges: each
   outbox decision into its target's state in the changelogged table ``delivery-state``
   (key ``b"<partition>/<r|s>:<id>"``, co-partitioned with the outbox: the outbox is keyed by
   target id, and a decision found on another partition is first forwarded to its owner
   through the internal topic ``<group>-delivery-retry``).  No HTTP, no sleeping: a record is
-  merged and acked in microseconds whatever Helicone does, so the outbox's buffer never fills
-  and never stops Faust's fetch loop, which also feeds the input topic.
+  merged in microseconds whatever Helicone does, and acknowledged once the adapter's next
+  flush has its write in the changelog (:mod:`worker.agents.buffered`), so the outbox never
+  backs up into Faust's fetch loop, which also feeds the input topic.
 * **The sender** (one task, outside any event) takes due states from an in-memory index at
   the rate :class:`~worker.delivery.AdaptiveRate` allows, at most ``DELIVERY_CONCURRENCY``
   calls in flight and one per target (two calls of one target in flight could reach Helicone
   out of order and the older one would win).  It reads the state, makes the call, and
-  reports the outcome for that *version* as a ``result`` record on the retry topic; the agent
-  applies it to the table in context (Faust allows table writes only there).
+  reports the outcome for that *version* as a ``result`` record on the retry topic, which the
+  partition's handler applies (:mod:`worker.delivery_results` says why a record).
 
 Why this is at-least-once and idempotent: a state is durable (changelogged) before its
 outbox record is acked; its outcome is durable only once the ``result`` record is applied.
@@ -135,9 +136,9 @@ Connect = Callable[["Delivery"], "tuple[Poster | None, PropertySender | None]"]
 class Delivery:
     """The delivery engine; see the module docstring.  All methods run on the event loop.
 
-    ``on_outbox`` and ``on_retry`` must be called inside the Faust event of the record they
-    handle (they write the table); :meth:`dispatch`, :meth:`run`, :meth:`tick`,
-    :meth:`rebuild` and :meth:`on_revoked` never write it.
+    ``on_outbox`` and ``on_retry`` are called by the handler of the record's partition (they
+    write the table); :meth:`dispatch`, :meth:`run`, :meth:`tick`, :meth:`rebuild` and
+    :meth:`on_revoked` never write it.
     """
 
     def __init__(
@@ -215,7 +216,7 @@ class Delivery:
         """States waiting to be sent or in flight on this worker's partitions."""
         return len(self._index)
 
-    # ------------------------------------------------------------------ records, in context
+    # ------------------------------------------------------------------ records, by partition
 
     async def on_outbox(
         self,

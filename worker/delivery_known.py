@@ -86,7 +86,7 @@ class KnownStates:
         return state
 
     def write(self, table_key: bytes, state: FeedbackState) -> None:
-        """Write ``state`` to the table (in context) and keep it decoded while it may be read
+        """Write ``state`` to the table and keep it decoded while it may be read
         again soon: until it is settled.  Settled states are read only by a later merge."""
         self.table[table_key] = state.to_json()
         self._decoded.pop(table_key, None)

@@ -49,9 +49,10 @@ class Poster(Protocol):
 
 
 class KeyValueTable(Protocol):
-    """What delivery needs of a table: a Faust table in the worker, a dict in tests.
+    """What delivery needs of a table: a :class:`~worker.agents.buffered.BufferedTable` in
+    the worker, a dict in tests.
 
-    Writes must happen inside the event of the key's partition (Faust's rule); reads may
+    Only the handler of the key's partition writes (one writer per partition); reads may
     happen anywhere.
     """
 

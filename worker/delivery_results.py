@@ -2,10 +2,13 @@
 
 A record is ``{"results": [{"key", "version", "outcome", "retry"?}, ...]}``: the outcomes of
 one partition that finished within :data:`_RESULT_LINGER_S` of each other, so a fast Helicone
-costs one record per batch of calls rather than one per call.  The agent applies each
-outcome to the table in context (:func:`settle` says how); until then the engine holds it in
-memory, so the state is not sent again by this process.  A crash before the record is
-applied sends the state again, which Helicone overwrites key by key.
+costs one record per batch of calls rather than one per call.  The partition's handler
+applies each outcome to the table (:func:`settle` says how); until then the engine holds it
+in memory, so the state is not sent again by this process.  A record rather than a write
+from the sender, because a call may end after its partition moved to another worker: the
+record reaches the new owner, which applies it before it sends the state
+(``RESTORE_SETTLE_MS``), and the table keeps one writer per partition.  A crash before the
+record is applied sends the state again, which Helicone overwrites key by key.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Sweeping: settled states past ``DELIVERY_DEDUPE_TTL_S`` are deleted from the table.
 
 A settled state is kept that long so that a duplicate or replayed decision is recognised and
-costs no call.  The sweep is in two steps because Faust allows table writes only inside the
-event of the key's partition: the timer *finds* expired states (reads only, outside any
-event) and sends each partition a ``sweep`` record (``{"keys"}``) on the retry topic; the
-agent *deletes* them when it reads that record, in context, after checking again that each
-is still settled and expired (a decision merged meanwhile makes it due, and keeps it).
+costs no call.  The sweep is in two steps because only a partition's handler writes its
+keys (one writer per partition, and only while the partition is owned): the timer *finds*
+expired states (reads only) and sends each partition a ``sweep`` record (``{"keys"}``) on
+the retry topic; the handler *deletes* them when it reads that record, after checking again
+that each is still settled and expired (a decision merged meanwhile makes it due, and keeps
+it).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Sweep:
     async def find(self, items: Iterable[tuple[bytes, bytes]]) -> int:
         """Find settled states past their TTL and send their partitions a ``sweep`` record.
 
-        Reads only (outside any event); the deletes happen in the agent, in context.
+        Reads only; the deletes happen in the partition's handler.
         """
         cutoff_ms = self._clock.now_ms() - self._ttl_ms
         expired: dict[int, list[str]] = {}
@@ -83,7 +84,8 @@ class Sweep:
         return sum(len(keys) for keys in expired.values())
 
     def apply(self, keys: Iterable[Any], partition: int, known: KnownStates) -> None:
-        """A ``sweep`` record, in context: delete the states still settled and expired."""
+        """A ``sweep`` record, in its partition's handler: delete the states still settled
+        and expired."""
         cutoff_ms = self._clock.now_ms() - self._ttl_ms
         removed = 0
         for key in keys:

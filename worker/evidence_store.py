@@ -19,16 +19,18 @@ What holds, and why:
 * **Co-partitioned with the outbox, like ``delivery-state``.**  An entry's key is
   ``b"<partition>/<request id>"``, where the partition is the one the request id maps to:
   the outbox is keyed by it and the delivery engine merges a decision only on that partition
-  (it forwards it there first), so the lane is offered a decision inside that partition's
-  event, where Faust lets the table be written.
+  (it forwards it there first), so the lane is offered a decision by that partition's
+  handler, the only writer of its keys.
 * **Durable before the outbox record is acked.**  An offer that adds or replaces a request's
-  properties writes its entry in the same event that merges the decision, so a crash after
-  the ack finds it in the changelog.
-* **Progress is written in context too.**  A property call ends in the sender task, outside
-  any event, where Faust forbids table writes.  So the requests whose entry changed (a new
+  properties writes its entry while the handler merges the decision, and the adapter flushes
+  this table with ``delivery-state`` before it acknowledges the record
+  (:mod:`worker.agents.buffered`), so a crash after the ack finds it in the changelog.
+* **Progress is written by the handler too.**  A property call ends in the sender task,
+  which writes no table (a call may end after its partition moved to another worker).  So
+  the requests whose entry changed (a new
   due time and counters after "Request not found", one property left, settled, dropped) are
   named in a ``property`` record on the delivery retry topic, on their partition; when the
-  deliver agent reads it, :meth:`PendingStore.apply` writes what the lane holds for each
+  partition's handler reads it, :meth:`PendingStore.apply` writes what the lane holds for each
   *at that moment* (or deletes the entry when it holds none).  Writing the lane's current
   view, not a snapshot carried in the record, means a record that arrives after a newer
   offer cannot bring back older properties.
@@ -108,7 +110,7 @@ def _table_key(partition: int, request_id: str) -> bytes:
 
 class PendingStore:
     """Keeps a :class:`~worker.evidence.PropertyLane`'s entries in ``table`` (see the module
-    docstring).  ``save_offered`` and ``apply`` run inside an event of the key's partition;
+    docstring).  ``save_offered`` and ``apply`` run in the handler of the key's partition;
     ``mark_changed`` anywhere; ``restore`` after recovery."""
 
     def __init__(
@@ -143,7 +145,7 @@ class PendingStore:
             del self._table[key]
 
     def save_offered(self, lane: PropertyLane, partition: int) -> None:
-        """In the event that offered a decision: write what changed on ``partition``; any
+        """In the handler that offered a decision: write what changed on ``partition``; any
         other change (an entry evicted to make room) goes to its own partition by record."""
         others = []
         for request_id in lane.take_changed():
@@ -154,7 +156,7 @@ class PendingStore:
         self.mark_changed(others)
 
     def mark_changed(self, request_ids: Iterable[str]) -> None:
-        """Outside any event: ask each request's partition to write its entry (by record)."""
+        """From anywhere: ask each request's partition to write its entry (by record)."""
         for request_id in request_ids:
             partition = self.partition_of(request_id)
             self._dirty.setdefault(partition, set()).add(request_id)
@@ -181,7 +183,7 @@ class PendingStore:
             self._tasks.pop(partition, None)
 
     def apply(self, lane: PropertyLane, value: bytes | None, partition: int) -> int:
-        """A ``property`` record, in its partition's event: write the lane's current view of
+        """A ``property`` record, in its partition's handler: write the lane's current view of
         each request it names; how many were named."""
         try:
             requests = [str(r) for r in orjson.loads(value or b"{}")["requests"]]

@@ -210,7 +210,7 @@ class HeliconeClient:
     ``post_*`` method makes at most one HTTP call and either returns the
     :class:`~worker.delivery.DeliveryAttempted` record of a success (or dry run) or raises a
     :class:`~worker.errors.DeliveryError` subclass; it never retries by itself, because the
-    retry schedule must survive restarts and lives in the deliver agent.  ``observer`` gets
+    retry schedule must survive restarts and lives in the delivery engine.  ``observer`` gets
     the record of every call that went on the wire (success or not), which is what metrics,
     the circuit breaker and the auth pause should count.  Arguments that are rejected before
     any call (a request id that is not a UUID v1-v5, a non-integer score) raise

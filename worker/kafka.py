@@ -158,7 +158,7 @@ WINDOWS_TABLE = "windows"
 
 # ---- delivery's internal topics (worker/agents/deliver.py)
 
-#: The deliver agent's tables: the retry state of waiting decisions, and the decision ids that
+#: Delivery's tables: the retry state of waiting decisions, and the decision ids that
 #: are settled (delivered or dead-lettered), remembered for DELIVERY_DEDUPE_TTL_S.
 #: Each target's whole feedback state (worker.delivery_state), co-partitioned with the outbox.
 DELIVERY_STATE_TABLE = "delivery-state"

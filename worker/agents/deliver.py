@@ -221,7 +221,7 @@ def _on_rebalance(
 
 
 async def _handle(delivery: Delivery, message: Any, retry_topic: str, outbox: str) -> None:
-    """One record for the deliver agent: an outbox decision, or a retry-topic record (the
+    """One record for the deliver handlers: an outbox decision, or a retry-topic record (the
     evidence lane's ``property`` records go to the lane, the rest to the engine)."""
     arguments: dict[str, Any] = {
         "key": message.key,

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from worker.config import Settings
     from worker.ingest import Accepted
     from worker.metrics import PromptMetrics
+    from worker.producing import Producer
     from worker.rules import RuleConfig
 
 __all__ = [
@@ -165,6 +166,7 @@ def install_prompts(
     rules: RuleConfig,
     metrics: PromptMetrics,
     clock: Clock,
+    producer: Producer,
     supervise: Callable[[str, AgentFn], AgentFn] = lambda name, agent: agent,
 ) -> Prompts:
     """Add the candidates topic, the cooldown table and agent, and the prompts topic."""
@@ -174,10 +176,7 @@ def install_prompts(
         candidates_name, key_type=bytes, value_type=bytes, partitions=partitions, internal=False
     )
     output = app.topic(
-        settings.topic_prompts,
-        key_type=bytes,
-        value_type=bytes,
-        partitions=partitions,
+        settings.topic_prompts, key_type=bytes, value_type=bytes, partitions=partitions,
         internal=False,
     )
     table = app.Table(
@@ -191,10 +190,10 @@ def install_prompts(
     )
 
     async def send_candidate(key: bytes, value: bytes) -> Any:
-        return await app.producer.send(candidates_name, key, value, None, None, None)
+        return await producer.send(candidates_name, key, value)
 
     async def send_prompt(key: bytes, value: bytes) -> None:
-        await (await output.send(key=key, value=value))
+        await (await producer.send(output.get_topic_name(), key, value))
 
     prompts = Prompts(
         detector=PromptDetector(cfg=rules, ttl_ms=int(settings.prompt_ttl_s * 1000)),
@@ -223,13 +222,13 @@ def register_prompts(
     rules: RuleConfig,
     metrics: PromptMetrics,
     clock: Clock,
+    producer: Producer,
     supervise: Callable[[str, AgentFn], AgentFn],
 ) -> NextStage:
     """The one call ``build_app`` makes: ``next_stage`` with prompt detection in front, and the
     cooldown installed; ``next_stage`` itself when ``PROMPTS_ENABLED`` is false."""
     if not settings.prompts_enabled:
         return next_stage
-    prompts = install_prompts(
-        app, settings=settings, rules=rules, metrics=metrics, clock=clock, supervise=supervise
-    )
+    prompts = install_prompts(app, settings=settings, rules=rules, metrics=metrics, clock=clock,
+                              producer=producer, supervise=supervise)
     return prompts.wrap(next_stage)
