@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import faust
 from aiohttp import web
-from faust.tables.base import Collection
 from faust.web import Request, Response, View
 
 from worker.agents.deliver import install_delivery
 from worker.agents.ingest import Ingest
 from worker.agents.prompts import register_prompts
 from worker.agents.streams import install_streams
+from worker.agents.tables import changelogged_table
 from worker.agents.windows import Windows
 from worker.clock import Clock, SystemClock
 from worker.faust_compat import (
@@ -213,19 +213,8 @@ def _windows(
     app: faust.App, settings: Settings, *, producer: Producer, metrics: Metrics, clock: Clock
 ) -> Windows:
     """The windows adapter over its changelogged table."""
-    table = app.Table(
-        WINDOWS_TABLE,
-        default=None,
-        partitions=settings.topic_partitions,
-        key_type=str,
-        value_type=bytes,
-        options=settings.rocksdb_options,
-    )
-    # Faust picks a table's serializers from its key/value types and falls back to JSON; the
-    # engine stores bytes it encoded itself, so the values must pass through untouched (in the
-    # changelog, in RocksDB and when restored).
-    collection = cast(Collection, table)
-    collection.key_serializer, collection.value_serializer = "json", "raw"
+    table = changelogged_table(app, settings, WINDOWS_TABLE, key_type=str,
+                               help="Each request's open windows and its partition's stream time.")
     return Windows(
         io=TableIO(table, producer),
         config=rule_config(settings),

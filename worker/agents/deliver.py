@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from worker.agents.buffered import BufferedTable, Checkpoints
 from worker.agents.ingest import Ack
 from worker.agents.streams import consume
+from worker.agents.tables import changelogged_table
 from worker.delivery_engine import (
     TICK_INTERVAL_S,
     Connect,
@@ -144,15 +145,7 @@ def _table(
 ) -> BufferedTable:
     """A changelogged table of bytes keyed ``<partition>/...``, written in batches
     (:mod:`worker.agents.buffered`)."""
-    table = app.Table(
-        name,
-        default=None,
-        partitions=settings.topic_partitions,
-        key_type=bytes,
-        value_type=bytes,
-        options=settings.rocksdb_options,
-        help=help,
-    )
+    table = changelogged_table(app, settings, name, help=help)
     io: TableIO[bytes] = TableIO(table, producer)
     return BufferedTable(io, table.items)
 

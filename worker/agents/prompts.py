@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from worker.agents.tables import changelogged_table
 from worker.kafka import PROMPT_COOLDOWN_TABLE, prompt_candidates_topic_name
 from worker.prompts import (
     INITIAL_WATCH,
@@ -179,13 +180,8 @@ def install_prompts(
         settings.topic_prompts, key_type=bytes, value_type=bytes, partitions=partitions,
         internal=False,
     )
-    table = app.Table(
-        PROMPT_COOLDOWN_TABLE,
-        default=None,
-        partitions=partitions,
-        key_type=bytes,
-        value_type=bytes,
-        options=settings.rocksdb_options,
+    table = changelogged_table(
+        app, settings, PROMPT_COOLDOWN_TABLE,
         help="Per user (else session): the last feedback prompt sent, for the cooldown.",
     )
 
