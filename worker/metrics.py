@@ -117,13 +117,14 @@ class Metrics:
         """Crashed handlers, skipped offsets, changelog losses and RocksDB memory."""
         self.agent_crashes = Counter(
             "feedback_agent_crashes",
-            "Records that made a stream handler raise, by handler (ingest goes on with the "
-            "next record, Faust restarts the rekeyed agent); the record stays unacknowledged. "
-            "Three within a minute make /healthz fail.",
+            "Records that made a stream handler raise, by handler (ingest, rekeyed, deliver "
+            "for the outbox, deliver-retry for delivery's retry topic; each goes on with the "
+            "next record); the record stays unacknowledged. Three within a minute make "
+            "/healthz fail.",
             ["agent"],
             registry=r,
         )
-        for agent in ("ingest", "rekeyed"):
+        for agent in ("ingest", "rekeyed", "deliver", "deliver-retry"):
             self.agent_crashes.labels(agent=agent)
 
         self.offsets_skipped = Counter(
