@@ -40,7 +40,10 @@ Two halves, so that Helicone can never hold ingestion back:
   partition's handler applies (:mod:`worker.delivery_results` says why a record).
 
 Why this is at-least-once and idempotent: a state is durable (changelogged) before its
-outbox record is acked; its outcome is durable only once the ``result`` record is applied.
+outbox record is acked and, in the worker, before it is sent (:meth:`Delivery.durable`: the
+next owner of a partition must restore a state that was sent, or it would replay the
+decision into a state it never had, drop the call's result as one for an unknown state and
+call again); its outcome is durable only once the ``result`` record is applied.
 A crash in between sends the whole state again, which Helicone overwrites key by key.  A
 result for an old version settles only that version (``FeedbackState.delivered``), so a change
 merged during a call is still sent.  Merging is commutative and idempotent, so duplicates,
@@ -50,14 +53,10 @@ Retry-topic records (header :data:`~worker.envelopes.KIND_HEADER`): ``forward`` 
 decision moved to its owner partition), ``result`` (outcomes, :mod:`worker.delivery_results`)
 and ``sweep`` (settled states to delete, :mod:`worker.delivery_sweep`).
 
-Failure policy (the classes are :mod:`worker.delivery`'s):
-
-* success: the version is settled; the decisions it carried count as delivered;
-* retryable (timeouts, resets, 408/425/429/5xx): :class:`~worker.delivery.RetryPolicy` picks
-  the next attempt (backoff with jitter, ``Retry-After`` honoured), or gives up;
-* permanent (400/404/422), or given up: every decision of the version goes to
-  ``feedback-dlq``; a later change of the state starts afresh;
-* 401/403, an open breaker, a 429: calls wait (:mod:`worker.delivery_gates`).
+Failure policy (:mod:`worker.delivery`'s classes): a 2xx settles the version; a retryable
+failure (timeouts, resets, 408/425/429/5xx) is retried as :class:`~worker.delivery.RetryPolicy`
+says, or given up; a permanent one (400/404/422), or one given up, sends every decision of the
+version to ``feedback-dlq``; 401/403, an open breaker, a 429: calls wait (delivery_gates).
 
 Evidence properties (``HELICONE_EVIDENCE_PROPERTIES``): :attr:`Delivery.properties`, a
 :class:`~worker.evidence_sender.PropertySender`, is offered every merged decision and may
@@ -151,8 +150,10 @@ class Delivery:
         clock: Clock,
         connect: Connect | None = None,
         policy: RetryPolicy | None = None,
+        send_when_durable: bool = False,
     ) -> None:
         self.config = config
+        self._send_when_durable = send_when_durable  # else a merged state is due at once
         self.states = states
         self.metrics = metrics
         self.clock = clock
@@ -239,13 +240,8 @@ class Delivery:
         if target is not None:
             owner = partition_for(target, self.config.partitions)
             if owner != partition:
-                await self._send(
-                    self.config.retry_topic,
-                    target,
-                    value or b"",
-                    owner,
-                    [(KIND_HEADER, b"forward"), *redrive_headers(headers)],
-                )
+                await self._send(self.config.retry_topic, target, value or b"", owner,
+                                 [(KIND_HEADER, b"forward"), *redrive_headers(headers)])
                 return
         await self._merge(decision, partition, redrive=has_header(headers, REDRIVE_HEADER))
 
@@ -263,13 +259,8 @@ class Delivery:
         if kind == b"forward":
             decision = parse_decision(value)
             if decision is None:
-                await self._dead.unreadable(
-                    key=key,
-                    value=value,
-                    topic=self.config.retry_topic,
-                    partition=partition,
-                    offset=offset,
-                )
+                await self._dead.unreadable(key=key, value=value, topic=self.config.retry_topic,
+                                            partition=partition, offset=offset)
                 return
             await self._merge(decision, partition, redrive=has_header(headers, REDRIVE_HEADER))
         elif kind == b"result":
@@ -318,10 +309,18 @@ class Delivery:
         elif not changed:  # a first decision that changes nothing posted: no call needed
             self.metrics.delivery_unchanged.inc()
         self._known.write(table_key, state)
-        if state.due:
+        if state.due and not self._send_when_durable:
             self._schedule(table_key, partition, state, keep_earlier=True)
         if self.properties is not None:
             self.properties.offer(decision)
+
+    def durable(self, partition: int, table_keys: Iterable[bytes]) -> None:
+        """The changelog now holds these keys' writes: the due states may be sent (module
+        docstring, at-least-once)."""
+        for table_key in table_keys:
+            state = self._known.read(table_key)
+            if state is not None and state.due:
+                self._schedule(table_key, partition, state, keep_earlier=True)
 
     def _apply_results(self, document: Mapping[str, Any], partition: int) -> None:
         """A ``result`` record: ``{"results": [outcome, ...]}``, or one outcome alone (the

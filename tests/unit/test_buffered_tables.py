@@ -68,8 +68,12 @@ class Harness:
         self.ios = [HeldIO() for _ in range(tables)]
         self.tables = [BufferedTable(io, io.all_items) for io in self.ios]  # type: ignore[arg-type]
         self.failures: list[BaseException] = []
-        self.checkpoints = Checkpoints(self.tables, on_failure=self.failures.append,
-                                       flush_keys=3, flush_records=4)
+        self.durable: list[tuple[int, int, list[bytes]]] = []  # (table index, partition, keys)
+        self.checkpoints = Checkpoints(
+            self.tables, on_failure=self.failures.append, flush_keys=3, flush_records=4,
+            on_durable=lambda table, partition, keys: self.durable.append(
+                (self.tables.index(table), partition, keys)),
+        )
         self.acked: list[int] = []
 
     @property
@@ -134,10 +138,12 @@ def test_records_are_acked_only_once_their_changelog_is_confirmed() -> None:
         await h.checkpoints.flush(0)
         await settle()
         assert h.acked == []
+        assert h.durable == []  # nothing may be sent before the changelog has it
         h.ios[0].sends[0].set_result(Written(offset=41))
         await settle()
         assert h.acked == [0, 1, 2]
         assert h.ios[0].committed_offsets == [(0, 41)]
+        assert h.durable == [(0, 0, [b"0/r:0", b"0/r:1", b"0/r:2"])]
 
     asyncio.run(scenario())
 
@@ -188,6 +194,7 @@ def test_every_table_a_record_changed_must_be_confirmed_before_its_ack() -> None
         h.ios[1].sends[0].set_result(Written(offset=9))
         await settle()
         assert h.acked == [0]
+        assert h.durable == [(0, 0, [b"0/r:x"]), (1, 0, [b"0/x"])]
         assert h.ios[0].committed_offsets == [(0, 3)] and h.ios[1].committed_offsets == [(0, 9)]
 
     asyncio.run(scenario())
@@ -204,7 +211,7 @@ def test_a_refused_send_acks_nothing_on_that_partition_then_or_later() -> None:
         first.set_exception(RuntimeError("broker refused"))
         second.set_result(Written(offset=9))
         await settle()
-        assert h.acked == []
+        assert h.acked == [] and h.durable == []
         assert [str(exc) for exc in h.failures] == ["broker refused"]
         assert h.ios[0].committed_offsets == []
 
@@ -224,7 +231,7 @@ def test_a_revoked_partition_drops_its_buffer_and_acks_nothing() -> None:
         h.record(2)  # in flight from before the revocation: not held, not written
         await h.checkpoints.flush_all()
         await settle()
-        assert h.acked == [] and h.ios[0].committed_offsets == []
+        assert h.acked == [] and h.ios[0].committed_offsets == [] and h.durable == []
         assert len(h.ios[0].sends) == 1 and h.table.get(b"0/r:2") is None
         h.checkpoints.on_assigned([0])  # back again: records are held as before
         h.record(3)

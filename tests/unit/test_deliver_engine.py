@@ -125,6 +125,31 @@ async def test_a_rating_and_its_scores_go_in_one_call(
     assert harness.metric("feedback_delivery_backlog") == 0
 
 
+async def test_in_the_worker_a_state_is_sent_only_once_it_is_durable(script: Script) -> None:
+    """The worker's table is buffered: a merged state waits until the adapter reports its
+    changelog record confirmed, so a partition's next owner knows every state that was sent."""
+    harness = EngineHarness(transport=httpx.MockTransport(script.handler), rate_per_s=1000.0,
+                            send_when_durable=True)
+    script.clock = harness.clock
+    first = make_decision(rule="engagement", rating=True)
+    second = make_decision(rule="search_clicks", rating=False)
+    await publish_and_settle(harness, first, second)
+    assert script.calls == []  # merged, not yet durable
+    assert harness.metric("feedback_delivery_backlog") == 0
+
+    def made_durable(request_id: str | None) -> None:
+        key = next(key for key in harness.states if key.endswith(f"r:{request_id}".encode()))
+        harness.delivery.durable(int(key.split(b"/")[0]), [key])
+
+    made_durable(first.request_id)
+    await harness.settle()
+    assert [path for path, _ in script.calls] == [score_path(first)]
+    made_durable(second.request_id)
+    await harness.settle()
+    assert [path for path, _ in script.calls] == [score_path(first), score_path(second)]
+    await harness.aclose()
+
+
 async def test_rating_via_feedback_makes_the_two_older_calls(script: Script) -> None:
     harness = EngineHarness(
         transport=httpx.MockTransport(script.handler), rate_per_s=1000.0, rating_via="feedback"

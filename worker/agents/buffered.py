@@ -42,9 +42,14 @@ from typing import Any
 from worker.agents.ingest import Ack
 from worker.faust_compat import TableIO
 
-__all__ = ["BufferedTable", "Checkpoints", "partition_of_key"]
+__all__ = ["FLUSH_INTERVAL_S", "BufferedTable", "Checkpoints", "partition_of_key"]
 
 log = logging.getLogger(__name__)
+
+#: How often buffered writes are flushed.  It bounds how long a merged state waits before it
+#: may be sent (delivery sends a state only once it is durable) and how long a record waits
+#: for its ack; writes of one key within it cost one changelog record.
+FLUSH_INTERVAL_S = 0.2
 
 
 def partition_of_key(key: bytes) -> int:
@@ -115,6 +120,10 @@ class Checkpoints:
     #: Called when the broker did not take a flush's records: the worker must stop (and
     #: replay from its last commit when it restarts) rather than go on without acking.
     on_failure: Callable[[BaseException], object] = lambda exc: None
+    #: Called once the changelog holds a flush's writes: (table, partition, keys written).
+    on_durable: Callable[[BufferedTable, int, list[bytes]], object] = (
+        lambda table, partition, keys: None
+    )
     #: Flush a partition early once one table holds this many of its keys...
     flush_keys: int = 2_000
     #: ...or this many of its records wait for their ack (bounds what a crash replays).
@@ -125,6 +134,16 @@ class Checkpoints:
     _revoked: set[int] = field(default_factory=set)
     #: The newest confirmation per partition; each waits for the one before it.
     _confirming: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
+
+    async def run(self, interval_s: float = FLUSH_INTERVAL_S) -> None:
+        """Flush every partition each ``interval_s``, for as long as the app runs."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.flush_all()
+            except Exception as exc:  # its acks are lost with it: stop, and replay at restart
+                log.exception("flushing delivery's tables failed")
+                self.on_failure(exc)
 
     def hold(self, partition: int, ack: Ack) -> None:
         """Acknowledge a record of ``partition`` at its next flush, after those before it.
@@ -165,11 +184,12 @@ class Checkpoints:
             def owned() -> bool:
                 return self._epochs.get(partition, 0) == epoch
 
-            sends: list[tuple[TableIO[bytes], list[Awaitable[Any]]]] = []
+            sends: list[tuple[BufferedTable, list[bytes], list[Awaitable[Any]]]] = []
             for table, entries in taken:
                 if entries:
-                    sends.append((table.io, await table.io.send_changelog(partition, entries,
-                                                                          owned)))
+                    written = [key for key, value in entries.items() if value is not None]
+                    futures = await table.io.send_changelog(partition, entries, owned)
+                    sends.append((table, written, futures))
             if not owned():
                 return  # revoked meanwhile: the new owner replays these records
             self._confirming[partition] = asyncio.ensure_future(
@@ -181,7 +201,7 @@ class Checkpoints:
         partition: int,
         epoch: int,
         previous: asyncio.Future[bool] | None,
-        sends: list[tuple[TableIO[bytes], list[Awaitable[Any]]]],
+        sends: list[tuple[BufferedTable, list[bytes], list[Awaitable[Any]]]],
         held: list[Ack],
     ) -> bool:
         """Ack ``held`` once the changelog records are confirmed; False (and nothing acked,
@@ -189,7 +209,8 @@ class Checkpoints:
         if previous is not None and not await previous:
             return False
         try:
-            confirmed = [(io, await asyncio.gather(*futures)) for io, futures in sends]
+            confirmed = [(table, written, await asyncio.gather(*futures))
+                         for table, written, futures in sends]
         except Exception as exc:  # the producer gave up after its own retries
             log.error("partition %d: delivery state not confirmed by the broker: %r",
                       partition, exc)
@@ -197,9 +218,11 @@ class Checkpoints:
             return False
         if self._epochs.get(partition, 0) != epoch:
             return True  # revoked meanwhile: the partition's next owner replays these records
-        for io, results in confirmed:
+        for table, written, results in confirmed:
             if results:
-                io.committed(partition, max(result.offset for result in results))
+                table.io.committed(partition, max(result.offset for result in results))
+            if written:
+                self.on_durable(table, partition, written)
         for ack in held:
             await ack()
         return True

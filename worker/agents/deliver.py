@@ -8,7 +8,8 @@ calls in flight.  The engine's docstring says what holds and why.
 
 The table is written in batches: the engine's writes are buffered per partition and each
 record is acknowledged only once the changelog holds what it changed
-(:mod:`worker.agents.buffered`); the timer flushes every :data:`TICK_INTERVAL_S`.
+(:mod:`worker.agents.buffered`, flushed every ``FLUSH_INTERVAL_S``), and a merged state is
+sent only once the changelog holds it (:meth:`Delivery.durable` says why).
 
 With ``HELICONE_EVIDENCE_PROPERTIES`` it also declares the changelogged ``evidence-properties``
 table, flushed with ``delivery-state`` so that an outbox record is acknowledged only once
@@ -93,11 +94,18 @@ def install_delivery(
                     "Each request's and session's whole feedback state and how far delivery got.")
     send = _sender(producer)
     evidence = _install_evidence(app, settings, send, config.retry_topic, producer)
-    checkpoints = Checkpoints(
-        [states, *([evidence[0]] if evidence is not None else [])], on_failure=on_failure
-    )
     delivery = Delivery(config, states=states, send=send, metrics=metrics, clock=clock,
-                        connect=_connect(settings, evidence))
+                        connect=_connect(settings, evidence), send_when_durable=True)
+
+    def durable(table: BufferedTable, partition: int, keys: list[bytes]) -> None:
+        if table is states:
+            delivery.durable(partition, keys)
+
+    checkpoints = Checkpoints(
+        [states, *([evidence[0]] if evidence is not None else [])],
+        on_failure=on_failure,
+        on_durable=durable,
+    )
 
     outbox_name = settings.topic_outbox
 
@@ -129,13 +137,16 @@ def install_delivery(
         while True:
             await asyncio.sleep(TICK_INTERVAL_S)
             try:
-                await checkpoints.flush_all()
                 await delivery.tick(states.items)
             except Exception:  # the timer must outlive one bad tick
                 log.exception("delivery timer tick failed; continuing")
 
+    async def flusher() -> None:  # Faust hands the app to a task that takes an argument
+        await checkpoints.run()
+
     app.task(sender)
     app.task(timer)
+    app.task(flusher)
     readiness_checks["delivery_not_paused"] = lambda: not delivery.auth.paused
     return delivery
 
