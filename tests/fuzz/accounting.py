@@ -2,8 +2,8 @@
 
 Given the records that were sent (with their partition, offset and record timestamp) and what
 came out (the invalid topic, the late topic, the outbox), :func:`account` classifies each
-record the way the worker must have, using the worker's own pure ingest
-(:func:`worker.ingest.inspect_record`) as the reference, and lists every record it cannot
+record the way the worker must have, using the worker's own pure validation
+(:func:`worker.validation.inspect_record`) as the reference, and lists every record it cannot
 account for.  Paths, exactly as checked:
 
 * **invalid**: ``inspect_record`` rejects it -> exactly one invalid-topic record whose source
@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.events import Decision
-from worker.ingest import Accepted, IngestLimits, Invalid, inspect_record
 from worker.rules import RULE_FOR_TYPE
+from worker.validation import Accepted, Invalid, ValidationLimits, inspect_record
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def account(
     *,
     input_topic: str,
     now_ms: int,
-    limits: IngestLimits,
+    limits: ValidationLimits,
     invalid_docs: Iterable[Mapping[str, Any]],
     late_docs: Iterable[Mapping[str, Any]],
     decisions: Iterable[Decision],

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from tests.unit.rules.eventkit import OTHER_REQUEST, T0, engine, ev, new_id
 from worker.clock import FakeClock
-from worker.ingest import Accepted
 from worker.rules import RuleConfig
+from worker.validation import Accepted
 from worker.windows import WindowEngine
 from worker.windows.watermarks import (
     HOLD,

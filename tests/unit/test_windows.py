@@ -28,8 +28,8 @@ from tests.unit.rules.eventkit import (
 )
 from worker.clock import FakeClock
 from worker.events import Decision, decision_id_for
-from worker.ingest import Accepted
 from worker.rules import RULE_FOR_TYPE, RULES, RuleConfig
+from worker.validation import Accepted
 from worker.windows import META_KEY, SESSION_KEY_PREFIX, StateFormatError, WindowEngine
 
 MIN = 60_000
@@ -200,7 +200,7 @@ def test_explicit_and_session_feedback_are_decided_at_once() -> None:
 def test_session_keys_cannot_collide_with_requests_or_meta() -> None:
     store = DictStore()
     eng = engine(store)
-    # Ingest refuses the control character in META_KEY (invalid_session_id); the engine's
+    # Validation refuses the control character in META_KEY (invalid_session_id); the engine's
     # prefix is the defence that holds without it, so the event skips validation here.
     rating = ev("session_feedback_given", 0, request_id=None, session_id="s", rating=True)
     eng.process(replace(rating, event=rating.event.model_copy(update={"session_id": META_KEY})))

@@ -30,10 +30,10 @@ from worker.agents.windows import Windows
 from worker.clock import FakeClock
 from worker.devtools.traffic import generate
 from worker.events import UI_EVENT_ADAPTER
-from worker.ingest import Accepted
 from worker.metrics import Metrics
 from worker.producing import Headers
 from worker.rules import RuleConfig
+from worker.validation import Accepted
 from worker.windows.watermarks import SourceMark
 
 

@@ -22,7 +22,7 @@ import orjson
 
 from tests.unit.rules.eventkit import T0, DictStore, engine, ev
 from worker.clock import FakeClock
-from worker.ingest import Accepted
+from worker.validation import Accepted
 
 FIXTURE = Path(__file__).with_name("window_states_v1.json")
 

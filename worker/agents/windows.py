@@ -45,10 +45,10 @@ from worker.windows.watermarks import Floor, SourceMark, partition_floor
 
 if TYPE_CHECKING:
     from worker.clock import Clock
-    from worker.ingest import Accepted
     from worker.metrics import Metrics
     from worker.producing import Producer
     from worker.rules import RuleConfig
+    from worker.validation import Accepted
 
 __all__ = [
     "PartitionStore",

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from worker.ingest import Accepted
 from worker.rules import RULE_FOR_TYPE, RULES, RuleConfig, RuleSpec
+from worker.validation import Accepted
 from worker.windows.due import DueIndex
 from worker.windows.outcome import Outcome
 from worker.windows.state import SESSION_KEY_PREFIX, KeyState

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from worker.events import Decision
-from worker.ingest import Accepted
+from worker.validation import Accepted
 
 __all__ = ["LateEvent", "LateReason", "Outcome"]
 

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from worker.events import UI_EVENT_ADAPTER, Decision, Evidence, decision_id_for
-from worker.ingest import Accepted
 from worker.rules import (
     RULE_FOR_TYPE,
     RULES,
@@ -31,6 +30,7 @@ from worker.rules import (
     utc,
 )
 from worker.rules import scores as scores_rule
+from worker.validation import Accepted
 from worker.windows.outcome import LateEvent, LateReason, Outcome
 from worker.windows.state import SESSION_KEY_PREFIX, Held, KeyState, Tomb, Window
 
