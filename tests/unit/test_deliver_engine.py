@@ -502,7 +502,7 @@ async def test_401_pauses_everything_without_dead_letters_then_a_probe_resumes(
     ), "waiting for auth used up retry attempts"
 
 
-async def test_the_breaker_opens_holds_new_states_and_probes(
+async def test_the_breaker_opens_stops_new_states_and_probes(
     harness: EngineHarness, script: Script
 ) -> None:
     script.default = lambda request: httpx.Response(503, json={"error": "down"})

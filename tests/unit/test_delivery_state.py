@@ -181,7 +181,7 @@ def test_ratelimit_headers_cap_the_rate_until_the_window_resets() -> None:
     rate.answered(remaining=30, reset_s=60.0)
     assert rate.per_s == 0.5
     rate.answered(remaining=0, reset_s=20.0)
-    assert rate.hold_ms() == 20_000
+    assert rate.paused_ms() == 20_000
     clock.advance(61.0)
     assert rate.per_s == 100.0
 
