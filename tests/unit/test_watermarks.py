@@ -23,7 +23,7 @@ from worker.rules import RuleConfig
 from worker.validation import Accepted
 from worker.windows import WindowEngine
 from worker.windows.watermarks import (
-    HOLD,
+    STANDSTILL,
     Floor,
     SeenHistory,
     SourceMark,
@@ -102,12 +102,12 @@ def test_the_floor_is_what_was_seen_before_the_earliest_cut() -> None:
     assert partition_floor(marks, sources=2, seen_as_of=seen.as_of) == Floor(1_500, None)
 
 
-def test_the_floor_holds_until_every_source_has_a_mark() -> None:
+def test_the_floor_stands_still_until_every_source_has_a_mark() -> None:
     seen = SeenHistory(initial=0)
-    assert partition_floor({}, sources=2, seen_as_of=seen.as_of) == Floor(HOLD, None)
+    assert partition_floor({}, sources=2, seen_as_of=seen.as_of) == Floor(STANDSTILL, None)
     one = {1: SourceMark(10)}
-    assert partition_floor(one, sources=2, seen_as_of=seen.as_of) == Floor(HOLD, None)
-    assert HOLD < T0  # below any stream time: holds it where it is
+    assert partition_floor(one, sources=2, seen_as_of=seen.as_of) == Floor(STANDSTILL, None)
+    assert STANDSTILL < T0  # below any stream time: keeps it where it is
 
 
 def test_marks_round_trip_and_unreadable_ones_count_as_none() -> None:

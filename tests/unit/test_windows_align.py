@@ -1,7 +1,7 @@
 """WindowEngine.align: stream time waits for events that come the long way round.
 
 Events a producer did not key by request id reach their partition forwarded from another
-one, while the events that arrive directly drive stream time on.  The engine holds stream time
+one, while the events that arrive directly drive stream time on.  The engine keeps stream time
 at the floor the adapter passes; the adapter takes it from its sources' marks
 (worker.windows.watermarks, whose own tests simulate the race).
 """
@@ -64,7 +64,7 @@ def test_stream_time_never_moves_back() -> None:
         ev("response_shown", 60_000, request_id=OTHER_REQUEST),
     ])
     assert [d.rule for d in run.decisions] == ["code_suggestion"]
-    assert eng.align(T0 + 1_000).decisions == []  # below stream time: holds it, no reopening
+    assert eng.align(T0 + 1_000).decisions == []  # below stream time: keeps it, no reopening
     assert eng.stream_time_ms == T0 + 60_000
     again = eng.process(ev("suggestion_accepted", 6_000))
     assert again.decisions == [] and [late.reason for late in again.late] == ["window_closed"]
@@ -205,7 +205,7 @@ async def _a_decided_journey_and_a_later_event(windows: Windows) -> None:
         await windows.on_event(0, accepted, _ack)
 
 
-def test_the_adapter_holds_stream_time_to_the_sources_marks() -> None:
+def test_the_adapter_keeps_stream_time_to_the_sources_marks() -> None:
     async def scenario() -> None:
         clock = FakeClock(T0 + 1_000)
         decided: list[bytes] = []

@@ -151,13 +151,13 @@ class WindowEngine:
         return self._finish(advanced=advanced)
 
     def align(self, floor_ms: int | None) -> Outcome:
-        """Hold stream time at or below ``floor_ms`` (None: no limit); return what closes.
+        """Keep stream time at or below ``floor_ms`` (None: no limit); return what closes.
 
         Events that reach this partition by another path than its own input (forwarded from
         the partitions their producer chose) may still be on their way while the events
         that arrive directly move stream time on.  The adapter passes the floor that keeps
         stream time from passing them (:func:`~worker.windows.watermarks.partition_floor`).
-        Stream time never moves back: a floor below it holds it where it is, and a window
+        Stream time never moves back: a floor below it keeps it where it is, and a window
         once closed stays closed.
         """
         if not self._ready:
