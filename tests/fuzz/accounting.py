@@ -23,7 +23,7 @@ account for.  Paths, exactly as checked:
     rating still makes a decision: the suppressed rating is kept as its ``shadow_rating``);
   - ticket resolution: never (it always rates, under an explicit rating as a shadow);
   - search clicks: never (its ``click_through_rate`` score always makes a decision);
-  - instant and forwarded rules (explicit, session feedback, scores): never.
+  - instant and carried rules (explicit, session feedback, scores): never.
 
 For a group of records sharing an event id, one member is processed and the others are
 duplicates; which one depends on the interleaving of partitions, so the group is accounted

@@ -211,7 +211,7 @@ def test_the_adapter_keeps_stream_time_to_the_sources_marks() -> None:
         decided: list[bytes] = []
         windows = _adapter(clock, MemoryIO(), decided)
         await _a_decided_journey_and_a_later_event(windows)
-        assert decided == []  # no mark yet: held, whatever arrives directly
+        assert decided == []  # no mark yet: stream time stands still, whatever arrives directly
         clock.advance(0.001)
         now = int(clock.now_ms())
         await windows.on_watermark(
@@ -235,7 +235,7 @@ def test_watermarks_from_before_a_restart_are_ignored() -> None:
         marks = {0: SourceMark(before), 1: SourceMark(before)}
         await windows.on_watermark(0, marks, _ack, sent_ms=before)
         await _a_decided_journey_and_a_later_event(windows)
-        assert decided == []  # still held: nothing is known about the sources
+        assert decided == []  # still standing: nothing is known about the sources
         clock.advance(1)
         now = int(clock.now_ms())
         marks = {0: SourceMark(now), 1: SourceMark(now)}
