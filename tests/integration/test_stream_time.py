@@ -1,7 +1,7 @@
 """Stream time and the detour (issue 19, worker.agents.windows): a partition's stream time
 never passes an event that is still on its way to it from the input partition that read it.
 
-The forwarded path is held up on purpose (tests.fixtures.slow_detour: every forwarded event is
+The forwarded path is delayed on purpose (tests.fixtures.slow_detour: every forwarded event is
 applied 5 x the grace after it was forwarded) while events keyed to the same partition arrive
 directly and would drive its stream time on.
 """
@@ -59,7 +59,7 @@ def event(kind: str, request_id: str, at_ms: int) -> bytes:
     })
 
 
-def test_a_held_up_detour_is_waited_for(
+def test_a_delayed_detour_is_waited_for(
     kafka_bootstrap: str, topics: TestTopics, worker_factory: Any
 ) -> None:
     """An answer shown and copied, sent unkeyed to another partition, takes the detour; events
