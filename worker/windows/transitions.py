@@ -267,8 +267,8 @@ class Transitions:
         per-key cap the latest parked event by (time, id) is reported ``capped``."""
         event = accepted.event
         signal = self._signal(spec, accepted)
-        # a parked signal keeps its event's JSON so that, if no window claims it, the late topic
-        # gets the whole event; a carried event is (almost) never late, so it skips that cost
+        # a parked signal keeps its event's JSON so that, if no window claims it, the late
+        # topic gets the whole event; a carried event is (almost) never late: it skips that cost
         raw = None if spec.kind == "carried" else event.model_dump_json()
         state.parked.append(Parked(signal, raw, event.session_id))
         if len(state.parked) > self._max_signals:
@@ -278,6 +278,8 @@ class Transitions:
     def _park_carried(
         self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted
     ) -> None:
+        """An event of a carried rule is parked for grace; one whose grace has already passed
+        is carried (or decided alone) at once."""
         if accepted.event_time_ms + self._grace < self.stream_time:  # too late to park
             parked = Parked(self._signal(spec, accepted), None, accepted.event.session_id)
             self._carry(key, state, spec, [parked], {parked.signal.event_id: accepted})
