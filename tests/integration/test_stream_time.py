@@ -67,7 +67,7 @@ def test_a_delayed_detour_is_waited_for(
     Stream time must wait: the answer's window still gets its copy, and nothing is late."""
     worker: WorkerProcess = worker_factory(module=SLOW_DETOUR, **SHORT_WINDOWS, **DETOUR)
     worker.wait_ready()
-    time.sleep(2)  # every source has reported: stream time is no longer held for start-up
+    time.sleep(2)  # every source has reported: stream time no longer stands still for start-up
     request, *others = owned_by(0, 7)
     t0 = int(time.time() * 1000) - 20_000
     detour = [(None, event("response_shown", request, t0)),

@@ -227,7 +227,7 @@ def test_stream_time_never_passes_an_event_on_its_way(steps: list[tuple[Op, int]
     short = RuleConfig(engagement_window_ms=500)  # windows close within the run
     race = Race(clock, engine(clock=clock, grace_ms=200, config=short))
     race.engine.process(ev("response_shown", 0, request_id=OTHER_REQUEST))
-    race.floor()  # as the adapter does when it builds the engine: held until marks arrive
+    race.floor()  # as the adapter does when it builds the engine: STANDSTILL until marks arrive
     for op, t in steps:
         race.step(op, t)
         race.check()
