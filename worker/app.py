@@ -36,11 +36,11 @@ from worker.faust_compat import (
     seek_before_fetch,
 )
 from worker.health import Liveness, Readiness, healthz, readyz, supervised
-from worker.ingest import IngestLimits, RecentIds
 from worker.kafka import WINDOWS_TABLE, ensure_topics, rekey_topic_name, ssl_context
 from worker.metrics import CONTENT_TYPE_LATEST, Metrics
 from worker.producing import Headers, Producer
 from worker.rules import RuleConfig
+from worker.validation import RecentIds, ValidationLimits
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -150,7 +150,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
         supervise=lambda name, agent: supervised(name, agent, liveness),
     )
     ingest = Ingest(
-        limits=IngestLimits.from_settings(settings),
+        limits=ValidationLimits.from_settings(settings),
         partitions=settings.topic_partitions,
         input_topic=settings.topic_ui_events,
         invalid_topic=settings.topic_invalid,

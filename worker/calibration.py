@@ -17,7 +17,7 @@ Per rule, over the decisions selected:
 * ``decisions``: the rule's decisions; ``undecided``: those with neither a rating nor a
   shadow, whatever their scores: abstentions (a window the rule decided nothing for: an
   engagement tie, a code suggestion nobody acted on), a retention above its threshold, a
-  window that only carried forwarded scores.  Abstentions reach the outbox only while
+  window that only carried reported scores.  Abstentions reach the outbox only while
   ``OUTBOX_ABSTENTIONS`` is on (the default); with it off those windows write nothing and
   ``undecided`` undercounts them, which is said where this is shown;
 * ``paired``: requests with both an explicit and this rule's rating; ``agreed``: of those,
@@ -174,7 +174,7 @@ def calibrate(
                 _keep_highest(explicit, d.request_id, rank, d.rating)
             continue
         if d.rule not in counts:
-            continue  # forwarded scores: not a rule that rates
+            continue  # reported scores: not a rule that rates
         counts[d.rule][0] += 1
         value = implicit_rating(d)
         if value is None:
@@ -197,6 +197,6 @@ K = TypeVar("K")
 
 
 def _keep_highest(table: dict[K, tuple[Rank, bool]], key: K, rank: Rank, value: bool) -> None:
-    held = table.get(key)
-    if held is None or rank > held[0]:
+    kept = table.get(key)
+    if kept is None or rank > kept[0]:
         table[key] = (rank, value)

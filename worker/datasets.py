@@ -207,8 +207,8 @@ def fold_decisions(decisions: Iterable[Decision]) -> Folded:
         if decision.scores:
             rank = score_rank(decision)
             for name, value in decision.scores.items():
-                held = acc.scores.get(name)
-                if held is None or held[0] < rank:
+                kept = acc.scores.get(name)
+                if kept is None or kept[0] < rank:
                     acc.scores[name] = (rank, value, decision.rule)
     return Folded({rid: _outcome(rid, acc) for rid, acc in accs.items()}, dict(skipped))
 

@@ -294,9 +294,9 @@ def merge(
     rank = score_rank(decision)
     for name, value in decision.scores.items():
         if name == FEEDBACK_SCORE_KEY:
-            continue  # the rating owns this key; a forwarded score must not override it
-        held = scores.get(name)
-        if held is None or rank > held[1]:
+            continue  # the rating owns this key; a reported score must not override it
+        kept = scores.get(name)
+        if kept is None or rank > kept[1]:
             scores[name] = (int(value), rank)
     changed = rating != state.rating or {k: v for k, (v, _) in scores.items()} != {
         k: v for k, (v, _) in state.scores.items()
@@ -335,8 +335,8 @@ def _pair(
     value = implicit_rating(decision)
     if value is not None:
         own = rating_rank(decision)
-        held = implicit.get(decision.rule)
-        if held is None or own > held[1]:
+        kept = implicit.get(decision.rule)
+        if kept is None or own > kept[1]:
             implicit = {**implicit, decision.rule: (value, own)}
     paired = state.paired
     if rating is not None and rank is not None and rank[0] == 1:

@@ -37,7 +37,7 @@ import orjson
 
 if TYPE_CHECKING:
     from worker.delivery import DeadLetterReason, RetryState
-    from worker.ingest import Invalid
+    from worker.validation import Invalid
     from worker.windows import LateEvent
 
 __all__ = [

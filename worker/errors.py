@@ -11,8 +11,8 @@
         + PermanentDelivery        400/404/422: straight to the dead-letter topic
         + AuthRejected             401/403: pause delivery and probe; never dead-letter
 
-Bad *input* is not an exception path: ingest returns an ``Invalid`` value with a typed reason
-and the adapter routes it to the invalid topic (see :mod:`worker.ingest`).  No message built
+Bad *input* is not an exception path: validation returns an ``Invalid`` value with a typed reason
+and the adapter routes it to the invalid topic (see :mod:`worker.validation`).  No message built
 here ever contains the Helicone API key.
 """
 

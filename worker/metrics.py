@@ -1,6 +1,6 @@
 """Prometheus metrics (DESIGN 9): the only module that imports prometheus_client.
 
-The core returns plain records (an :class:`~worker.ingest.Invalid`, a decision, ...); the
+The core returns plain records (an :class:`~worker.validation.Invalid`, a decision, ...); the
 adapters hand them to :class:`Metrics`, which turns them into series.  No request, session or
 user id is ever a label, so cardinality is fixed by the contract: event types, invalid
 reasons, rule names, endpoints and outcomes.

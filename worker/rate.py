@@ -80,10 +80,10 @@ class AdaptiveRate:
     storm):
 
     * it never exceeds ``ceiling_per_s`` (``DELIVERY_RATE_PER_S``);
-    * a 429 halves it (down to ``floor_per_s``) and holds every call until ``Retry-After``;
+    * a 429 halves it (down to ``floor_per_s``) and pauses every call until ``Retry-After``;
     * ``RateLimit-Remaining: r`` with ``RateLimit-Reset: s`` caps it at ``r / s`` until that
       window resets (the budget left, spread evenly; only for ``s`` of 10 s or more, as the
-      header counts whole seconds), and ``r = 0`` holds calls until then;
+      header counts whole seconds), and ``r = 0`` pauses calls until then;
     * otherwise it recovers additively, back to the ceiling in ``recovery_s`` of calm.
 
     :meth:`try_acquire` never blocks: a token, or the milliseconds to wait for one.
@@ -106,7 +106,7 @@ class AdaptiveRate:
         self._rate = ceiling_per_s
         self._hint_per_s: float | None = None
         self._hint_until_ms = 0
-        self._hold_until_ms = 0
+        self._paused_until_ms = 0
         self._last_ms = clock.now_ms()
         # At most one call's worth saved up, so a recovered rate never turns into a burst
         # that lands in one of Helicone's fixed windows.
@@ -124,15 +124,15 @@ class AdaptiveRate:
             return max(self._floor, min(self._rate, self._hint_per_s))
         return self._rate
 
-    def hold_ms(self) -> int:
+    def paused_ms(self) -> int:
         """How long every call must still wait (a 429's Retry-After, an exhausted window)."""
-        return max(0, self._hold_until_ms - self._clock.now_ms())
+        return max(0, self._paused_until_ms - self._clock.now_ms())
 
     def try_acquire(self) -> int:
         """Take a token and return 0, or return the milliseconds until one is there."""
-        hold = self.hold_ms()
-        if hold > 0:
-            return hold
+        paused = self.paused_ms()
+        if paused > 0:
+            return paused
         rate_per_ms = self.per_s / 1000
         now_ms = self._clock.now_ms()
         self._tokens = min(1.0, self._tokens + max(0, now_ms - self._tokens_at_ms) * rate_per_ms)
@@ -143,11 +143,11 @@ class AdaptiveRate:
         return max(1, math.ceil((1.0 - self._tokens) / rate_per_ms))
 
     def throttled(self, retry_after_s: float | None) -> None:
-        """A 429: halve the rate and hold calls until ``Retry-After`` (at least a second)."""
+        """A 429: halve the rate and pause calls until ``Retry-After`` (at least a second)."""
         self._recover()
         self._rate = max(self._floor, self._rate / 2)
         wait_ms = math.ceil(max(1.0, retry_after_s or 1.0) * 1000)
-        self._hold_until_ms = max(self._hold_until_ms, self._clock.now_ms() + wait_ms)
+        self._paused_until_ms = max(self._paused_until_ms, self._clock.now_ms() + wait_ms)
         self._tokens = 0.0
 
     def answered(self, *, remaining: int | None, reset_s: float | None) -> None:
@@ -157,7 +157,7 @@ class AdaptiveRate:
         now_ms = self._clock.now_ms()
         reset_ms = math.ceil(max(0.0, reset_s) * 1000)
         if remaining <= 0:
-            self._hold_until_ms = max(self._hold_until_ms, now_ms + max(reset_ms, 1_000))
+            self._paused_until_ms = max(self._paused_until_ms, now_ms + max(reset_ms, 1_000))
             return
         if reset_s < _MIN_HINT_WINDOW_S:
             return  # whole seconds are too coarse to pace a short window by; 429s still count
@@ -170,6 +170,6 @@ class AdaptiveRate:
             self._hint_per_s = None
         elapsed = now_ms - self._last_ms
         if elapsed > 0:
-            if now_ms >= self._hold_until_ms:
+            if now_ms >= self._paused_until_ms:
                 self._rate = min(self._ceiling, self._rate + elapsed * self._step_per_ms)
             self._last_ms = now_ms

@@ -34,8 +34,8 @@ from worker.app import rule_config
 from worker.clock import FakeClock
 from worker.config import Settings
 from worker.events import Decision
-from worker.ingest import Accepted, IngestLimits, inspect_record
 from worker.partitioner import partition_for
+from worker.validation import Accepted, ValidationLimits, inspect_record
 from worker.windows import WindowEngine
 
 __all__ = [
@@ -111,7 +111,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
 
 def expected_decisions(records: Iterable[InputRecord], settings: Settings) -> Reference:
     """Run the pure engine over ``records`` (each partition in offset order)."""
-    limits = IngestLimits(
+    limits = ValidationLimits(
         max_event_bytes=settings.max_event_bytes,
         tolerance_ms=int(settings.clock_skew_tolerance_s * 1000),
         max_future_ms=int(settings.event_max_future_s * 1000),

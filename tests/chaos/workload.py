@@ -3,8 +3,8 @@
 Event times are *historical* (hours before now) and advance faster than the wall clock, so
 windows close on stream time while the load flows, and the event time the worker computes is
 exactly ``occurred_at`` (DESIGN 3: the record timestamp only clamps events from the future).
-Besides the journeys of :mod:`worker.devtools.traffic` (every rule), a share of requests get a
-forwarded ``score_reported`` and a share of sessions a ``session_feedback_given``, so the
+Besides the journeys of :mod:`worker.devtools.traffic` (every rule), a share of requests get
+a ``score_reported`` and a share of sessions a ``session_feedback_given``, so the
 score-merge and session paths are delivered too.
 """
 

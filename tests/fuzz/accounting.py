@@ -2,8 +2,8 @@
 
 Given the records that were sent (with their partition, offset and record timestamp) and what
 came out (the invalid topic, the late topic, the outbox), :func:`account` classifies each
-record the way the worker must have, using the worker's own pure ingest
-(:func:`worker.ingest.inspect_record`) as the reference, and lists every record it cannot
+record the way the worker must have, using the worker's own pure validation
+(:func:`worker.validation.inspect_record`) as the reference, and lists every record it cannot
 account for.  Paths, exactly as checked:
 
 * **invalid**: ``inspect_record`` rejects it -> exactly one invalid-topic record whose source
@@ -23,7 +23,7 @@ account for.  Paths, exactly as checked:
     rating still makes a decision: the suppressed rating is kept as its ``shadow_rating``);
   - ticket resolution: never (it always rates, under an explicit rating as a shadow);
   - search clicks: never (its ``click_through_rate`` score always makes a decision);
-  - instant and forwarded rules (explicit, session feedback, scores): never.
+  - instant and carried rules (explicit, session feedback, scores): never.
 
 For a group of records sharing an event id, one member is processed and the others are
 duplicates; which one depends on the interleaving of partitions, so the group is accounted
@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.events import Decision
-from worker.ingest import Accepted, IngestLimits, Invalid, inspect_record
 from worker.rules import RULE_FOR_TYPE
+from worker.validation import Accepted, Invalid, ValidationLimits, inspect_record
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def account(
     *,
     input_topic: str,
     now_ms: int,
-    limits: IngestLimits,
+    limits: ValidationLimits,
     invalid_docs: Iterable[Mapping[str, Any]],
     late_docs: Iterable[Mapping[str, Any]],
     decisions: Iterable[Decision],

@@ -1,4 +1,4 @@
-"""The pure pipeline under generated streams: ingest's core, the recent-id dedupe and one
+"""The pure pipeline under generated streams: validation, the recent-id dedupe and one
 :class:`~worker.windows.WindowEngine` per partition, with a :class:`~worker.clock.FakeClock`.
 
 The same streams and the same bookkeeping (tests/fuzz/accounting.py) as the broker-level fuzz
@@ -22,13 +22,13 @@ from tests.unit.rules.eventkit import DictStore
 from worker.clock import FakeClock
 from worker.envelopes import invalid_record
 from worker.events import Decision
-from worker.ingest import Accepted, IngestLimits, Invalid, RecentIds, inspect_record
 from worker.partitioner import partition_for
 from worker.rules import RuleConfig
+from worker.validation import Accepted, Invalid, RecentIds, ValidationLimits, inspect_record
 from worker.windows import Outcome, WindowEngine
 
 PARTITIONS = 4
-LIMITS = IngestLimits()
+LIMITS = ValidationLimits()
 BASE_MS = int(datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp() * 1000)
 #: As the broker-level fuzz worker is configured (tests/fuzz/test_pipeline_fuzz.py).
 CONFIG = RuleConfig(

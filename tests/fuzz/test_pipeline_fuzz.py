@@ -11,14 +11,14 @@ delivery) and then asserts, over everything sent so far:
 1. the worker did not crash: the process is alive, ``/healthz`` answers ok, and its log
    (level WARNING) holds no traceback and no crashed agent;
 2. every input record is accounted for (tests/fuzz/accounting.py): on the invalid topic at
-   its own source offset with the reason the pure ingest gives, or a duplicate of an event id
+   its own source offset with the reason validation gives, or a duplicate of an event id
    processed once, or cited by an outbox decision, or on the late topic, or (window rules
    only) in a window that ended without a decision;
 3. the metrics add up::
 
        records sent      = feedback_events_total + feedback_events_invalid_total
                            + feedback_events_duplicate_total
-       feedback_events_invalid_total{reason} = records the pure ingest rejects for reason
+       feedback_events_invalid_total{reason} = records validation rejects for reason
        feedback_events_total                 = distinct accepted event ids
        feedback_events_duplicate_total       = accepted records beyond the first of their id
        feedback_events_late_total            = records on the late topic
@@ -69,7 +69,7 @@ from tests.fuzz.accounting import Ledger, SentRecord, account
 from tests.integration.test_delivery import delivery_env
 from tests.integration.test_windows import SHORT_WINDOWS
 from worker.events import Decision
-from worker.ingest import IngestLimits
+from worker.validation import ValidationLimits
 
 pytestmark = [pytest.mark.integration, pytest.mark.fuzz]
 
@@ -87,7 +87,7 @@ WORKER_ENV = {
     "ENGAGEMENT_QUICK_EXIT_S": "1",
     "LOG_LEVEL": "WARNING",
 }
-LIMITS = IngestLimits()  # the worker's defaults (MAX_EVENT_BYTES etc. are not overridden)
+LIMITS = ValidationLimits()  # the worker's defaults (MAX_EVENT_BYTES etc. are not overridden)
 SETTLE_TIMEOUT_S = 90.0
 
 

@@ -1,7 +1,7 @@
 """Stream time and the detour (issue 19, worker.agents.windows): a partition's stream time
 never passes an event that is still on its way to it from the input partition that read it.
 
-The forwarded path is held up on purpose (tests.fixtures.slow_detour: every forwarded event is
+The forwarded path is delayed on purpose (tests.fixtures.slow_detour: every forwarded event is
 applied 5 x the grace after it was forwarded) while events keyed to the same partition arrive
 directly and would drive its stream time on.
 """
@@ -59,7 +59,7 @@ def event(kind: str, request_id: str, at_ms: int) -> bytes:
     })
 
 
-def test_a_held_up_detour_is_waited_for(
+def test_a_delayed_detour_is_waited_for(
     kafka_bootstrap: str, topics: TestTopics, worker_factory: Any
 ) -> None:
     """An answer shown and copied, sent unkeyed to another partition, takes the detour; events
@@ -67,7 +67,7 @@ def test_a_held_up_detour_is_waited_for(
     Stream time must wait: the answer's window still gets its copy, and nothing is late."""
     worker: WorkerProcess = worker_factory(module=SLOW_DETOUR, **SHORT_WINDOWS, **DETOUR)
     worker.wait_ready()
-    time.sleep(2)  # every source has reported: stream time is no longer held for start-up
+    time.sleep(2)  # every source has reported: stream time no longer stands still for start-up
     request, *others = owned_by(0, 7)
     t0 = int(time.time() * 1000) - 20_000
     detour = [(None, event("response_shown", request, t0)),

@@ -111,7 +111,7 @@ def known_outbox() -> list[Decision]:
     out.append(decision("engagement", 21, rating=None, scores={"time_spent_s": 3}))
     # implicit ratings nobody gave thumbs for: decisions, but not paired
     out += [decision("engagement", 30 + i, rating=True) for i in range(3)]
-    # search clicks: one pair that agrees; forwarded scores are no rule to calibrate
+    # search clicks: one pair that agrees; reported scores are no rule to calibrate
     out.append(decision("search_clicks", 0, rating=True, minute=1))
     out.append(decision("scores", 0, rating=None, scores={"q": 1}, minute=3))
     return out

@@ -26,8 +26,8 @@ from worker.collector.app import Collector, build_app
 from worker.collector.batch import BatchLimits
 from worker.collector.policy import Origins, RateLimiter, WriteKeys
 from worker.collector.producer import BrokerUnavailable, TopicRecord
-from worker.ingest import IngestLimits
 from worker.metrics import CollectorMetrics
+from worker.validation import ValidationLimits
 
 KEY = "pk_test_7f3a9c"
 ORIGIN = "https://app.example.com"
@@ -93,7 +93,7 @@ async def started_harness(
         limiter=RateLimiter(rate_per_s=5, clock=clock),
         writer=writer,
         metrics=metrics,
-        limits=BatchLimits(max_events=10, ingest=IngestLimits()),
+        limits=BatchLimits(max_events=10, validation=ValidationLimits()),
         max_body_bytes=max_body_bytes,
         events_topic="ui-events",
         invalid_topic="ui-events-invalid",

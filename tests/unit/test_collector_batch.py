@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 
 from worker.collector.batch import STATUS, Batch, BatchLimits, Refusal, parse_batch
 from worker.events import UI_EVENT_ADAPTER
-from worker.ingest import Accepted, IngestLimits, inspect_record
+from worker.validation import Accepted, ValidationLimits, inspect_record
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
-LIMITS = BatchLimits(max_events=5, ingest=IngestLimits(max_event_bytes=2_048))
+LIMITS = BatchLimits(max_events=5, validation=ValidationLimits(max_event_bytes=2_048))
 
 
 def event(**changes: Any) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def test_batch_sent_at_is_applied_to_events_without_one_and_only_to_them() -> No
     values = [orjson.loads(r.value) for r in batch.records]
     assert values[0]["sent_at"] == sent_at
     assert values[1]["sent_at"] == own
-    # The bytes written are the ones validated: ingest reads the same event back.
+    # The bytes written are the ones validated: validation reads the same event back.
     for record in batch.records:
         assert UI_EVENT_ADAPTER.validate_json(record.value, strict=True).sent_at is not None
 
@@ -82,7 +82,7 @@ def test_sent_at_changes_the_event_time_ingest_will_compute() -> None:
     document = event(occurred_at=(skewed - timedelta(seconds=5)).isoformat())
     batch = accepted({"sent_at": skewed.isoformat(), "events": [document]})
     result = inspect_record(
-        batch.records[0].value, record_ts_ms=NOW_MS, now_ms=NOW_MS, limits=LIMITS.ingest
+        batch.records[0].value, record_ts_ms=NOW_MS, now_ms=NOW_MS, limits=LIMITS.validation
     )
     assert isinstance(result, Accepted)
     assert result.event_time_ms == NOW_MS - 5_000
@@ -115,10 +115,10 @@ def test_invalid_events_get_ingests_reason_and_the_collector_as_source(
     assert document["source"] == {"collector": True, "timestamp_ms": NOW_MS}
     assert "address" not in record.value.decode() and "remote" not in record.value.decode()
     kept = base64.b64decode(document["value_b64"])
-    assert kept == orjson.dumps(bad)[: LIMITS.ingest.max_event_bytes]
-    # The reason is the one ingest itself gives those bytes.
+    assert kept == orjson.dumps(bad)[: LIMITS.validation.max_event_bytes]
+    # The reason is the one validation itself gives those bytes.
     verdict = inspect_record(
-        orjson.dumps(bad), record_ts_ms=NOW_MS, now_ms=NOW_MS, limits=LIMITS.ingest
+        orjson.dumps(bad), record_ts_ms=NOW_MS, now_ms=NOW_MS, limits=LIMITS.validation
     )
     assert not isinstance(verdict, Accepted) and verdict.reason == reason
 

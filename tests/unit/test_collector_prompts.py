@@ -25,9 +25,9 @@ from worker.collector.prompt_box import (
     audience_keys,
     batch_audiences,
 )
-from worker.ingest import IngestLimits
 from worker.metrics import CollectorMetrics
 from worker.prompts import PromptRecord
+from worker.validation import ValidationLimits
 
 NOW = 1_795_348_800_000
 
@@ -108,7 +108,7 @@ async def served() -> AsyncIterator[tuple[TestClient[Any, Any], PromptBox]]:
         limiter=RateLimiter(rate_per_s=50, clock=FakeClock()),
         writer=FakeWriter(),
         metrics=CollectorMetrics(),
-        limits=BatchLimits(max_events=10, ingest=IngestLimits()),
+        limits=BatchLimits(max_events=10, validation=ValidationLimits()),
         max_body_bytes=4_096,
         events_topic="ui-events",
         invalid_topic="ui-events-invalid",

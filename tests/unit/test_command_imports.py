@@ -65,7 +65,7 @@ from worker.app import build_app
 def f():
     from ..collector.app import build_app
 if TYPE_CHECKING:
-    from worker.faust_compat import intake
+    from worker.faust_compat import bypass
 """
     found = {m for m in imported_modules(source, "worker.commands") if _is_adapter(m)}
     assert found == {
@@ -76,7 +76,7 @@ if TYPE_CHECKING:
         "worker.collector.app",
         "worker.collector.app.build_app",
         "worker.faust_compat",
-        "worker.faust_compat.intake",
+        "worker.faust_compat.bypass",
     }
     assert not {m for m in imported_modules("from worker.collector import start_in_process\n"
                                             "import worker.kafka\n", "worker.commands")

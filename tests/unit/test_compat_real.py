@@ -23,7 +23,7 @@ from aiokafka.structs import TopicPartition
 from faust.tables.recovery import Recovery
 from faust.types import TP, Message
 
-from tests.unit.test_compat_intake import drain
+from tests.unit.test_compat_bypass import drain
 from worker import faust_compat as compat
 from worker.agents.buffered import BufferedTable, Checkpoints
 from worker.errors import IncompatibleLibraryError
@@ -145,7 +145,7 @@ async def test_keep_dropped_records_hands_back_through_the_real_consumers(
         assert await real.position(TopicPartition(INPUT, 0)) == 41  # fetched again later
 
 
-async def test_intake_replaces_the_real_fetch_loop_and_acks_through_faust(
+async def test_bypass_replaces_the_real_fetch_loop_and_acks_through_faust(
     tmp_path: Path,
 ) -> None:
     app = real_app(tmp_path)
@@ -157,8 +157,8 @@ async def test_intake_replaces_the_real_fetch_loop_and_acks_through_faust(
         handled.append(record.offset)
         await ack()
 
-    intake = compat.Intake(app, handler)
-    assert compat.install_intake(app, [(topic, intake)])
+    bypass = compat.Bypass(app, handler)
+    assert compat.install_bypass(app, [(topic, bypass)])
     await app.topics._update_indices()  # what subscribing does: acks enabled for the topic
     assert app.topics.acks_enabled_for(INPUT)
     batches = [[message(o, app) for o in (3, 4, 7)]]
@@ -175,7 +175,7 @@ async def test_intake_replaces_the_real_fetch_loop_and_acks_through_faust(
     consumer._read_offset[TPS[0]] = 2
     consumer._committed_offset[TPS[0]] = 2
 
-    await drain(app, intake)  # Faust's real consumer, with the copied loop installed
+    await drain(app, bypass)  # Faust's real consumer, with the copied loop installed
 
     assert handled == [3, 4, 7]
     assert consumer._read_offset[TPS[0]] == 7

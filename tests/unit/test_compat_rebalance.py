@@ -2,7 +2,7 @@
 rebalance, and what its fetch returns for partitions paused meanwhile.
 
 The Faust consumer here is a small stand-in with the same methods: what is tested is the
-wrapping (which call is held, which passes, what is released when).
+wrapping (which call is kept back, which passes, what is released when).
 tests/unit/test_compat_real.py installs the patches on Faust's real consumer, and the
 join/leave chaos test (tests/chaos) runs them against a real broker.
 """
@@ -77,11 +77,11 @@ def test_stream_partitions_wait_for_the_seek_changelogs_do_not() -> None:
     assert consumer.seeks == 1
     assert consumer.resumed[-1] == set(INPUT)  # resumed only once the seek is done
 
-    asyncio.run(seek(app))  # nothing held any more: nothing resumed twice
+    asyncio.run(seek(app))  # nothing kept paused any more: nothing resumed twice
     assert len(consumer.resumed) == 3
 
 
-def test_a_seek_that_began_before_the_hold_does_not_release_it() -> None:
+def test_a_seek_that_began_before_the_resume_does_not_release_it() -> None:
     app = fake_app()
     seek_before_fetch(app)
     consumer = app.consumer
@@ -102,7 +102,7 @@ def test_a_seek_that_began_before_the_hold_does_not_release_it() -> None:
     asyncio.run(scenario())
 
 
-def test_a_new_rebalance_drops_what_the_previous_one_held() -> None:
+def test_a_new_rebalance_drops_what_the_previous_one_kept_paused() -> None:
     app = fake_app()
     seek_before_fetch(app)
     consumer = app.consumer
@@ -136,12 +136,12 @@ def test_partitions_revoked_meanwhile_are_not_resumed() -> None:
 def test_an_unknown_faust_stops_the_worker_for_correctness_patches_only(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Without the hold or the hand-back commits may skip records: the worker must not
+    """Without the resume kept back or the hand-back commits may skip records: the worker must not
     start.  Without the gap count only a metric is missing: a warning."""
     app = SimpleNamespace(consumer=SimpleNamespace())
-    with pytest.raises(IncompatibleLibraryError) as hold:
+    with pytest.raises(IncompatibleLibraryError) as refused:
         seek_before_fetch(app)
-    message = str(hold.value)
+    message = str(refused.value)
     assert "seek_before_fetch cannot install" in message
     assert "Consumer.perform_seek" in message and "App.rebalancing" in message
     assert "may commit past records" in message
@@ -231,7 +231,7 @@ def test_records_of_a_partition_paused_during_the_fetch_are_handed_back(
 ) -> None:
     active = set(INPUT)
     app = fetching_app({INPUT[0]: records(41, 92), INPUT[1]: records(7, 9)},
-                       during=lambda asked: active.discard(INPUT[0]))  # held by a rebalance
+                       during=lambda asked: active.discard(INPUT[0]))  # kept paused by a rebalance
     with caplog.at_level(logging.INFO, logger="worker.faust_compat.rebalance"):
         got = asyncio.run(app.consumer._getmany(active, 1.0))
     assert list(got) == [INPUT[1]]  # what Faust would drop is not passed on

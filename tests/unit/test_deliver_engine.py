@@ -85,7 +85,7 @@ def status(code: int, body: Any = None, **headers: str) -> httpx.Response:
     return httpx.Response(code, json=body if body is not None else {"error": "x"}, headers=headers)
 
 
-def held_transport(script: Script) -> tuple[asyncio.Event, httpx.MockTransport]:
+def gated_transport(script: Script) -> tuple[asyncio.Event, httpx.MockTransport]:
     """A transport that records each call and answers 201 only once ``gate`` is set."""
     gate = asyncio.Event()
 
@@ -244,7 +244,7 @@ async def test_an_abstention_is_a_no_op_counted_as_unchanged(
 
 async def test_a_change_during_a_call_is_sent_after_it(script: Script) -> None:
     """One call per target in flight; what changed meanwhile goes in the next call."""
-    gate, slow = held_transport(script)
+    gate, slow = gated_transport(script)
     harness = EngineHarness(transport=slow, rate_per_s=1000.0)
     request_id = str(uuid.uuid4())
     first = make_decision(request_id=request_id, rule="engagement", rating=True)
@@ -527,7 +527,7 @@ async def test_401_pauses_everything_without_dead_letters_then_a_probe_resumes(
     ), "waiting for auth used up retry attempts"
 
 
-async def test_the_breaker_opens_holds_new_states_and_probes(
+async def test_the_breaker_opens_stops_new_states_and_probes(
     harness: EngineHarness, script: Script
 ) -> None:
     script.default = lambda request: httpx.Response(503, json={"error": "down"})
@@ -650,7 +650,7 @@ async def test_a_decision_changing_nothing_after_an_unapplied_delivery_is_counte
 async def test_a_decision_changing_nothing_during_a_call_is_counted_once(
     script: Script,
 ) -> None:
-    gate, slow = held_transport(script)
+    gate, slow = gated_transport(script)
     harness = EngineHarness(transport=slow, rate_per_s=1000.0)
     request_id = str(uuid.uuid4())
     await harness.publish(make_decision(request_id=request_id, rule="explicit", rating=True))
@@ -722,24 +722,24 @@ async def test_a_result_record_that_cannot_be_sent_is_sent_again(
 async def test_a_single_outcome_record_of_an_older_worker_still_settles(
     harness: EngineHarness, script: Script
 ) -> None:
-    gate, slow = held_transport(script)
-    held = EngineHarness(transport=slow, rate_per_s=1000.0)
+    gate, slow = gated_transport(script)
+    gated = EngineHarness(transport=slow, rate_per_s=1000.0)
     decision = make_decision()
-    await held.publish(decision)
-    held.delivery.dispatch()
+    await gated.publish(decision)
+    gated.delivery.dispatch()
     while not script.calls:
         await asyncio.sleep(0)
-    partition = held.owner(decision)
+    partition = gated.owner(decision)
     key = f"r:{decision.request_id}"
-    await held.delivery.on_retry(
+    await gated.delivery.on_retry(
         key=key.encode(), value=orjson.dumps({"key": key, "version": 1, "outcome": "delivered"}),
         partition=partition, offset=99, headers=[(KIND_HEADER, b"result")],
     )
-    state = held.state(decision.request_id or "")
+    state = gated.state(decision.request_id or "")
     assert state is not None and state["sent"] == 1 and state["version"] == 1
     gate.set()
-    await held.settle()
-    await held.aclose()
+    await gated.settle()
+    await gated.aclose()
 
 
 async def test_a_call_frees_its_slot_before_its_result_record_is_acknowledged(

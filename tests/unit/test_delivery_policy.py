@@ -434,7 +434,7 @@ def test_invalid_bucket_is_rejected() -> None:
 # --------------------------------------------------------------------------- auth pause
 
 
-def test_auth_pause_holds_everything_until_a_probe_is_accepted() -> None:
+def test_auth_pause_stops_everything_until_a_probe_is_accepted() -> None:
     clock = FakeClock()
     changes: list[AuthPauseChanged] = []
     pause = AuthPause(clock=clock, probe_interval_s=60, on_change=changes.append)

@@ -120,7 +120,7 @@ def test_one_call_carries_the_rating_as_an_integer_score() -> None:
     assert [c.endpoint for c in two] == ["request_feedback", "request_score"]
 
 
-def test_a_forwarded_score_cannot_override_the_rating() -> None:
+def test_a_reported_score_cannot_override_the_rating() -> None:
     state, _ = merge(None, decision("explicit", 0, False, {}), now_ms=0)
     state, _ = merge(state, decision("scores", 1, None, {FEEDBACK_SCORE_KEY: 1}), now_ms=0)
     (call,) = calls_for(state)
@@ -181,7 +181,7 @@ def test_ratelimit_headers_cap_the_rate_until_the_window_resets() -> None:
     rate.answered(remaining=30, reset_s=60.0)
     assert rate.per_s == 0.5
     rate.answered(remaining=0, reset_s=20.0)
-    assert rate.hold_ms() == 20_000
+    assert rate.paused_ms() == 20_000
     clock.advance(61.0)
     assert rate.per_s == 100.0
 

@@ -16,8 +16,8 @@ from tests.unit.rules.eventkit import T0, drain, engine, feed
 from worker.commands.demo_check import check_table
 from worker.devtools.traffic import Journey, Windows, generate
 from worker.events import UI_EVENT_ADAPTER, Decision
-from worker.ingest import Accepted
 from worker.rules import RuleConfig
+from worker.validation import Accepted
 
 SHAPE = Windows(engagement_ms=6_000, code_ms=4_000, clicks_ms=8_000, ticket_ms=10_000)
 CONFIG = RuleConfig(

@@ -37,7 +37,7 @@ from worker.delivery import DEAD_LETTER_REASONS
 from worker.delivery_state import FeedbackState, calls_for, merge
 from worker.devtools import reference
 from worker.events import EVENT_TYPES, UI_EVENT_ADAPTER
-from worker.ingest import Accepted, InvalidReason
+from worker.validation import Accepted, InvalidReason
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.events import UI_EVENT_ADAPTER
-from worker.ingest import Accepted
 from worker.prompts import (
     INITIAL_WATCH,
     CooldownState,
@@ -27,6 +26,7 @@ from worker.prompts import (
     prompt_id_for,
 )
 from worker.rules import RuleConfig
+from worker.validation import Accepted
 
 T0 = 1_795_348_800_000
 CFG = RuleConfig()

@@ -11,10 +11,10 @@ from prometheus_client import CollectorRegistry
 from tests.unit.test_prompts import DAY_MS, T0, TTL_MS, candidate, ev, request_id
 from worker.agents.prompts import PromptDetector, Prompts
 from worker.clock import FakeClock
-from worker.ingest import Accepted
 from worker.metrics import PromptMetrics
 from worker.prompts import PromptRecord, decode_state
 from worker.rules import RuleConfig
+from worker.validation import Accepted
 
 
 def make(

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 
 from tests.unit.rules.eventkit import OTHER_REQUEST, T0, engine, ev, new_id
 from worker.clock import FakeClock
-from worker.ingest import Accepted
 from worker.rules import RuleConfig
+from worker.validation import Accepted
 from worker.windows import WindowEngine
 from worker.windows.watermarks import (
-    HOLD,
+    STANDSTILL,
     Floor,
     SeenHistory,
     SourceMark,
@@ -102,12 +102,12 @@ def test_the_floor_is_what_was_seen_before_the_earliest_cut() -> None:
     assert partition_floor(marks, sources=2, seen_as_of=seen.as_of) == Floor(1_500, None)
 
 
-def test_the_floor_holds_until_every_source_has_a_mark() -> None:
+def test_the_floor_stands_still_until_every_source_has_a_mark() -> None:
     seen = SeenHistory(initial=0)
-    assert partition_floor({}, sources=2, seen_as_of=seen.as_of) == Floor(HOLD, None)
+    assert partition_floor({}, sources=2, seen_as_of=seen.as_of) == Floor(STANDSTILL, None)
     one = {1: SourceMark(10)}
-    assert partition_floor(one, sources=2, seen_as_of=seen.as_of) == Floor(HOLD, None)
-    assert HOLD < T0  # below any stream time: holds it where it is
+    assert partition_floor(one, sources=2, seen_as_of=seen.as_of) == Floor(STANDSTILL, None)
+    assert STANDSTILL < T0  # below any stream time: keeps it where it is
 
 
 def test_marks_round_trip_and_unreadable_ones_count_as_none() -> None:
@@ -227,7 +227,7 @@ def test_stream_time_never_passes_an_event_on_its_way(steps: list[tuple[Op, int]
     short = RuleConfig(engagement_window_ms=500)  # windows close within the run
     race = Race(clock, engine(clock=clock, grace_ms=200, config=short))
     race.engine.process(ev("response_shown", 0, request_id=OTHER_REQUEST))
-    race.floor()  # as the adapter does when it builds the engine: held until marks arrive
+    race.floor()  # as the adapter does when it builds the engine: STANDSTILL until marks arrive
     for op, t in steps:
         race.step(op, t)
         race.check()

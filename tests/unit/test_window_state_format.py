@@ -63,11 +63,11 @@ def test_the_recorded_states_fill_every_slot() -> None:
         if key != META_KEY
     ]
     windows = [w for s in states for w in s.windows]
-    held = [h for s in states for h in s.held]
+    parked = [h for s in states for h in s.parked]
     assert any(w.cut is not None for w in windows)
     assert any(w.explicit_ms is not None for w in windows)
     assert any(w.overflow for w in windows)
-    assert {h.event_json is None for h in held} == {True, False}
+    assert {h.event_json is None for h in parked} == {True, False}
     assert any(s.tombs for s in states) and any(s.other for s in states)
 
 

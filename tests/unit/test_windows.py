@@ -28,8 +28,8 @@ from tests.unit.rules.eventkit import (
 )
 from worker.clock import FakeClock
 from worker.events import Decision, decision_id_for
-from worker.ingest import Accepted
 from worker.rules import RULE_FOR_TYPE, RULES, RuleConfig
+from worker.validation import Accepted
 from worker.windows import META_KEY, SESSION_KEY_PREFIX, StateFormatError, WindowEngine
 
 MIN = 60_000
@@ -200,7 +200,7 @@ def test_explicit_and_session_feedback_are_decided_at_once() -> None:
 def test_session_keys_cannot_collide_with_requests_or_meta() -> None:
     store = DictStore()
     eng = engine(store)
-    # Ingest refuses the control character in META_KEY (invalid_session_id); the engine's
+    # Validation refuses the control character in META_KEY (invalid_session_id); the engine's
     # prefix is the defence that holds without it, so the event skips validation here.
     rating = ev("session_feedback_given", 0, request_id=None, session_id="s", rating=True)
     eng.process(replace(rating, event=rating.event.model_copy(update={"session_id": META_KEY})))
@@ -213,7 +213,7 @@ def test_session_keys_cannot_collide_with_requests_or_meta() -> None:
 def test_scores_alone_are_decided_after_grace() -> None:
     eng = engine()
     run = feed(eng, [ev("score_reported", 0, scores={"helpful": True, "quality": 4})])
-    assert run.decisions == []  # held: an opener could still arrive within grace
+    assert run.decisions == []  # parked: an opener could still arrive within grace
     feed(eng, [ev("page_left", GRACE_MS + 1, request_id=OTHER_REQUEST)], run)
     decision = run.one("scores")
     assert decision.rating is None
@@ -232,7 +232,7 @@ def test_scores_merge_into_the_covering_window() -> None:
         ]
     )
     decision = run.one("search_clicks")
-    # later report wins per name; the rule's own score wins over a forwarded one
+    # later report wins per name; the rule's own score wins over a carried one
     assert decision.scores == {"relevance": 5, "click_through_rate": 50}
     assert run.by_rule("scores") == []
     assert [s.type for s in decision.signals].count("score_reported") == 2
@@ -323,7 +323,7 @@ def test_explicit_wins_when_it_arrives_before_the_opener() -> None:
 # --------------------------------------------------------------------------- ordering
 
 
-def test_signals_before_their_opener_are_held_and_claimed() -> None:
+def test_signals_before_their_opener_are_parked_and_claimed() -> None:
     run = run_all(
         [
             ev("result_clicked", 1_000, result_id="a"),
@@ -342,7 +342,7 @@ def test_unclaimed_signals_are_reported_when_grace_runs_out() -> None:
     run = feed(eng, [ev("response_copied", 0)])
     assert run.late == []
     feed(eng, [ev("response_copied", GRACE_MS, request_id=OTHER_REQUEST)], run)
-    assert run.late == []  # stream time = t + grace: still held
+    assert run.late == []  # stream time = t + grace: still parked
     feed(eng, [ev("response_copied", GRACE_MS + 1, request_id=OTHER_REQUEST)], run)
     assert [(late.reason, late.key) for late in run.late] == [("no_window", REQUEST)]
     assert run.late[0].accepted is not None
@@ -743,7 +743,7 @@ def test_the_decisive_signal_is_never_dropped_by_the_cap() -> None:
     assert "message_sent" in [s.type for s in decision.signals]
 
 
-def test_held_signals_are_capped() -> None:
+def test_parked_signals_are_capped() -> None:
     eng = engine(max_signals=2)
     out = [eng.process(ev("response_copied", i)) for i in range(3)]
     late = [le for o in out for le in o.late]
@@ -818,7 +818,7 @@ def test_two_explicit_ratings_at_the_same_instant_share_one_decision() -> None:
     assert [late.reason for late in second.late] == ["window_closed"]
 
 
-def test_idle_close_also_settles_held_events() -> None:
+def test_idle_close_also_settles_parked_events() -> None:
     clock = FakeClock(T0)
     eng = engine(clock=clock, idle_close_ms=10_000)
     eng.process(ev("response_copied", 0))

@@ -31,7 +31,7 @@ class Written:
     offset: int
 
 
-class HeldIO(MemoryIO):
+class UnconfirmedIO(MemoryIO):
     """A TableIO whose changelog sends stay unconfirmed until the test resolves them."""
 
     def __init__(self) -> None:
@@ -53,7 +53,7 @@ class HeldIO(MemoryIO):
 
 class Harness:
     def __init__(self) -> None:
-        self.io = HeldIO()
+        self.io = UnconfirmedIO()
         self.acked: list[int] = []
         self.failures: list[BaseException] = []
         self.decisions: list[asyncio.Future[None]] = []

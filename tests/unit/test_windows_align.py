@@ -1,7 +1,7 @@
 """WindowEngine.align: stream time waits for events that come the long way round.
 
 Events a producer did not key by request id reach their partition forwarded from another
-one, while the events that arrive directly drive stream time on.  The engine holds stream time
+one, while the events that arrive directly drive stream time on.  The engine keeps stream time
 at the floor the adapter passes; the adapter takes it from its sources' marks
 (worker.windows.watermarks, whose own tests simulate the race).
 """
@@ -30,10 +30,10 @@ from worker.agents.windows import Windows
 from worker.clock import FakeClock
 from worker.devtools.traffic import generate
 from worker.events import UI_EVENT_ADAPTER
-from worker.ingest import Accepted
 from worker.metrics import Metrics
 from worker.producing import Headers
 from worker.rules import RuleConfig
+from worker.validation import Accepted
 from worker.windows.watermarks import SourceMark
 
 
@@ -64,7 +64,7 @@ def test_stream_time_never_moves_back() -> None:
         ev("response_shown", 60_000, request_id=OTHER_REQUEST),
     ])
     assert [d.rule for d in run.decisions] == ["code_suggestion"]
-    assert eng.align(T0 + 1_000).decisions == []  # below stream time: holds it, no reopening
+    assert eng.align(T0 + 1_000).decisions == []  # below stream time: keeps it, no reopening
     assert eng.stream_time_ms == T0 + 60_000
     again = eng.process(ev("suggestion_accepted", 6_000))
     assert again.decisions == [] and [late.reason for late in again.late] == ["window_closed"]
@@ -205,13 +205,13 @@ async def _a_decided_journey_and_a_later_event(windows: Windows) -> None:
         await windows.on_event(0, accepted, _ack)
 
 
-def test_the_adapter_holds_stream_time_to_the_sources_marks() -> None:
+def test_the_adapter_keeps_stream_time_to_the_sources_marks() -> None:
     async def scenario() -> None:
         clock = FakeClock(T0 + 1_000)
         decided: list[bytes] = []
         windows = _adapter(clock, MemoryIO(), decided)
         await _a_decided_journey_and_a_later_event(windows)
-        assert decided == []  # no mark yet: held, whatever arrives directly
+        assert decided == []  # no mark yet: stream time stands still, whatever arrives directly
         clock.advance(0.001)
         now = int(clock.now_ms())
         await windows.on_watermark(
@@ -235,7 +235,7 @@ def test_watermarks_from_before_a_restart_are_ignored() -> None:
         marks = {0: SourceMark(before), 1: SourceMark(before)}
         await windows.on_watermark(0, marks, _ack, sent_ms=before)
         await _a_decided_journey_and_a_later_event(windows)
-        assert decided == []  # still held: nothing is known about the sources
+        assert decided == []  # still standing: nothing is known about the sources
         clock.advance(1)
         now = int(clock.now_ms())
         marks = {0: SourceMark(now), 1: SourceMark(now)}

@@ -2,7 +2,7 @@
 
 :func:`generate` drives the engine through scenarios that leave every part of the state
 layout in the store: open windows (with a decisive cut, an explicit override, signals over
-the cap), held signals (with and without their event's JSON), tombstones, ids of events that
+the cap), parked signals (with and without their event's JSON), tombstones, ids of events that
 changed nothing, session keys and the stream-time record.  Event ids and times are fixed, so
 the output does not depend on the run.
 
@@ -22,7 +22,7 @@ import orjson
 
 from tests.unit.rules.eventkit import T0, DictStore, engine, ev
 from worker.clock import FakeClock
-from worker.ingest import Accepted
+from worker.validation import Accepted
 
 FIXTURE = Path(__file__).with_name("window_states_v1.json")
 
@@ -39,32 +39,32 @@ def _id(n: int) -> str:
 
 
 def _scenario_open() -> list[tuple[str, int | None, dict[str, object]]]:
-    """Open windows: explicit override, signals over the cap, a cut, held signals."""
+    """Open windows: explicit override, signals over the cap, a cut, parked signals."""
     return [
         ("response_shown", 0, {"request_id": R1, "prompt_text": "Wie drehe ich den Schlüssel?"}),
         ("response_copied", 1_000, {"request_id": R1}),
         ("message_sent", 2_000, {"request_id": R1, "text": "Danke — und für die EU?"}),
         ("response_copied", 3_000, {"request_id": R1}),
         ("response_shared", 4_000, {"request_id": R1}),
-        ("result_clicked", 500, {"request_id": R1, "result_id": "a"}),  # held, with its JSON
+        ("result_clicked", 500, {"request_id": R1, "result_id": "a"}),  # parked, with its JSON
         ("score_reported", 700, {"request_id": R1, "scores": {"quality": 4, "ok": True}}),
         ("feedback_given", 6_000, {"request_id": R1, "rating": False}),  # explicit_ms
         ("suggestion_shown", 0, {"request_id": R2}),
         ("suggestion_accepted", 1_000, {"request_id": R2}),  # cut
         ("suggestion_rejected", 1_500, {"request_id": R2}),  # after the cut: other ids
         ("session_feedback_given", 2_500, {"request_id": None, "rating": True}),
-        ("score_reported", 5_500, {"request_id": R2, "scores": {"relevance": 3}}),  # held
-        ("result_clicked", 5_800, {"request_id": R2, "result_id": "c"}),  # held, with JSON
+        ("score_reported", 5_500, {"request_id": R2, "scores": {"relevance": 3}}),  # parked
+        ("result_clicked", 5_800, {"request_id": R2, "result_id": "c"}),  # parked, with JSON
     ]
 
 
 def _scenario_closed() -> list[tuple[str, int | None, dict[str, object]]]:
-    """A closed window's tombstone, a late event's id, a held signal far ahead."""
+    """A closed window's tombstone, a late event's id, a parked signal far ahead."""
     return [
         ("results_shown", 0, {"request_id": R3, "result_count": 2, "result_ids": ["a", "b"]}),
         ("result_clicked", 1_000, {"request_id": R3, "result_id": "b"}),
         ("ticket_opened", 5 * MIN + 6_000, {"request_id": R4, "ticket_id": "T-7"}),
-        ("page_left", 5 * MIN + 6_500, {"request_id": R4}),  # no engagement window: held
+        ("page_left", 5 * MIN + 6_500, {"request_id": R4}),  # no engagement window: parked
         ("result_clicked", 2_000, {"request_id": R3, "result_id": "a"}),  # window_closed
     ]
 

@@ -39,7 +39,8 @@ from worker.delivery_engine import (
 )
 from worker.envelopes import KIND_HEADER, REDRIVE_HEADER, dead_letter_record, header
 from worker.evidence_store import PROPERTY_KIND, PendingStore
-from worker.faust_compat import Intake, TableIO
+from worker.faust_compat import Bypass as Intake
+from worker.faust_compat import TableIO
 from worker.kafka import DELIVERY_STATE_TABLE, EVIDENCE_TABLE
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The ingest adapter: one Kafka record in, one routing action out.
 
-For each record of ``ui-events`` it asks the pure core (:func:`worker.ingest.inspect_record`)
+For each record of ``ui-events`` it asks the pure core (:func:`worker.validation.inspect_record`)
 what the bytes are, then does exactly one of:
 
 1. **invalid** -> the invalid topic, with the original bytes, source and typed reason;
@@ -24,8 +24,8 @@ from pydantic import ValidationError
 
 from worker.envelopes import EVENT_TIME_HEADER, READ_TIME_HEADER, invalid_record
 from worker.events import UI_EVENT_ADAPTER
-from worker.ingest import Accepted, IngestLimits, Invalid, RecentIds, inspect_record
 from worker.partitioner import partition_for
+from worker.validation import Accepted, Invalid, RecentIds, ValidationLimits, inspect_record
 
 if TYPE_CHECKING:
     from worker.clock import Clock
@@ -57,7 +57,7 @@ class NextStage(Protocol):
 class Ingest:
     """Routes records of the input topic and of the rekeyed topic; see the module docstring."""
 
-    limits: IngestLimits
+    limits: ValidationLimits
     partitions: int
     input_topic: str
     invalid_topic: str

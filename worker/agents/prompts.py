@@ -45,10 +45,10 @@ if TYPE_CHECKING:
     from worker.agents.ingest import Ack, NextStage
     from worker.clock import Clock
     from worker.config import Settings
-    from worker.ingest import Accepted
     from worker.metrics import PromptMetrics
     from worker.producing import Producer
     from worker.rules import RuleConfig
+    from worker.validation import Accepted
 
 __all__ = [
     "DEFAULT_WATCH_KEYS",

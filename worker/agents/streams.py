@@ -5,7 +5,7 @@
 everything that keeps them moving, so :func:`worker.app.build_app` only wires:
 
 * the handlers (``on_input``, ``on_rekeyed``), fed in batches by
-  :mod:`worker.faust_compat.intake`, or by ordinary Faust agents when this Faust version
+  :mod:`worker.faust_compat.bypass`, or by ordinary Faust agents when this Faust version
   cannot (then supervised, so a crash loop shows on ``/healthz``);
 * :class:`InputProgress`, the one record of where each owned partition stands, from which
   the backlog, the consumer lag and the watermark marks are all read;
@@ -31,11 +31,11 @@ from faust.types import TP
 from worker.agents.ingest import Ack, Ingest
 from worker.envelopes import CAUGHT_UP_HEADER, TICK_HEADER, WATERMARK_HEADER
 from worker.faust_compat import (
-    Intake,
+    Bypass,
     consumer_lags,
     fetch_position,
     highwater,
-    install_intake,
+    install_bypass,
     read_offset,
     rocksdb_memory,
     set_fetch_max_wait,
@@ -226,7 +226,7 @@ def install_streams(
     streams = _Streams(
         app, topics, rekey_topic, partitions, ingest, windows, metrics, clock, progress
     )
-    intakes = consume(
+    bypasses = consume(
         app,
         [
             (topics[input_topic], "ingest", streams.on_input),
@@ -241,8 +241,8 @@ def install_streams(
     def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked = args[0] if args else kwargs.get("revoked", ())
         windows.on_revoked({tp.partition for tp in revoked if tp.topic == rekey_topic})
-        for intake in intakes:  # fetched before the rebalance: the seek after it refetches
-            intake.clear()
+        for bypass in bypasses:  # fetched before the rebalance: the seek after it refetches
+            bypass.clear()
         progress.forget(revoked)
         ingest.recent.clear()
 
@@ -260,21 +260,21 @@ Handler = Callable[[Any, Ack], Awaitable[None]]
 
 def consume(
     app: faust.App, routes: list[tuple[faust.TopicT, str, Handler]], liveness: Liveness
-) -> list[Intake]:
+) -> list[Bypass]:
     """Consume each topic with its handler, named ``name`` for liveness.  The topics skip
-    Faust's per-record delivery (worker.faust_compat.intake): no conductor, so their records
+    Faust's per-record delivery (worker.faust_compat.bypass): no conductor, so their records
     never wait behind the producer buffer and cost a fraction per record.  If this Faust
     version cannot, supervised ordinary agents consume them with manual acks (and the
     returned list is empty).  Handlers must ack each record (or hold its ack) themselves."""
-    intakes = [
-        Intake(app, handler, on_crash=partial(_crashed, liveness, name))
+    bypasses = [
+        Bypass(app, handler, on_crash=partial(_crashed, liveness, name))
         for _, name, handler in routes
     ]
-    pairs = [(topic, intake) for (topic, _, _), intake in zip(routes, intakes, strict=True)]
-    if install_intake(app, pairs):
-        for intake in intakes:
-            app.task(intake.run)
-        return intakes
+    pairs = [(topic, bypass) for (topic, _, _), bypass in zip(routes, bypasses, strict=True)]
+    if install_bypass(app, pairs):
+        for bypass in bypasses:
+            app.task(bypass.run)
+        return bypasses
     for topic, name, handler in routes:
         app.agent(topic, name=name)(supervised(name, _agent_for(handler), liveness))
     return []

@@ -45,10 +45,10 @@ from worker.windows.watermarks import Floor, SourceMark, partition_floor
 
 if TYPE_CHECKING:
     from worker.clock import Clock
-    from worker.ingest import Accepted
     from worker.metrics import Metrics
     from worker.producing import Producer
     from worker.rules import RuleConfig
+    from worker.validation import Accepted
 
 __all__ = [
     "PartitionStore",
@@ -176,7 +176,7 @@ class Windows:
             )
             engine.rebuild()  # restored windows get back into the due index, and still close
             self._built_at[partition] = self.clock.now_ms()
-            engine.align(self._floor(partition).stream_ms)  # held until every source reported
+            engine.align(self._floor(partition).stream_ms)  # STANDSTILL until every source reported
             log.info("partition %d: window state loaded", partition)
         return engine
 

@@ -8,7 +8,7 @@ Map of the package::
     app.py          aiohttp handlers, thin adapters over the above
     server.py       wiring from Settings, start_collector() for tests, serve() for the CLI
 
-Events are validated by :func:`worker.ingest.inspect_record`, the same function the ingest
+Events are validated by :func:`worker.validation.inspect_record`, the same function the ingest
 agent runs, so the collector and the worker never disagree about what is valid.
 
 This module imports nothing at load time, so the pure core (``batch``, ``policy``) loads

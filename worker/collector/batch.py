@@ -8,10 +8,10 @@ and the limits, and returns either
 * a :class:`Refusal`: a typed error (:data:`ErrorCode`) with its HTTP status, meaning that
   **nothing** of the body may be written.
 
-Each event is checked by :func:`worker.ingest.inspect_record`, the very function the ingest
+Each event is checked by :func:`worker.validation.inspect_record`, the very function the ingest
 agent runs on every record, with the record timestamp the collector will give it, so an event
-the collector accepts is one ingest accepts, and an event it refuses carries the reason
-ingest would have given (DESIGN 3, 11).  Invariants:
+the collector accepts is one the worker accepts, and an event it refuses carries the reason
+validation gives it in the worker (DESIGN 3, 11).  Invariants:
 
 * the whole body is judged before anything is written, so a refusal never leaves half a
   batch on the broker;
@@ -31,7 +31,7 @@ import orjson
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from worker.envelopes import collector_invalid_record
-from worker.ingest import Accepted, IngestLimits, InvalidReason, inspect_record
+from worker.validation import Accepted, InvalidReason, ValidationLimits, inspect_record
 
 __all__ = [
     "STATUS",
@@ -99,10 +99,10 @@ def refusal(error: ErrorCode, message: str, *, retry_after_s: int | None = None)
 
 @dataclass(frozen=True, slots=True)
 class BatchLimits:
-    """What one batch may hold: ``COLLECTOR_MAX_EVENTS`` and ingest's own per-event limits."""
+    """What one batch may hold: ``COLLECTOR_MAX_EVENTS`` and validation's per-event limits."""
 
     max_events: int = 500
-    ingest: IngestLimits = field(default_factory=IngestLimits)
+    validation: ValidationLimits = field(default_factory=ValidationLimits)
 
 
 class OutRecord(NamedTuple):
@@ -139,7 +139,7 @@ _TIMESTAMP: TypeAdapter[Any] = TypeAdapter(AwareDatetime)
 
 #: The message of a body refused for its nesting.  The limit is orjson's: it reads 1,024
 #: levels and writes 254, and each event is written back, so an event may nest 254 levels
-#: (ingest's own parser refuses events past about 200 as ``not_json`` per event; below that
+#: (validation's own parser refuses events past about 200 as ``not_json`` per event; below that
 #: limit they are invalid events in an accepted batch, past it the whole body is refused).
 _TOO_DEEP = "the body nests too deeply (an event may nest at most 254 levels)"
 
@@ -148,7 +148,7 @@ def parse_batch(body: bytes, *, received_at_ms: int, limits: BatchLimits) -> Bat
     """Judge a whole request body (module docstring).
 
     ``received_at_ms`` is the collector's wall clock; it becomes each record's Kafka
-    timestamp, so it is also the record time ingest's checks are run with here.
+    timestamp, so it is also the record time validation's checks are run with here.
     """
     try:
         document = orjson.loads(body)
@@ -181,7 +181,7 @@ def parse_batch(body: bytes, *, received_at_ms: int, limits: BatchLimits) -> Bat
             # past the parser, because there are no bytes of it to validate or to keep.
             return Refusal("not_json", _TOO_DEEP)
         result = inspect_record(
-            value, record_ts_ms=received_at_ms, now_ms=received_at_ms, limits=limits.ingest
+            value, record_ts_ms=received_at_ms, now_ms=received_at_ms, limits=limits.validation
         )
         if isinstance(result, Accepted):
             records.append(OutRecord(True, result.key.encode(), value))
@@ -191,7 +191,7 @@ def parse_batch(body: bytes, *, received_at_ms: int, limits: BatchLimits) -> Bat
             result,
             value=value,
             received_at_ms=received_at_ms,
-            max_value_bytes=limits.ingest.max_event_bytes,
+            max_value_bytes=limits.validation.max_event_bytes,
         )
         records.append(OutRecord(False, None, payload))
     return Batch(tuple(records), tuple(reasons))

@@ -51,7 +51,7 @@ def audience_keys(user_id: str | None, session_id: str | None) -> list[str]:
 
 def batch_audiences(valid_values: Iterable[bytes]) -> list[str]:
     """The audience keys an accepted batch's valid events claim, first seen first, at most
-    :data:`MAX_AUDIENCES_PER_REQUEST` (the values were validated by ingest already)."""
+    :data:`MAX_AUDIENCES_PER_REQUEST` (the values passed validation already)."""
     keys: dict[str, None] = {}
     for value in valid_values:
         try:

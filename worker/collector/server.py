@@ -31,8 +31,8 @@ from worker.collector.prompt_box import PromptBox
 from worker.collector.prompt_feed import PromptFeed
 from worker.config import Settings
 from worker.errors import TopicMismatchError
-from worker.ingest import IngestLimits
 from worker.metrics import CollectorMetrics
+from worker.validation import ValidationLimits
 
 __all__ = ["LINGER_S", "RunningCollector", "build_collector", "serve", "start_collector"]
 
@@ -149,7 +149,7 @@ def build_collector(
     """The :class:`Collector` the settings describe (write keys required)."""
     limits = BatchLimits(
         max_events=settings.collector_max_events,
-        ingest=IngestLimits.from_settings(settings),
+        validation=ValidationLimits.from_settings(settings),
     )
     return Collector(
         keys=WriteKeys(settings.require_write_keys()),

@@ -14,7 +14,7 @@ has one package to re-read.
 
 The modules:
 
-* :mod:`~worker.faust_compat.intake`: the input topic's records batched off Faust's fetch loop;
+* :mod:`~worker.faust_compat.bypass`: worker topics' records batched around Faust's conductor;
 * :mod:`~worker.faust_compat.rebalance`: the order Faust resumes, seeks and fetches in after a
   rebalance, and the offsets it would commit past without an acknowledgement;
 * :mod:`~worker.faust_compat.recovery`: changelogs that end before their local store;
@@ -33,7 +33,7 @@ patch                         kind         where it cannot install
                                            the worker does not start
 ``keep_dropped_records``      correctness  the same
 ``TableIO``                   correctness  the same (checked when the app is built)
-``install_intake``            performance  a warning; an ordinary Faust agent reads the input
+``install_bypass``            performance  a warning; an ordinary Faust agent reads the input
 ``count_gaps``                reporting    a warning; no gap metric
 ``report_lost_changelogs``    reporting    a warning; no lost-changelog log or metric
 ``set_fetch_max_wait``        latency      a warning; the fetch wait stays Faust's 1.5 s
@@ -52,6 +52,7 @@ to watch and have a correct fallback.
 
 from __future__ import annotations
 
+from worker.faust_compat.bypass import Bypass, install_bypass
 from worker.faust_compat.consumer import (
     aiokafka_consumer,
     consumer_lags,
@@ -61,7 +62,6 @@ from worker.faust_compat.consumer import (
     recovery_completed,
     set_fetch_max_wait,
 )
-from worker.faust_compat.intake import Intake, install_intake
 from worker.faust_compat.rebalance import count_gaps, keep_dropped_records, seek_before_fetch
 from worker.faust_compat.recovery import report_lost_changelogs
 from worker.faust_compat.stores import (
@@ -74,7 +74,7 @@ from worker.faust_compat.stores import (
 
 __all__ = [
     "ROCKSDB_MEMORY_PROPERTIES",
-    "Intake",
+    "Bypass",
     "TableIO",
     "aiokafka_consumer",
     "consumer_lags",
@@ -82,7 +82,7 @@ __all__ = [
     "fetch_position",
     "highwater",
     "honour_rocksdb_options",
-    "install_intake",
+    "install_bypass",
     "keep_dropped_records",
     "read_offset",
     "recovery_completed",

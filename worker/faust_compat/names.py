@@ -108,18 +108,18 @@ def _mode(owner: str, name: str, used_by: str, kind: Kind = "member") -> Private
 
 #: Every private or internal name used, with the module of this package that uses it.
 NAMES: tuple[PrivateName, ...] = (
-    # The fetch loop (intake) and the partitions it fetches (rebalance).
-    _faust(_CONSUMER, "_drain_messages", "intake"),
-    _faust(_CONSUMER, "_read_offset", "intake, consumer", "instance"),
-    _faust(_CONSUMER, "_commit_every", "intake", "instance"),
-    _faust(_CONSUMER, "_n_acked", "intake", "instance"),
-    _faust(_CONSUMER, "_add_gap", "intake, rebalance"),
-    _faust(_CONSUMER, "callback", "intake", "instance"),
-    _faust(_CONSUMER, "suspend_flow", "intake", "instance"),
-    _faust(_CONSUMER, "consumer_stopped_errors", "intake"),
-    _faust(_CONSUMER, "track_message", "intake"),
-    _faust("faust.app.base:App", "consumer_generation_id", "intake"),
-    _faust("faust.app.base:App", "flow_control", "intake"),
+    # The fetch loop (bypass) and the partitions it fetches (rebalance).
+    _faust(_CONSUMER, "_drain_messages", "bypass"),
+    _faust(_CONSUMER, "_read_offset", "bypass, consumer", "instance"),
+    _faust(_CONSUMER, "_commit_every", "bypass", "instance"),
+    _faust(_CONSUMER, "_n_acked", "bypass", "instance"),
+    _faust(_CONSUMER, "_add_gap", "bypass, rebalance"),
+    _faust(_CONSUMER, "callback", "bypass", "instance"),
+    _faust(_CONSUMER, "suspend_flow", "bypass", "instance"),
+    _faust(_CONSUMER, "consumer_stopped_errors", "bypass"),
+    _faust(_CONSUMER, "track_message", "bypass"),
+    _faust("faust.app.base:App", "consumer_generation_id", "bypass"),
+    _faust("faust.app.base:App", "flow_control", "bypass"),
     _faust(_CONSUMER, "perform_seek", "rebalance"),
     _faust(_CONSUMER, "_buffered_partitions", "rebalance", "instance"),
     _faust(_DELEGATE, "_getmany", "rebalance"),
@@ -127,7 +127,7 @@ NAMES: tuple[PrivateName, ...] = (
     _faust(_THREAD, "_ensure_consumer", "rebalance"),
     _faust(_THREAD, "_consumer", "consumer", "instance"),
     _mode("mode.threads:QueueServiceThread", "call_thread", "rebalance"),
-    _mode("mode.services:Service", "_stopped", "intake", "instance"),
+    _mode("mode.services:Service", "_stopped", "bypass", "instance"),
     # Table recovery.
     _faust(_RECOVERY, "on_recovery_completed", "recovery"),
     _faust(_RECOVERY, "active_offsets", "recovery", "instance"),
@@ -158,7 +158,7 @@ NAMES: tuple[PrivateName, ...] = (
 #: release read (:func:`source_hash`).  After re-reading a function in a new release, add
 #: ``release: hash`` to its entry; keep the older releases' hashes while pyproject allows them.
 UPSTREAM: tuple[Upstream, ...] = (
-    Upstream("faust-streaming", f"{_CONSUMER}._drain_messages", "copied", "intake",
+    Upstream("faust-streaming", f"{_CONSUMER}._drain_messages", "copied", "bypass",
              {FAUST: "44a2500309e83c63"}),
     Upstream("faust-streaming", f"{_CONSUMER}.getmany", "relied on", "rebalance",
              {FAUST: "4b168d84882a70d6"}),

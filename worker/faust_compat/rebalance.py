@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 def seek_before_fetch(app: Any) -> None:
-    """Hold back the stream partitions Faust resumes during a rebalance until its seek to
+    """Keep the stream partitions Faust resumes during a rebalance paused until its seek to
     the committed offsets has finished.
 
     Changelog partitions pass straight through: recovery reads them before the seek.
@@ -70,33 +70,33 @@ def seek_before_fetch(app: Any) -> None:
     faust_resume_partitions = consumer.resume_partitions
     faust_pause_partitions = consumer.pause_partitions
     faust_perform_seek = consumer.perform_seek
-    held: set[Any] = set()
+    kept_paused: set[Any] = set()
 
     def pause_partitions(tps: Iterable[Any]) -> None:
-        # A new rebalance pauses everything again: what it resumes later is held anew,
-        # and a seek meanwhile must not resume what was held for the previous one.
+        # A new rebalance pauses everything again: what it resumes later is kept paused anew,
+        # and a seek meanwhile must not resume what was kept paused for the previous one.
         tps = set(tps)
-        held.difference_update(tps)
+        kept_paused.difference_update(tps)
         faust_pause_partitions(tps)
 
     def resume_partitions(tps: Iterable[Any]) -> None:
         tps = set(tps)
         if app.rebalancing:
             streams = {tp for tp in tps if tp.topic not in app.tables.changelog_topics}
-            held.update(streams)
+            kept_paused.update(streams)
             tps -= streams
         if tps:
             faust_resume_partitions(tps)
 
     async def perform_seek() -> None:
-        # Only a seek that starts after the hold covers the held partitions (Faust also
+        # Only a seek that starts after the resume covers the partitions kept paused (Faust also
         # seeks at other moments, such as a fetch that finds the flow stopped).
-        release = bool(held)
+        release = bool(kept_paused)
         await faust_perform_seek()
-        if release and held:
+        if release and kept_paused:
             # Only what is still assigned: a newer rebalance may have taken some away.
-            resumed = held & set(consumer.assignment())
-            held.clear()
+            resumed = kept_paused & set(consumer.assignment())
+            kept_paused.clear()
             faust_resume_partitions(resumed)
 
     consumer.resume_partitions = resume_partitions

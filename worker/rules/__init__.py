@@ -11,7 +11,7 @@ Map of the package::
     ticket_resolution.py  ticket_opened + 24 h: resolved and not reopened
     explicit.py           feedback_given: at once; wins over implicit ratings
     session_feedback.py   session_feedback_given: at once, for the session
-    scores.py             score_reported: forwarded, merged into covering windows
+    scores.py             score_reported: carried, merged into covering windows
 
 Each rule module has a ``RULE_VERSION`` that goes into its decisions, and a ``RULE``
 (:class:`RuleSpec`) listed in :data:`RULES`.  :data:`RULE_FOR_TYPE` says which rule consumes

@@ -39,8 +39,8 @@ __all__ = [
 RuleKind = Literal[
     "window",  # opened by an event, collects signals for a while, decided at close
     "instant",  # decided from the one event that triggers it (explicit ratings)
-    "forwarded",  # held for grace, then decided alone or (attaches_to_open_windows) carried
-    # by the windows that cover it (scores)
+    "carried",  # parked for grace, then carried by the windows that cover it
+    # (attaches_to_open_windows) or decided alone (scores)
 ]
 Target = Literal["request", "session"]
 
@@ -113,7 +113,7 @@ class RuleSpec(Generic[S]):
     kind: RuleKind
     #: Whether decisions are posted to a request or to a session.
     target: Target
-    #: The event type that opens a window (or, for instant/forwarded rules, that triggers it).
+    #: The event type that opens a window (or, for instant/carried rules, that triggers it).
     opener: str
     #: Event types attributed to an open window of this rule, besides further openers.
     signals: frozenset[str]
@@ -124,13 +124,13 @@ class RuleSpec(Generic[S]):
     decide: Callable[[S, int, RuleConfig], Verdict | None]
     #: True for a signal that ends its window at its own event time (early close).
     closes_early: Callable[[Signal], bool] = _never
-    #: The window length; 0 for instant and forwarded rules.
+    #: The window length; 0 for instant and carried rules.
     window_ms: Callable[[RuleConfig], int] = _no_window
     #: An instant rule whose decision wins over implicit ratings: a window of the same key
     #: that has not closed, ends at or after the decision's event time and starts no later
     #: than the engine's ``retention_ms`` after it emits no rating, only its scores.
     overrides_ratings: bool = False
-    #: A forwarded rule whose events, once held for grace, join every window of the same
+    #: A carried rule whose events, once parked for grace, join every window of the same
     #: key that covers their event time and is still open (its decision carries them); an
     #: event no window covers is decided alone.  Such events are never the ones a window
     #: drops for its cap or for a decisive signal.
@@ -139,8 +139,8 @@ class RuleSpec(Generic[S]):
     def __post_init__(self) -> None:
         if self.overrides_ratings and self.kind != "instant":
             raise ValueError(f"rule {self.name}: only an instant rule can override ratings")
-        if self.attaches_to_open_windows and self.kind != "forwarded":
-            raise ValueError(f"rule {self.name}: only a forwarded rule can attach to windows")
+        if self.attaches_to_open_windows and self.kind != "carried":
+            raise ValueError(f"rule {self.name}: only a carried rule can attach to windows")
 
     @property
     def event_types(self) -> frozenset[str]:

@@ -1,6 +1,6 @@
-"""Forwarded scores (DESIGN 4): ``score_reported`` carries scores computed elsewhere.
+"""Reported scores (DESIGN 4): ``score_reported`` carries scores computed elsewhere.
 
-Booleans become 1/0 (Helicone takes integers only).  A report is held for the grace period
+Booleans become 1/0 (Helicone takes integers only).  A report is parked for the grace period
 of stream time, like any early signal, and then:
 
 * every implicit window of the request whose event-time range covers the report's time
@@ -8,13 +8,13 @@ of stream time, like any early signal, and then:
 * when none does, the report becomes a decision of its own, rule ``scores``, rating null,
   at the report's instant (reports of one request at the same millisecond form one).
 
-Holding for grace is what makes the choice independent of arrival order: a window that
+Parking for grace is what makes the choice independent of arrival order: a window that
 covers the report must have been opened by then if its opener came within grace.
 
-Merge (deterministic): forwarded reports are applied in event-time order (ties by event id),
+Merge (deterministic): carried reports are applied in event-time order (ties by event id),
 a later report overriding an earlier one per score name, as Helicone itself keeps the last
 write per name; then the window rule's own scores (``time_spent_s``,
-``click_through_rate``) override forwarded ones of the same name, so the worker's
+``click_through_rate``) override carried ones of the same name, so the worker's
 documented scores always mean what the rule says.  The overridden value stays visible in
 the evidence.
 """
@@ -83,16 +83,16 @@ def decide(state: ScoresState, closed_at_ms: int, cfg: RuleConfig) -> Verdict | 
 
 
 def merge(
-    own: Mapping[str, int], forwarded: Sequence[Signal]
+    own: Mapping[str, int], carried: Sequence[Signal]
 ) -> tuple[dict[str, int], tuple[Evidence, ...]]:
-    """A window's own scores merged with the forwarded reports it carries (module docstring).
+    """A window's own scores merged with the reports it carries (module docstring).
 
-    Returns the merged scores and the evidence of the forwarded reports.
+    Returns the merged scores and the evidence of the carried reports.
     """
-    if not forwarded:
+    if not carried:
         return dict(own), ()
     state = INITIAL
-    for signal in sorted(forwarded, key=lambda s: (s.time_ms, s.event_id)):
+    for signal in sorted(carried, key=lambda s: (s.time_ms, s.event_id)):
         state = observe(state, signal)
     return {**state.scores, **own}, tuple(cite(s, _detail(s)) for s in state.seen)
 
@@ -100,7 +100,7 @@ def merge(
 RULE: RuleSpec[ScoresState] = RuleSpec(
     name="scores",
     version=RULE_VERSION,
-    kind="forwarded",
+    kind="carried",
     target="request",
     opener=OPENER,
     signals=frozenset(),

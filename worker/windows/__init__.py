@@ -11,13 +11,13 @@ How one event is handled, in order::
 
     1. dedupe        an event id already in the key's state is ignored (Outcome.duplicates)
     2. stream time   the largest event time seen on the partition; if this event moves it,
-                     every window, held signal and tombstone that became due is settled
+                     every window, parked signal and tombstone that became due is settled
                      *before* the event is applied (via the due index, not a scan)
     3. apply         by the rule that consumes the event's type (worker.rules):
-                     window opener   opens a window [t, t + length], claiming held signals
+                     window opener   opens a window [t, t + length], claiming parked signals
                      window signal   joins the open window whose range covers its time
                      instant         a decision at once (explicit, session feedback)
-                     forwarded       held for grace, then carried by the windows covering
+                     carried         parked for grace, then carried by the windows covering
                                      it (a rule that attaches_to_open_windows) or
                                      decided alone (score_reported)
     4. write through the key's state is re-encoded (orjson) and put, or deleted when empty
@@ -30,11 +30,11 @@ Semantics the DESIGN leaves open, as decided here:
   event time; the decision is still made after grace, so an earlier decisive signal that
   arrives out of order within grace still wins, and the decision does not depend on arrival
   order (DESIGN's "closes at once" is read as "ends at once").  Signals after the new end
-  do not count; they are reported late (``after_close``).  An idle close also settles held
+  do not count; they are reported late (``after_close``).  An idle close also settles parked
   events by the wall clock, as if stream time had reached it.
-* **Signals before their opener** are held per key (capped at ``max_signals``) until stream
+* **Signals before their opener** are parked per key (capped at ``max_signals``) until stream
   time passes their time + grace, the latest moment an opener that could claim them may
-  still arrive within grace.  An opener claims held signals inside its window.  Unclaimed
+  still arrive within grace.  An opener claims parked signals inside its window.  Unclaimed
   ones are reported as late events with reason ``no_window`` rather than dropped, so nothing
   valid disappears silently.
 * **A second opener** of the same rule for the same request whose time falls inside an open
@@ -56,10 +56,10 @@ Semantics the DESIGN leaves open, as decided here:
 * **Instant decisions** (explicit, session feedback) are made in the step that processes the
   event; their window is the event's instant, so two different events of one key at the same
   millisecond would share a decision id: the second is reported late (``window_closed``).
-  Score reports are held for grace like early signals (see :mod:`worker.rules.scores`).
+  Score reports are parked for grace like early signals (see :mod:`worker.rules.scores`).
 * **Late events.**  An event for a closed window, an opener whose whole window (+ grace) is
   behind stream time, a signal after its window's decisive signal, a signal no window
-  claimed and held signals over the cap are returned as :class:`LateEvent` (reasons in
+  claimed and parked signals over the cap are returned as :class:`LateEvent` (reasons in
   :data:`LateReason`); a closed window never reopens.
 * **Tombstones.**  A closed window leaves ``[rule, start, nominal end, purge time, ids]``
   until stream time passes nominal end + grace + max(window length, ``retention_ms``).  By
@@ -69,13 +69,13 @@ Semantics the DESIGN leaves open, as decided here:
   does not advance stream time), and not written at all when stream time is already past
   their purge time.
 * **Dedupe** is exact for every event that changed state (its id is kept in the state that
-  holds it: window, held signal, tombstone).  Ids of events that changed nothing (late,
+  holds it: window, parked signal, tombstone).  Ids of events that changed nothing (late,
   over the cap) are kept in a per-key list capped at ``max_signals``; a request with more
   such events than that may see an old one re-reported.  Once a key's state is empty it is
   deleted, and with it its ids.
 * **Caps.**  A window keeps at most ``max_signals`` signals besides its anchor: the earliest
   ones by (event time, event id), so which ones are kept does not depend on arrival order;
-  the decisive signal and forwarded scores are never the ones dropped.  Dropped signals are
+  the decisive signal and carried scores are never the ones dropped.  Dropped signals are
   counted and listed as a ``signals_dropped`` evidence entry of the decision.
 * **Stream time** is persisted in the reserved key :data:`META_KEY`, written whenever it
   advanced (coalesced with the rest of a flush by the adapter, which writes it *last*: a
@@ -88,7 +88,7 @@ Map of the package::
 
     engine.py       WindowEngine: one partition's store, cache, stream time and due keys
     transitions.py  what an event or the passing of time does to one key's state
-    state.py        the per-key state (Window, Held, Tomb, KeyState) and its wire format
+    state.py        the per-key state (Window, Parked, Tomb, KeyState) and its wire format
     outcome.py      Outcome and LateEvent: what each call returns for the adapter to send
     due.py          DueIndex: which keys need settling before a given time
     watermarks.py   stream time and the detour: the pure functions behind a partition's floor

@@ -1,6 +1,6 @@
 """The due index: which keys of a partition need looking at before a given time.
 
-The engine keeps two (windows to close and held events to settle; tombstones to purge), so a
+The engine keeps two (windows to close and parked events to settle; tombstones to purge), so a
 step that moves stream time touches only the keys that became due, not every key.
 """
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from worker.ingest import Accepted
 from worker.rules import RULE_FOR_TYPE, RULES, RuleConfig, RuleSpec
+from worker.validation import Accepted
 from worker.windows.due import DueIndex
 from worker.windows.outcome import Outcome
 from worker.windows.state import SESSION_KEY_PREFIX, KeyState
@@ -60,7 +60,7 @@ class WindowEngine:
 
     ``grace_ms``: how late (in stream time) an event may arrive and still count.
     ``idle_close_ms``: wall-clock silence after which windows close by the wall clock.
-    ``max_signals``: cap on stored signals per window, on held signals per key and on the
+    ``max_signals``: cap on stored signals per window, on parked signals per key and on the
     per-key list of ids of events that changed nothing.
     ``retention_ms``: minimum time tombstones outlive their window (see :mod:`worker.windows`).
     ``cache_size``: decoded key states kept in memory (LRU); the store is written through,
@@ -95,7 +95,7 @@ class WindowEngine:
             config=config, grace_ms=grace_ms, max_signals=max_signals, retention_ms=retention_ms
         )
         self._cache: OrderedDict[str, KeyState] = OrderedDict()
-        self._closing = DueIndex()  # windows to close and held events to settle
+        self._closing = DueIndex()  # windows to close and parked events to settle
         self._purging = DueIndex()  # tombstones to drop (by stream time only)
         #: Stream time: what closing, lateness and purging are judged by.  It follows the
         #: largest event time seen, except that it does not pass the floor (see :meth:`align`).
@@ -151,13 +151,13 @@ class WindowEngine:
         return self._finish(advanced=advanced)
 
     def align(self, floor_ms: int | None) -> Outcome:
-        """Hold stream time at or below ``floor_ms`` (None: no limit); return what closes.
+        """Keep stream time at or below ``floor_ms`` (None: no limit); return what closes.
 
         Events that reach this partition by another path than its own input (forwarded from
         the partitions their producer chose) may still be on their way while the events
         that arrive directly move stream time on.  The adapter passes the floor that keeps
         stream time from passing them (:func:`~worker.windows.watermarks.partition_floor`).
-        Stream time never moves back: a floor below it holds it where it is, and a window
+        Stream time never moves back: a floor below it keeps it where it is, and a window
         once closed stays closed.
         """
         if not self._ready:
@@ -294,13 +294,13 @@ class WindowEngine:
         return self._transitions.take()
 
     def _close_due(self, state: KeyState) -> int | None:
-        """When the key next needs settling: a window's end + grace or a hold's time + grace."""
+        """When the key next needs settling: grace after a window's end or a parked event's time."""
         first: int | None = None
         for w in state.windows:
             end = w.end
             if first is None or end < first:
                 first = end
-        for h in state.held:
+        for h in state.parked:
             t = h.signal.time_ms
             if first is None or t < first:
                 first = t

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from worker.events import Decision
-from worker.ingest import Accepted
+from worker.validation import Accepted
 
 __all__ = ["LateEvent", "LateReason", "Outcome"]
 
@@ -15,7 +15,7 @@ LateReason = Literal[
     "window_closed",  # its window already closed (or would have, by stream time)
     "after_close",  # after the decisive signal that ended its window early
     "no_window",  # a signal no window claimed before its grace ran out
-    "capped",  # held signals over the per-key cap
+    "capped",  # parked signals over the per-key cap
 ]
 
 
@@ -24,10 +24,10 @@ class LateEvent:
     """A valid event that no window counted, for the late topic.
 
     ``accepted`` is the full event whenever the engine has it: always for an event reported
-    on arrival and for a held signal.  It is None for a held forwarded event (a score
-    report: their JSON is not kept, to keep the common path cheap) and for a signal that had
-    been stored in a window and was pushed out afterwards by an earlier decisive signal or
-    opener that arrived out of order; the compact fields say which event that was.
+    on arrival and for a parked signal.  It is None for a parked event of a carried rule (a
+    score report: their JSON is not kept, to keep the common path cheap) and for a signal
+    that had been stored in a window and was pushed out afterwards by an earlier decisive
+    signal or opener that arrived out of order; the compact fields say which event that was.
     """
 
     key: str

@@ -2,11 +2,11 @@
 
 One key's state is stored as one orjson array (changelog and RocksDB)::
 
-    [FORMAT, stream_time_ms, windows, held, tombstones, other_ids]
+    [FORMAT, stream_time_ms, windows, parked, tombstones, other_ids]
     window    [rule, start, nominal_end, cut_ms|null, anchor, session_id, signals, overflow,
                explicit_ms|null]
     signal    [event_time_ms, event_id, type, data]         (anchor has the same shape)
-    held      [event_time_ms, event_id, type, data, event_json|null, session_id]
+    parked    [event_time_ms, event_id, type, data, event_json|null, session_id]
     tombstone [rule, start, nominal_end, purge_at_ms, [event_id, ...]]
 
 :data:`FORMAT` guards against misreading: a record of another format is refused
@@ -32,8 +32,8 @@ from worker.rules import Signal
 __all__ = [
     "FORMAT",
     "SESSION_KEY_PREFIX",
-    "Held",
     "KeyState",
+    "Parked",
     "StateFormatError",
     "Tomb",
     "Window",
@@ -62,12 +62,12 @@ def load_signal(fields: list[Any]) -> Signal:
     return Signal(time_ms, event_id, type_, data)
 
 
-class Held:
+class Parked:
     """An event kept until an opener claims it or its grace runs out (early signals, and
-    forwarded events held for grace).
+    events of carried rules parked for grace).
 
     ``event_json`` is the whole event, so that one no window claims reaches the late topic
-    intact; None for a forwarded event, which is (almost) never late.
+    intact; None for an event of a carried rule, which is (almost) never late.
     """
 
     __slots__ = ("event_json", "session_id", "signal")
@@ -82,14 +82,14 @@ class Held:
         return [s.time_ms, s.event_id, s.type, s.data, self.event_json, self.session_id]
 
     @classmethod
-    def load(cls, fields: list[Any]) -> Held:
+    def load(cls, fields: list[Any]) -> Parked:
         time_ms, event_id, type_, data, event_json, session_id = fields
         return cls(Signal(time_ms, event_id, type_, data), event_json, session_id)
 
 
 class Tomb:
     """What a closed window (or an instant decision) leaves until ``purge_at_ms``: enough to
-    report events for it as late and to keep dedupe exact for the events it held."""
+    report events for it as late and to keep dedupe exact for the events it covered."""
 
     __slots__ = ("ids", "nominal_end", "purge_at_ms", "rule", "start")
 
@@ -203,25 +203,25 @@ class KeyState:
     has a record of the key) are derived or runtime-only, and not written.
     """
 
-    __slots__ = ("held", "ids", "other", "persisted", "tombs", "windows")
+    __slots__ = ("ids", "other", "parked", "persisted", "tombs", "windows")
 
     def __init__(self) -> None:
         self.windows: list[Window] = []
-        self.held: list[Held] = []
+        self.parked: list[Parked] = []
         self.tombs: list[Tomb] = []
         self.other: list[str] = []  # ids of events that changed nothing (capped)
         self.ids: set[str] = set()
         self.persisted = False
 
     def is_empty(self) -> bool:
-        return not (self.windows or self.held or self.tombs)
+        return not (self.windows or self.parked or self.tombs)
 
     def collect_ids(self) -> set[str]:
         ids = set(self.other)
         for w in self.windows:
             ids.add(w.anchor.event_id)
             ids.update(s.event_id for s in w.signals)
-        ids.update(h.signal.event_id for h in self.held)
+        ids.update(h.signal.event_id for h in self.parked)
         for tomb in self.tombs:
             ids.update(tomb.ids)
         return ids
@@ -233,7 +233,7 @@ class KeyState:
                 FORMAT,
                 stream_time_ms,
                 [w.dump() for w in self.windows],
-                [h.dump() for h in self.held],
+                [h.dump() for h in self.parked],
                 [t.dump() for t in self.tombs],
                 self.other,
             ]
@@ -243,7 +243,7 @@ class KeyState:
     def load(cls, key: str, raw: bytes) -> tuple[KeyState, int]:
         """The state stored under ``key``, and the stream time it was written at."""
         try:
-            fmt, stream_time_ms, windows, held, tombs, other = orjson.loads(raw)
+            fmt, stream_time_ms, windows, parked, tombs, other = orjson.loads(raw)
         except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
             raise StateFormatError(f"window state of {key!r} is unreadable: {exc}") from exc
         if fmt != FORMAT:
@@ -253,7 +253,7 @@ class KeyState:
         state = cls()
         try:
             state.windows = [Window.load(w) for w in windows]
-            state.held = [Held.load(h) for h in held]
+            state.parked = [Parked.load(h) for h in parked]
             state.tombs = [Tomb.load(t) for t in tombs]
         except (ValueError, TypeError) as exc:
             raise StateFormatError(f"window state of {key!r} is malformed: {exc}") from exc

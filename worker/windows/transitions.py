@@ -4,7 +4,7 @@
 the decisions and late events that result; :class:`~worker.windows.engine.WindowEngine`
 decides which keys to hand it (the event's key, the keys the due index says are due), loads
 and writes their state, and owns stream time, which it sets here before each step.  The
-semantics (opening, joining, holding, closing, overriding, tombstones, caps) are those the
+semantics (opening, joining, parking, closing, overriding, tombstones, caps) are those the
 package docstring states; each method names the part it implements.
 
 Nothing here reads a rule's name: what a rule means to the windows comes from its
@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from worker.events import UI_EVENT_ADAPTER, Decision, Evidence, decision_id_for
-from worker.ingest import Accepted
 from worker.rules import (
     RULE_FOR_TYPE,
     RULES,
@@ -31,8 +30,9 @@ from worker.rules import (
     utc,
 )
 from worker.rules import scores as scores_rule
+from worker.validation import Accepted
 from worker.windows.outcome import LateEvent, LateReason, Outcome
-from worker.windows.state import SESSION_KEY_PREFIX, Held, KeyState, Tomb, Window
+from worker.windows.state import SESSION_KEY_PREFIX, KeyState, Parked, Tomb, Window
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -92,7 +92,7 @@ class Transitions:
         elif spec.kind == "instant":
             self._decide_at_once(key, state, spec, accepted)
         else:
-            self._hold_forwarded(key, state, spec, accepted)
+            self._park_carried(key, state, spec, accepted)
         if self._overdue:
             self._overdue = False
             self.settle(key, state, self.stream_time)
@@ -147,7 +147,7 @@ class Transitions:
         self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted
     ) -> None:
         """A window signal joins the open window covering its time, is late when a closed
-        window covered it or its grace has passed, or else waits for an opener (held): one
+        window covered it or its grace has passed, or else waits for an opener (parked): one
         that claims it can still arrive within grace."""
         t = accepted.event_time_ms
         rule = spec.name
@@ -162,7 +162,7 @@ class Transitions:
         if t + self._grace < self.stream_time:
             self._report(key, state, accepted, "no_window")
             return
-        self._hold(key, state, spec, accepted)
+        self._park(key, state, spec, accepted)
 
     def _join(
         self,
@@ -189,8 +189,8 @@ class Transitions:
             self._cap(state, w, spec)
 
     def _reshape(self, key: str, state: KeyState, w: Window, spec: RuleSpec[Any]) -> None:
-        """After a window opened or moved: fit its signals to its range, claim held ones."""
-        if not (w.signals or state.held or state.tombs):
+        """After a window opened or moved: fit its signals to its range, claim parked ones."""
+        if not (w.signals or state.parked or state.tombs):
             return  # the common case: a fresh window with nothing to fit or claim
         start, nominal_end = w.start, w.nominal_end
         for tomb in state.tombs:
@@ -199,22 +199,22 @@ class Transitions:
                 w.explicit_ms = e if w.explicit_ms is None else min(w.explicit_ms, e)
         if w.signals:
             self._evict(key, state, w, lambda s: s.time_ms > nominal_end, "no_window")
-        claimed: list[Held] = []
-        if state.held:
+        claimed: list[Parked] = []
+        if state.parked:
             types = spec.event_types
-            keep: list[Held] = []
-            for h in state.held:
+            keep: list[Parked] = []
+            for h in state.parked:
                 if h.signal.type in types and start <= h.signal.time_ms <= nominal_end:
                     claimed.append(h)
                 else:
                     keep.append(h)
-            state.held = keep
+            state.parked = keep
         candidates = (*w.signals, *(h.signal for h in claimed))
         decisive = [s.time_ms for s in candidates if spec.closes_early(s)]
         cut = w.cut = min(decisive) if decisive else None
         for h in claimed:
             if cut is not None and h.signal.time_ms > cut:
-                self._late_held(key, state, h, "after_close")
+                self._late_parked(key, state, h, "after_close")
             else:
                 w.signals.append(h.signal)
         if cut is not None:
@@ -262,27 +262,29 @@ class Transitions:
             self._remember(state, signals.pop(victim).event_id)
             w.overflow += 1
 
-    def _hold(self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted) -> None:
+    def _park(self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted) -> None:
         """Keep an event until stream time passes its time + grace (:meth:`settle`); over the
-        per-key cap the latest held event by (time, id) is reported ``capped``."""
+        per-key cap the latest parked event by (time, id) is reported ``capped``."""
         event = accepted.event
         signal = self._signal(spec, accepted)
-        # a held signal keeps its event's JSON so that, if no window claims it, the late topic
-        # gets the whole event; a forwarded event is (almost) never late, so it skips that cost
-        raw = None if spec.kind == "forwarded" else event.model_dump_json()
-        state.held.append(Held(signal, raw, event.session_id))
-        if len(state.held) > self._max_signals:
-            victim = max(range(len(state.held)), key=lambda i: state.held[i].signal.order)
-            self._late_held(key, state, state.held.pop(victim), "capped")
+        # a parked signal keeps its event's JSON so that, if no window claims it, the late
+        # topic gets the whole event; a carried event is (almost) never late: it skips that cost
+        raw = None if spec.kind == "carried" else event.model_dump_json()
+        state.parked.append(Parked(signal, raw, event.session_id))
+        if len(state.parked) > self._max_signals:
+            victim = max(range(len(state.parked)), key=lambda i: state.parked[i].signal.order)
+            self._late_parked(key, state, state.parked.pop(victim), "capped")
 
-    def _hold_forwarded(
+    def _park_carried(
         self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted
     ) -> None:
-        if accepted.event_time_ms + self._grace < self.stream_time:  # too late to hold
-            held = Held(self._signal(spec, accepted), None, accepted.event.session_id)
-            self._forward(key, state, spec, [held], {held.signal.event_id: accepted})
+        """An event of a carried rule is parked for grace; one whose grace has already passed
+        is carried (or decided alone) at once."""
+        if accepted.event_time_ms + self._grace < self.stream_time:  # too late to park
+            parked = Parked(self._signal(spec, accepted), None, accepted.event.session_id)
+            self._carry(key, state, spec, [parked], {parked.signal.event_id: accepted})
         else:
-            self._hold(key, state, spec, accepted)
+            self._park(key, state, spec, accepted)
 
     def _decide_at_once(
         self, key: str, state: KeyState, spec: RuleSpec[Any], accepted: Accepted
@@ -312,37 +314,37 @@ class Transitions:
     # ------------------------------------------------------------------ settle
 
     def settle(self, key: str, state: KeyState, horizon_ms: int) -> None:
-        """Expire holds and close windows of one key that are due before ``horizon_ms``."""
+        """Expire parked events and close windows of one key that are due before ``horizon_ms``."""
         grace = self._grace
-        if state.held:
-            expired = [h for h in state.held if h.signal.time_ms + grace < horizon_ms]
+        if state.parked:
+            expired = [h for h in state.parked if h.signal.time_ms + grace < horizon_ms]
             if expired:
-                state.held = [h for h in state.held if h.signal.time_ms + grace >= horizon_ms]
-                forwarded: dict[str, list[Held]] = {}
+                state.parked = [h for h in state.parked if h.signal.time_ms + grace >= horizon_ms]
+                carried: dict[str, list[Parked]] = {}
                 for h in expired:
                     spec = self._rule_for_type[h.signal.type]
-                    if spec.kind == "forwarded":
-                        forwarded.setdefault(spec.name, []).append(h)
+                    if spec.kind == "carried":
+                        carried.setdefault(spec.name, []).append(h)
                     else:
-                        self._late_held(key, state, h, "no_window")
-                for name, reports in forwarded.items():
-                    self._forward(key, state, RULES[name], reports, {})
+                        self._late_parked(key, state, h, "no_window")
+                for name, reports in carried.items():
+                    self._carry(key, state, RULES[name], reports, {})
         closing = [w for w in state.windows if w.end + grace < horizon_ms]
         for w in sorted(closing, key=lambda w: (w.end, w.rule)):
             self._close(key, state, w)
 
-    def _forward(
+    def _carry(
         self,
         key: str,
         state: KeyState,
         spec: RuleSpec[Any],
-        reports: list[Held],
+        reports: list[Parked],
         arrived: dict[str, Accepted],
     ) -> None:
         """Attach ``spec``'s reports to the open windows covering them (if the rule attaches
         to open windows), or decide them alone, one decision per event time."""
         attaches = spec.attaches_to_open_windows
-        alone: dict[int, list[Held]] = {}
+        alone: dict[int, list[Parked]] = {}
         for report in reports:
             t = report.signal.time_ms
             covering = [w for w in state.windows if w.start <= t <= w.end] if attaches else []
@@ -356,7 +358,7 @@ class Transitions:
                     if report.signal.event_id in arrived:
                         self._report(key, state, arrived[report.signal.event_id], "window_closed")
                     else:
-                        self._late_held(key, state, report, "window_closed")
+                        self._late_parked(key, state, report, "window_closed")
                 continue
             signals = sorted((r.signal for r in group), key=lambda s: s.order)
             verdict = evaluate(spec, signals[0], signals[1:], closed_at_ms=t, config=self._cfg)
@@ -374,17 +376,17 @@ class Transitions:
         so with it on, every closed window writes exactly one decision."""
         spec = RULES[w.rule]
         own = [s for s in w.signals if s.type not in self._attached]
-        forwarded = [s for s in w.signals if s.type in self._attached]
+        carried = [s for s in w.signals if s.type in self._attached]
         anchor = w.anchor
         end = w.end
         verdict = evaluate(spec, anchor, own, closed_at_ms=end, config=self._cfg)
         suppressed = w.explicit_ms is not None and w.explicit_ms <= end
         rating = None if verdict is None or suppressed else verdict.rating
         shadow = verdict.rating if verdict is not None and suppressed else None
-        scores, forwarded_evidence = scores_rule.merge(
-            verdict.scores if verdict is not None else {}, forwarded
+        scores, carried_evidence = scores_rule.merge(
+            verdict.scores if verdict is not None else {}, carried
         )
-        decided = (verdict is not None or bool(forwarded)) and (
+        decided = (verdict is not None or bool(carried)) and (
             rating is not None or shadow is not None or bool(scores)
         )
         if decided or self._cfg.outbox_abstentions:
@@ -393,8 +395,8 @@ class Transitions:
                 if verdict is not None
                 else [cite(s) for s in sorted([anchor, *own], key=lambda s: s.order)]
             )
-            if forwarded_evidence:
-                evidence.extend(forwarded_evidence)
+            if carried_evidence:
+                evidence.extend(carried_evidence)
                 evidence.sort(key=lambda e: (e.event_time, e.event_id))
             if w.overflow:
                 evidence.append(
@@ -453,10 +455,10 @@ class Transitions:
             del state.other[0]
             state.ids = state.collect_ids()
 
-    def _late_held(self, key: str, state: KeyState, held: Held, reason: LateReason) -> None:
-        """Report a held entry; its event is rebuilt from the JSON kept with it, if any."""
-        s = held.signal
-        raw = held.event_json
+    def _late_parked(self, key: str, state: KeyState, parked: Parked, reason: LateReason) -> None:
+        """Report a parked entry; its event is rebuilt from the JSON kept with it, if any."""
+        s = parked.signal
+        raw = parked.event_json
         accepted = Accepted(UI_EVENT_ADAPTER.validate_json(raw), s.time_ms) if raw else None
         self._late.append(
             LateEvent(self._routing(key), s.event_id, s.type, s.time_ms, reason, accepted)
@@ -491,7 +493,7 @@ class Transitions:
         session_id: str | None,
         request_id: str | None,
     ) -> None:
-        """A decision over the instant ``t``: an instant rule's, or forwarded events'
+        """A decision over the instant ``t``: an instant rule's, or carried events'
         decided alone."""
         scores, evidence = dict(verdict.scores), list(verdict.evidence)
         self._emit(

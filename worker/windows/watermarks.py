@@ -23,8 +23,8 @@ has seen (:class:`SeenHistory`), and its floor is that value as of the cut
 (:func:`partition_floor`): at or below what it had seen when any event still on its way was
 read.  Stream time never passes the floor.  A mark that waits (its worker is slow, the
 rekeyed partition lags, the source changes owner) only keeps the floor lower; nothing has to
-be fresh for the floor to be right.  A partition holds its stream time until every source has
-sent a mark since the partition was assigned (:data:`HOLD`).
+be fresh for the floor to be right.  A partition's stream time stands still until every source
+has sent a mark since the partition was assigned (:data:`STANDSTILL`).
 
 **Keyed equivalence under a source's backlog.**  The invariant covers events once read.  An
 input partition that has records left to read adds its own stream time as a second bound
@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import orjson
 
 __all__ = [
-    "HOLD",
+    "STANDSTILL",
     "Floor",
     "SeenHistory",
     "SourceMark",
@@ -69,8 +69,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: A floor that holds stream time where it is (any time below it would).
-HOLD = -1
+#: A floor at which stream time stands still where it is (any time below it would do).
+STANDSTILL = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ def source_mark(
 class Floor:
     """A partition's bounds from its sources' marks."""
 
-    #: Stream time must not pass this event time (:data:`HOLD`: must not move; None: free).
+    #: Stream time must not pass this event time (:data:`STANDSTILL`: must not move; None: free).
     stream_ms: int | None
     #: The wall clock may close windows of a silent partition up to this time; None: not now.
     idle_until_ms: int | None
@@ -117,7 +117,7 @@ def partition_floor(
     a wall-clock time (:meth:`SeenHistory.as_of`).
     """
     if len(marks) < sources or any(source not in marks for source in range(sources)):
-        return Floor(HOLD, None)
+        return Floor(STANDSTILL, None)
     cut = min(mark.cut_ms for mark in marks.values())
     floor = seen_as_of(cut - 1)  # seen before the cut: an event read at the cut may be on its way
     behind = [mark.behind_ms for mark in marks.values() if mark.behind_ms is not None]

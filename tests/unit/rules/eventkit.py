@@ -1,7 +1,7 @@
 """Builders shared by the rule and window tests: valid events, an engine on a dict store.
 
 Events go through the real validator (``UI_EVENT_ADAPTER.validate_json``), so a test can
-never feed the engine something ingest would have refused.
+never feed the engine something validation would have refused.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import orjson
 
 from worker.clock import FakeClock
 from worker.events import UI_EVENT_ADAPTER, Decision
-from worker.ingest import Accepted
 from worker.rules import RuleConfig
+from worker.validation import Accepted
 from worker.windows import Outcome, WindowEngine
 
 #: 2026-11-22T12:00:00Z, the base of every test's event times.

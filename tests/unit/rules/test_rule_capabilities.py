@@ -23,8 +23,8 @@ def test_which_rules_declare_which_capability() -> None:
 @pytest.mark.parametrize(
     ("spec", "change"),
     [
-        (scores_rule.RULE, {"overrides_ratings": True}),  # forwarded, not instant
-        (explicit_rule.RULE, {"attaches_to_open_windows": True}),  # instant, not forwarded
+        (scores_rule.RULE, {"overrides_ratings": True}),  # carried, not instant
+        (explicit_rule.RULE, {"attaches_to_open_windows": True}),  # instant, not carried
     ],
 )
 def test_a_capability_the_engine_cannot_honour_is_refused(

@@ -1,4 +1,4 @@
-"""Explicit and session feedback (at once) and forwarded scores (merge)."""
+"""Explicit and session feedback (at once) and reported scores (merge)."""
 
 from __future__ import annotations
 

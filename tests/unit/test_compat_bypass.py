@@ -1,7 +1,7 @@
-"""worker.faust_compat.intake: the input topic's records batched off Faust's fetch loop,
-and handed to the ingest handler only while they belong to the current consumer generation.
+"""worker.faust_compat.bypass: a topic's records batched around Faust's conductor, and
+handed to the topic's handler only while they belong to the current consumer generation.
 
-The Faust app and consumer here are small stand-ins with the attributes the intake uses:
+The Faust app and consumer here are small stand-ins with the attributes the bypass uses:
 what is tested is which records reach the handler, in which order, and what is
 acknowledged.  tests/unit/test_compat_real.py installs the same loop on Faust's real
 consumer, and every integration and chaos test reads the input topic through this path.
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from worker.faust_compat.intake import BATCH_RECORDS, Intake, install_intake
+from worker.faust_compat.bypass import BATCH_RECORDS, Bypass, install_bypass
 
 INPUT = "ui-events"
 OTHER = "fw-rekeyed"
@@ -33,7 +33,7 @@ def message(topic: str, partition: int, offset: int, generation: int = 1) -> Any
 
 
 class FakeConsumer:
-    """The parts of Faust's consumer the copied fetch loop and the intake touch."""
+    """The parts of Faust's consumer the copied fetch loop and the bypass touch."""
 
     def __init__(self, fetches: list[list[Any]]) -> None:
         self.fetches = fetches
@@ -122,12 +122,12 @@ def recording_handler(handled: Handled) -> Any:
     return handler
 
 
-async def drain(app: Any, intake: Intake) -> None:
-    """Run the replaced fetch loop over the consumer's fetches, then the intake until its
+async def drain(app: Any, bypass: Bypass) -> None:
+    """Run the replaced fetch loop over the consumer's fetches, then the bypass until its
     queue is empty."""
-    runner = asyncio.ensure_future(intake.run())
+    runner = asyncio.ensure_future(bypass.run())
     await app.consumer._drain_messages(SimpleNamespace(_stopped=asyncio.Event()))
-    while not intake.queue.empty():
+    while not bypass.queue.empty():
         await asyncio.sleep(0)
     await asyncio.sleep(0)
     runner.cancel()
@@ -141,11 +141,11 @@ def test_input_records_reach_the_handler_in_order_and_others_the_conductor() -> 
     consumer = FakeConsumer([records[:2], records[2:]])
     app = fake_app(consumer)
     handled: Handled = []
-    intake = Intake(app, recording_handler(handled))
-    assert install_intake(app, [(input_topic(), intake)])
+    bypass = Bypass(app, recording_handler(handled))
+    assert install_bypass(app, [(input_topic(), bypass)])
     assert app.topics.added  # subscribed, as an agent iterating it would
 
-    asyncio.run(drain(app, intake))
+    asyncio.run(drain(app, bypass))
 
     assert [r.offset for r, _ in handled] == [0, 1, 0]
     assert [r.topic for r, _ in handled] == [INPUT] * 3
@@ -159,8 +159,8 @@ def test_input_records_reach_the_handler_in_order_and_others_the_conductor() -> 
     assert app.sensors.out == [1]
 
 
-def test_each_intake_topic_reaches_its_own_handler_in_order() -> None:
-    """The rekeyed topic goes through an intake too, of its own: its records never wait in
+def test_each_bypassed_topic_reaches_its_own_handler_in_order() -> None:
+    """The rekeyed topic goes through a bypass too, of its own: its records never wait in
     Faust's conductor behind a full producer buffer, nor behind the input's handler."""
     records = [message(INPUT, 0, 0), message(OTHER, 3, 5), message(INPUT, 0, 1),
                message(OTHER, 3, 6)]
@@ -168,13 +168,13 @@ def test_each_intake_topic_reaches_its_own_handler_in_order() -> None:
     app = fake_app(consumer)
     inputs: Handled = []
     others: Handled = []
-    intake = Intake(app, recording_handler(inputs))
-    rekeyed = Intake(app, recording_handler(others))
-    assert install_intake(app, [(input_topic(), intake), (FakeTopic(OTHER), rekeyed)])
+    bypass = Bypass(app, recording_handler(inputs))
+    rekeyed = Bypass(app, recording_handler(others))
+    assert install_bypass(app, [(input_topic(), bypass), (FakeTopic(OTHER), rekeyed)])
 
     async def both() -> None:
         runner = asyncio.ensure_future(rekeyed.run())
-        await drain(app, intake)
+        await drain(app, bypass)
         while not rekeyed.queue.empty():
             await asyncio.sleep(0)
         await asyncio.sleep(0)
@@ -197,16 +197,16 @@ def test_a_second_install_adds_its_topics_to_the_same_fetch_loop() -> None:
     app = fake_app(consumer)
     inputs: Handled = []
     others: Handled = []
-    intake = Intake(app, recording_handler(inputs))
-    later = Intake(app, recording_handler(others))
-    assert install_intake(app, [(input_topic(), intake)])
+    bypass = Bypass(app, recording_handler(inputs))
+    later = Bypass(app, recording_handler(others))
+    assert install_bypass(app, [(input_topic(), bypass)])
     loop = consumer._drain_messages
-    assert install_intake(app, [(FakeTopic(OTHER), later)])
+    assert install_bypass(app, [(FakeTopic(OTHER), later)])
     assert consumer._drain_messages is loop
 
     async def both() -> None:
         runner = asyncio.ensure_future(later.run())
-        await drain(app, intake)
+        await drain(app, bypass)
         while not later.queue.empty():
             await asyncio.sleep(0)
         await asyncio.sleep(0)
@@ -225,17 +225,17 @@ def test_batches_are_bounded_and_keep_the_fetch_order() -> None:
     consumer = FakeConsumer([records])
     app = fake_app(consumer)
     handled: Handled = []
-    intake = Intake(app, recording_handler(handled))
-    assert install_intake(app, [(input_topic(), intake)])
+    bypass = Bypass(app, recording_handler(handled))
+    assert install_bypass(app, [(input_topic(), bypass)])
     sizes: list[int] = []
-    put = intake.queue.put
+    put = bypass.queue.put
 
     async def spy(batch: list[Any]) -> None:
         sizes.append(len(batch))
         await put(batch)
 
-    intake.queue.put = spy  # type: ignore[method-assign, assignment]
-    asyncio.run(drain(app, intake))
+    bypass.queue.put = spy  # type: ignore[method-assign, assignment]
+    asyncio.run(drain(app, bypass))
 
     assert sizes == [BATCH_RECORDS, BATCH_RECORDS, 3]
     assert [r.offset for r, _ in handled] == list(range(len(records)))
@@ -245,11 +245,11 @@ def test_records_already_handed_out_are_dropped_and_gaps_reported_as_faust_does(
     consumer = FakeConsumer([[message(INPUT, 0, 5)], [message(INPUT, 0, 3), message(INPUT, 0, 9)]])
     app = fake_app(consumer)
     handled: Handled = []
-    intake = Intake(app, recording_handler(handled))
-    assert install_intake(app, [(input_topic(), intake)])
+    bypass = Bypass(app, recording_handler(handled))
+    assert install_bypass(app, [(input_topic(), bypass)])
     consumer._read_offset[TP(INPUT, 0)] = 4
 
-    asyncio.run(drain(app, intake))
+    asyncio.run(drain(app, bypass))
 
     assert [r.offset for r, _ in handled] == [5, 9]  # 3 is below the read offset
     assert consumer.gaps == [(TP(INPUT, 0), 6, 9)]  # 6..8 never came: Faust's gap
@@ -261,14 +261,14 @@ def test_records_fetched_before_a_rebalance_are_never_handled_nor_tracked(stale:
     consumer = FakeConsumer([[message(INPUT, 0, 0, generation=1)]])
     app = fake_app(consumer, generation=1)
     handled: Handled = []
-    intake = Intake(app, recording_handler(handled))
-    assert install_intake(app, [(input_topic(), intake)])
+    bypass = Bypass(app, recording_handler(handled))
+    assert install_bypass(app, [(input_topic(), bypass)])
     if stale == "older generation":
         app.consumer_generation_id = 2
     else:
         app.flow.active = False
 
-    asyncio.run(drain(app, intake))
+    asyncio.run(drain(app, bypass))
 
     assert handled == []
     assert consumer.tracked == []
@@ -287,9 +287,9 @@ def test_a_record_that_crashes_the_handler_stays_unacknowledged_and_the_next_go_
         handled.append(record.offset)
         await ack()
 
-    intake = Intake(app, handler, on_crash=crashes.append)
-    assert install_intake(app, [(input_topic(), intake)])
-    asyncio.run(drain(app, intake))
+    bypass = Bypass(app, handler, on_crash=crashes.append)
+    assert install_bypass(app, [(input_topic(), bypass)])
+    asyncio.run(drain(app, bypass))
 
     assert handled == [0, 2]
     assert [type(exc) for exc in crashes] == [ValueError]
@@ -298,10 +298,10 @@ def test_a_record_that_crashes_the_handler_stays_unacknowledged_and_the_next_go_
 
 def test_clear_drops_what_is_queued() -> None:
     async def scenario() -> int:
-        intake = Intake(fake_app(FakeConsumer([])), recording_handler([]))
-        await intake.queue.put([message(INPUT, 0, 0)])
-        intake.clear()
-        return intake.queue.qsize()
+        bypass = Bypass(fake_app(FakeConsumer([])), recording_handler([]))
+        await bypass.queue.put([message(INPUT, 0, 0)])
+        bypass.clear()
+        return bypass.queue.qsize()
 
     assert asyncio.run(scenario()) == 0
 
@@ -310,8 +310,8 @@ def test_a_consumer_without_the_fetch_loop_is_left_alone() -> None:
     consumer = SimpleNamespace(getmany=None)
     app = fake_app(FakeConsumer([]))
     app.consumer = consumer
-    intake = Intake(app, recording_handler([]))
-    assert not install_intake(app, [(input_topic(), intake)])
+    bypass = Bypass(app, recording_handler([]))
+    assert not install_bypass(app, [(input_topic(), bypass)])
     assert not app.topics.added
 
 

@@ -1,4 +1,4 @@
-"""Ingest's pure core: classification of bad records and the skew-corrected event time."""
+"""worker.validation: classification of bad records and the skew-corrected event time."""
 
 from __future__ import annotations
 
@@ -12,10 +12,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.envelopes import invalid_record
-from worker.ingest import Accepted, IngestLimits, Invalid, InvalidReason, RecentIds, inspect_record
 from worker.schemas import EXAMPLES
+from worker.validation import (
+    Accepted,
+    Invalid,
+    InvalidReason,
+    RecentIds,
+    ValidationLimits,
+    inspect_record,
+)
 
-LIMITS = IngestLimits(
+LIMITS = ValidationLimits(
     max_event_bytes=4096, tolerance_ms=2_000, max_future_ms=300_000, max_age_ms=86_400_000
 )
 RECORD_TS = int(datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp() * 1000)

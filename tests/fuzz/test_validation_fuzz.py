@@ -1,7 +1,7 @@
-"""Ingest's pure core under generated input: every record is an accepted event or a typed
+"""worker.validation under generated input: every record is an accepted event or a typed
 rejection, never an exception, and the generated "valid" events are accepted.
 
-Builds on tests/unit/test_ingest.py (which fuzzes arbitrary short bytes): here the input is
+Builds on tests/unit/test_validation.py (which fuzzes arbitrary short bytes): here the input is
 shaped like real traffic, from the JSON Schemas in ``schemas/`` (tests/fuzz/strategies.py),
 then damaged.
 """
@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from tests.fuzz import strategies as fz
 from worker.envelopes import invalid_record
 from worker.events import UI_EVENT_ADAPTER, is_helicone_request_id
-from worker.ingest import Accepted, IngestLimits, Invalid, InvalidReason, inspect_record
+from worker.validation import Accepted, Invalid, InvalidReason, ValidationLimits, inspect_record
 
-LIMITS = IngestLimits()  # the worker's defaults, which the generators are built around
+LIMITS = ValidationLimits()  # the worker's defaults, which the generators are built around
 BASE_MS = int(datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp() * 1000)
 CLOCKS = fz.Clocks(base_ms=BASE_MS)
 POOL = ["8f0a6a4e-2b5c-4d1e-9f3a-1c2b3d4e5f60", "0b1e6a4e-2b5c-1d1e-8f3a-1c2b3d4e5f61"]

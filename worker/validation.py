@@ -1,6 +1,7 @@
-"""Ingest, the pure half: raw record bytes in, an accepted event or a typed rejection out.
+"""Validation of one raw input event: record bytes in, an accepted event or a typed rejection
+out.  Pure: no Kafka here.
 
-No Kafka here.  The ingest agent (:mod:`worker.agents.ingest`) hands each record's value and
+The ingest adapter (:mod:`worker.agents.ingest`) hands each record's value and
 timestamp to :func:`inspect_record` and routes what comes back: an :class:`Accepted` event
 flows on to the window engine, an :class:`Invalid` one is written to the invalid topic by
 :func:`invalid_record`, with the original bytes and where they came from, so nothing is ever
@@ -31,10 +32,10 @@ if TYPE_CHECKING:
 __all__ = [
     "Accepted",
     "FieldError",
-    "IngestLimits",
     "Invalid",
     "InvalidReason",
     "RecentIds",
+    "ValidationLimits",
     "compute_event_time_ms",
     "inspect_record",
 ]
@@ -50,8 +51,8 @@ InvalidReason = Literal[
 
 
 @dataclass(frozen=True, slots=True)
-class IngestLimits:
-    """What ingest tolerates; built from the settings (``MAX_EVENT_BYTES``, ...)."""
+class ValidationLimits:
+    """What validation tolerates; built from the settings (``MAX_EVENT_BYTES``, ...)."""
 
     max_event_bytes: int = 65_536
     tolerance_ms: int = 2_000
@@ -59,7 +60,7 @@ class IngestLimits:
     max_age_ms: int = 7 * 86_400_000
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> IngestLimits:
+    def from_settings(cls, settings: Settings) -> ValidationLimits:
         return cls(
             max_event_bytes=settings.max_event_bytes,
             tolerance_ms=int(settings.clock_skew_tolerance_s * 1000),
@@ -93,7 +94,7 @@ class Invalid:
 
 
 def inspect_record(
-    value: bytes | None, *, record_ts_ms: int, now_ms: int, limits: IngestLimits
+    value: bytes | None, *, record_ts_ms: int, now_ms: int, limits: ValidationLimits
 ) -> Accepted | Invalid:
     """Validate one record value and compute its event time.
 
@@ -120,7 +121,7 @@ def inspect_record(
 
 
 def compute_event_time_ms(
-    event: UIEvent, *, record_ts_ms: int, limits: IngestLimits
+    event: UIEvent, *, record_ts_ms: int, limits: ValidationLimits
 ) -> Accepted | Invalid:
     """The skew-corrected event time of ``event`` (module docstring), or why it is unusable."""
     occurred_ms = _epoch_ms(event.occurred_at)

@@ -1,5 +1,5 @@
-"""The input and rekeyed topics' records, taken off Faust's per-record path and handed on
-in batches.
+"""A bypass: a worker topic's records taken around Faust's per-record path (the conductor) and
+handed to the topic's handler task in batches.
 
 Invariant: each handler sees exactly the records a Faust agent on its topic would see, in
 the same order, and acknowledges them through Faust's own ``track_message``/``ack``, so
@@ -12,7 +12,7 @@ through ``wait_first(callback(record), suspend_flow.wait())``: four futures and 
 cost more per record than the worker's own validation, windows and rules together
 (``bench/pipeline.py`` measures it).
 
-Performance only: where the copied fetch loop cannot install (:func:`install_intake` returns
+Performance only: where the copied fetch loop cannot install (:func:`install_bypass` returns
 False and warns), the app consumes the input and rekeyed topics with ordinary Faust agents,
 which is correct and slower.  So this patch, unlike those of :mod:`worker.faust_compat.rebalance`,
 never stops the worker from starting.
@@ -28,14 +28,14 @@ Why the rekeyed topic too: Faust's conductor makes every record it dispatches wa
 producer buffer (where table writes such as delivery's state go) holds over 100 messages.  A
 busy producer then starves the rekeyed topic, whose watermarks and ticks are what let stream
 time move and windows close (worker.windows.watermarks); off the conductor, only the
-producer's own backpressure applies, to everything alike.  Each topic has its own intake
+producer's own backpressure applies, to everything alike.  Each topic has its own bypass
 task, as each had its own agent: a flush waiting for the producer on one does not stop the
 other.
 
-What changes: :func:`install_intake` replaces the fetch loop with a copy that differs in one
-step.  A record of an intake topic is appended to a batch instead of being passed to the
+What changes: :func:`install_bypass` replaces the fetch loop with a copy that differs in one
+step.  A record of a bypassed topic is appended to a batch instead of being passed to the
 conductor; batches go through a bounded queue (backpressure on the fetch, as Faust's full
-channel queue gives) to one task, :meth:`Intake.run`, which calls the handler for each record
+channel queue gives) to one task, :meth:`Bypass.run`, which calls the handler for each record
 with an ack for it.  The task, not the fetch loop, runs the handler: Faust stops and restarts
 the fetch loop during rebalances, and a cancelled handler would leave a record half done.
 
@@ -54,11 +54,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-__all__ = ["Intake", "install_intake"]
+__all__ = ["Bypass", "install_bypass"]
 
 log = logging.getLogger(__name__)
 
-#: Records of the intake topic per batch handed from the fetch loop to the task.
+#: Records of a bypassed topic per batch handed from the fetch loop to the task.
 BATCH_RECORDS = 256
 #: Batches the queue holds before the fetch loop waits: with :data:`BATCH_RECORDS`, about
 #: Faust's own stream buffer (``stream_buffer_maxsize``, 4096 records).
@@ -75,8 +75,9 @@ Handler = Callable[[Any, Callable[[], Awaitable[None]]], Awaitable[None]]
 
 
 @dataclass
-class Intake:
-    """The task side: takes batches off the queue and calls the handler per record."""
+class Bypass:
+    """One topic's bypass, the task side: takes batches off the queue and calls the handler per
+    record."""
 
     app: Any
     handler: Handler
@@ -128,12 +129,12 @@ def _acker(consumer: Any, sensors: Any, message: Any) -> Callable[[], Awaitable[
     return ack
 
 
-def install_intake(app: Any, routes: Sequence[tuple[Any, Intake]]) -> bool:
-    """Subscribe each topic of ``routes`` and send its records to its :class:`Intake`
+def install_bypass(app: Any, routes: Sequence[tuple[Any, Bypass]]) -> bool:
+    """Subscribe each topic of ``routes`` and send its records to its :class:`Bypass`
     (module docstring).  May be called more than once per app, each call adding its topics.
 
-    Topics are Faust topics (with acks enabled, as topics have by default).  Each intake
-    runs as its own task (the caller starts every :meth:`Intake.run` as an app task), so a
+    Topics are Faust topics (with acks enabled, as topics have by default).  Each bypass
+    runs as its own task (the caller starts every :meth:`Bypass.run` as an app task), so a
     handler that waits (a flush waiting for the producer) holds back only its own topics.
     Returns False, and changes nothing, where this Faust version's consumer lacks what the
     copied fetch loop uses; the caller then consumes the topics with ordinary agents
@@ -154,9 +155,9 @@ def install_intake(app: Any, routes: Sequence[tuple[Any, Intake]]) -> bool:
     if queues is None:  # the first call replaces the fetch loop; later calls add topics
         queues = _INSTALLED[consumer] = {}
         consumer._drain_messages = _drain_messages(consumer, queues)
-    for topic, intake in routes:
+    for topic, bypass in routes:
         app.topics.add(topic)  # what iterating it in an agent would do: the consumer subscribes
-        queues[topic.get_topic_name()] = intake.queue
+        queues[topic.get_topic_name()] = bypass.queue
     return True
 
 
