@@ -296,8 +296,8 @@ class Delivery:
         key = state_key(decision)
         assert key is not None  # _problem checked the target id
         table_key = table_key_of(partition, key)
-        held = self._known.read(table_key)
-        before = self._known.as_known(table_key, held) if held is not None else None
+        stored = self._known.read(table_key)
+        before = self._known.as_known(table_key, stored) if stored is not None else None
         now_ms = self.clock.now_ms()
         state, changed = merge(before, decision, now_ms=now_ms, force=redrive)
         for pair in new_pairs(before, state):

@@ -6,7 +6,7 @@ Invariants, and why they hold:
 * **Decoded copies are the table's state.**  The engine is the table's only writer and
   writes through (:meth:`KnownStates.write`), so a copy it keeps is the table's state until a
   recovery rewrites the table; the copies are then dropped (:meth:`KnownStates.drop_decoded`).
-* **A settled version is not sent again.**  A version settled (2xx or given up) is held in
+* **A settled version is not sent again.**  A version settled (2xx or given up) is kept in
   memory until its result record is applied: until then the table still says "due" and must
   not be believed (:meth:`KnownStates.is_due`, :meth:`KnownStates.as_known`).
 """
@@ -61,8 +61,8 @@ class KnownStates:
         """The highest version whose decisions are counted (delivered or dead): known in
         memory until its result record is applied, then in the table.  Read both when a call
         ends, not from the call's copy of the state: a record applied meanwhile moves it."""
-        held = self.read(table_key)
-        in_table = max(held.sent, held.dead) if held is not None else 0
+        stored = self.read(table_key)
+        in_table = max(stored.sent, stored.dead) if stored is not None else 0
         return max(self.settled_version(table_key), in_table)
 
     def as_known(self, table_key: bytes, state: FeedbackState) -> FeedbackState:

@@ -24,7 +24,7 @@ class Written:
     offset: int
 
 
-class HeldIO:
+class UnconfirmedIO:
     """Stands in for TableIO over bytes keys: one dict per partition (the "RocksDB"), and
     changelog sends that stay unconfirmed until the test resolves them."""
 
@@ -65,7 +65,7 @@ class HeldIO:
 
 class Harness:
     def __init__(self, tables: int = 1) -> None:
-        self.ios = [HeldIO() for _ in range(tables)]
+        self.ios = [UnconfirmedIO() for _ in range(tables)]
         self.tables = [BufferedTable(io, io.all_items) for io in self.ios]  # type: ignore[arg-type]
         self.failures: list[BaseException] = []
         self.durable: list[tuple[int, int, list[bytes]]] = []  # (table index, partition, keys)

@@ -39,8 +39,7 @@ from worker.delivery_engine import (
 )
 from worker.envelopes import KIND_HEADER, REDRIVE_HEADER, dead_letter_record, header
 from worker.evidence_store import PROPERTY_KIND, PendingStore
-from worker.faust_compat import Bypass as Intake
-from worker.faust_compat import TableIO
+from worker.faust_compat import Bypass, TableIO
 from worker.kafka import DELIVERY_STATE_TABLE, EVIDENCE_TABLE
 
 if TYPE_CHECKING:
@@ -85,10 +84,7 @@ def install_delivery(
     config = DeliveryConfig.from_settings(settings)
     partitions = settings.topic_partitions
     topics[config.retry_topic] = app.topic(
-        config.retry_topic,
-        key_type=bytes,
-        value_type=bytes,
-        partitions=partitions,
+        config.retry_topic, key_type=bytes, value_type=bytes, partitions=partitions,
         internal=False,
     )
     states = _table(app, settings, DELIVERY_STATE_TABLE, producer,
@@ -118,7 +114,7 @@ def install_delivery(
 
     # One handler per topic, like one actor each: merging takes microseconds, and a
     # partition's merges and results are applied in the order they were read.
-    intakes = consume(
+    bypasses = consume(
         app,
         [
             (topics[outbox_name], "deliver", on_record),
@@ -126,7 +122,16 @@ def install_delivery(
         ],
         liveness,
     )
-    _on_rebalance(app, settings, delivery, states, evidence, checkpoints, intakes)
+    _on_rebalance(app, settings, delivery, states, evidence, checkpoints, bypasses)
+    _start_tasks(app, delivery, states, checkpoints)
+    readiness_checks["delivery_not_paused"] = lambda: not delivery.auth.paused
+    return delivery
+
+
+def _start_tasks(
+    app: faust.App, delivery: Delivery, states: BufferedTable, checkpoints: Checkpoints
+) -> None:
+    """The sender, the timer (gauges, read-backs, sweeps) and the flusher of the tables."""
 
     async def sender() -> None:
         try:
@@ -148,8 +153,6 @@ def install_delivery(
     app.task(sender)
     app.task(timer)
     app.task(flusher)
-    readiness_checks["delivery_not_paused"] = lambda: not delivery.auth.paused
-    return delivery
 
 
 def _table(
@@ -185,7 +188,7 @@ def _on_rebalance(
     states: BufferedTable,
     evidence: tuple[BufferedTable, PendingStore] | None,
     checkpoints: Checkpoints,
-    intakes: list[Intake],
+    bypasses: list[Bypass],
 ) -> None:
     """After every recovery rebuild the engine's due index (and restore the evidence lane's
     waiting properties) for the owned partitions; on revocation drop the revoked partitions'
@@ -213,8 +216,8 @@ def _on_rebalance(
     async def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked = args[0] if args else kwargs.get("revoked", ())
         partitions = {tp.partition for tp in revoked if tp.topic == outbox_name}
-        for intake in intakes:  # fetched before the rebalance: the seek after it refetches
-            intake.clear()
+        for bypass in bypasses:  # fetched before the rebalance: the seek after it refetches
+            bypass.clear()
         checkpoints.on_revoked(partitions)
         delivery.on_revoked(partitions)
         await delivery.wait_revoked(partitions)

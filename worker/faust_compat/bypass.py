@@ -13,9 +13,9 @@ cost more per record than the worker's own validation, windows and rules togethe
 (``bench/pipeline.py`` measures it).
 
 Performance only: where the copied fetch loop cannot install (:func:`install_bypass` returns
-False and warns), the app consumes the input and rekeyed topics with ordinary Faust agents,
-which is correct and slower.  So this patch, unlike those of :mod:`worker.faust_compat.rebalance`,
-never stops the worker from starting.
+False and warns), the app consumes its topics (input, rekeyed, outbox, delivery retry) with
+ordinary Faust agents, which is correct and slower.  So this patch, unlike those of
+:mod:`worker.faust_compat.rebalance`, never stops the worker from starting.
 
 What stays Faust's: the consumer, the group membership and assignment, the fetch (with
 :func:`~worker.faust_compat.rebalance.keep_dropped_records`), the read offsets and gap
@@ -25,12 +25,13 @@ bookkeeping, the acknowledgements and commits (``Consumer.track_message`` and
 which still go through the conductor to their agents.
 
 Why the rekeyed topic too: Faust's conductor makes every record it dispatches wait while the
-producer buffer (where table writes such as delivery's state go) holds over 100 messages.  A
-busy producer then starves the rekeyed topic, whose watermarks and ticks are what let stream
-time move and windows close (worker.windows.watermarks); off the conductor, only the
-producer's own backpressure applies, to everything alike.  Each topic has its own bypass
-task, as each had its own agent: a flush waiting for the producer on one does not stop the
-other.
+producer buffer holds over 100 messages.  A busy producer then starves the rekeyed topic,
+whose watermarks and ticks are what let stream time move and windows close
+(worker.windows.watermarks); off the conductor, only the producer's own backpressure applies,
+to everything alike.  Each topic has its own bypass task, as each had its own agent: a flush
+waiting for the producer on one does not stop the other.  The outbox and delivery's retry
+topic are bypassed for the per-record cost alone: delivery reads back every decision the
+windows write.
 
 What changes: :func:`install_bypass` replaces the fetch loop with a copy that differs in one
 step.  A record of a bypassed topic is appended to a batch instead of being passed to the
@@ -148,8 +149,8 @@ def install_bypass(app: Any, routes: Sequence[tuple[Any, Bypass]]) -> bool:
         and hasattr(consumer, "suspend_flow")
         and hasattr(app, "consumer_generation_id")
     ):
-        log.warning("this faust version's fetch loop cannot be replaced; the input and "
-                    "rekeyed topics go through ordinary agents")
+        log.warning("this faust version's fetch loop cannot be replaced; the worker's "
+                    "topics go through ordinary agents")
         return False
     queues = _INSTALLED.get(consumer)
     if queues is None:  # the first call replaces the fetch loop; later calls add topics
