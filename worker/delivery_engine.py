@@ -98,8 +98,7 @@ from worker.delivery_records import problem as problem_of
 from worker.delivery_results import ResultRecords, settle
 from worker.delivery_state import Call, FeedbackState, calls_for, merge, new_pairs, state_key
 from worker.delivery_sweep import Sweep
-from worker.envelopes import KIND_HEADER, REDRIVE_HEADER, has_header
-from worker.envelopes import header as _header
+from worker.envelopes import KIND_HEADER, REDRIVE_HEADER, has_header, header
 from worker.errors import AuthRejected, ConfigError, PermanentDelivery, RetryableDelivery
 from worker.events import Decision
 from worker.partitioner import partition_for
@@ -120,10 +119,9 @@ log = logging.getLogger(__name__)
 TICK_INTERVAL_S = 1.0
 #: After an unexpected failure a state is due again this much later.
 _FAILED_RETRY_MS = 1_000
-#: A state restored after a rebalance waits this long before it is sent, so that the agent
-#: can apply the result records the partition's previous owner wrote for it (they sit at the
-#: head of the retry topic).  Without the wait, a state whose 2xx came in just before the
-#: handover would be sent a second time by its new owner.
+#: A state restored after a rebalance waits this long before it is sent, so that the result
+#: records the partition's previous owner wrote for it (at the head of the retry topic) are
+#: applied first: else a state whose 2xx came just before the handover is sent again.
 RESTORE_SETTLE_MS = 3_000
 #: How long a revocation waits for the calls of its partitions still in flight.
 REVOKE_WAIT_S = 15.0
@@ -154,6 +152,7 @@ class Delivery:
     ) -> None:
         self.config = config
         self._send_when_durable = send_when_durable  # else a merged state is due at once
+        self._awaiting: set[bytes] = set()  # merged, not durable yet: properties wait too
         self.states = states
         self.metrics = metrics
         self.clock = clock
@@ -194,10 +193,8 @@ class Delivery:
             self.poster, self.properties = connect(self)
 
     def __repr__(self) -> str:
-        return (
-            f"Delivery(due={len(self._index.waiting)}, in_flight={len(self._index.in_flight)}, "
-            f"breaker={self.breaker.state.name}, auth_paused={self.auth.paused})"
-        )
+        return (f"Delivery(due={len(self._index.waiting)}, in_flight={len(self._index.in_flight)}"
+                f", breaker={self.breaker.state.name}, auth_paused={self.auth.paused})")
 
     # ------------------------------------------------------------------ observers
 
@@ -255,7 +252,7 @@ class Delivery:
         headers: list[tuple[str, bytes]] | None,
     ) -> None:
         """One record of the internal retry topic (kinds in the module docstring)."""
-        kind = _header(headers, KIND_HEADER)
+        kind = header(headers, KIND_HEADER)
         if kind == b"forward":
             decision = parse_decision(value)
             if decision is None:
@@ -309,7 +306,9 @@ class Delivery:
         elif not changed:  # a first decision that changes nothing posted: no call needed
             self.metrics.delivery_unchanged.inc()
         self._known.write(table_key, state)
-        if state.due and not self._send_when_durable:
+        if state.due and self._send_when_durable:
+            self._awaiting.add(table_key)
+        elif state.due:
             self._schedule(table_key, partition, state, keep_earlier=True)
         if self.properties is not None:
             self.properties.offer(decision)
@@ -318,13 +317,14 @@ class Delivery:
         """The changelog now holds these keys' writes: the due states may be sent (module
         docstring, at-least-once)."""
         for table_key in table_keys:
+            self._awaiting.discard(table_key)
             state = self._known.read(table_key)
             if state is not None and state.due:
                 self._schedule(table_key, partition, state, keep_earlier=True)
+        self._kick.set()
 
     def _apply_results(self, document: Mapping[str, Any], partition: int) -> None:
-        """A ``result`` record: ``{"results": [outcome, ...]}``, or one outcome alone (the
-        form written before outcomes were batched, still read from older retry topics)."""
+        """A ``result`` record: ``{"results": [outcome, ...]}``, or one outcome (older form)."""
         for outcome in document.get("results", (document,)):
             self._apply_result(outcome, partition)
 
@@ -366,7 +366,7 @@ class Delivery:
             table_key = self._index.peek(now_ms)
             if table_key is None:  # no rating due now: the evidence lane may use the budget
                 wait_ms = self._index.next_due_in(now_ms)
-                if self.properties is not None:
+                if self.properties is not None and not self._awaiting:
                     free = self.config.concurrency - len(self._index.in_flight)
                     wait_ms = min(wait_ms, self.properties.dispatch(free))
                 return wait_ms
@@ -543,6 +543,7 @@ class Delivery:
     def on_revoked(self, partitions: set[int]) -> None:
         """Partitions went to another worker: stop sending their states."""
         self._index.revoke(partitions)
+        self._awaiting = {k for k in self._awaiting if partition_of(k) not in partitions}
         self._known.drop_decoded(  # their next owner may change them
             [k for k in self._known.decoded_keys() if partition_of(k) in partitions]
         )
