@@ -122,17 +122,24 @@ def recording_handler(handled: Handled) -> Any:
     return handler
 
 
-async def drain(app: Any, bypass: Bypass) -> None:
-    """Run the replaced fetch loop over the consumer's fetches, then the bypass until its
-    queue is empty."""
-    runner = asyncio.ensure_future(bypass.run())
+def recorded(app: Any) -> tuple[Bypass, Handled]:
+    """A bypass whose handler records what it is handed, and that record."""
+    handled: Handled = []
+    return Bypass(app, recording_handler(handled)), handled
+
+
+async def drain(app: Any, *bypasses: Bypass) -> None:
+    """Run the replaced fetch loop over the consumer's fetches, then the bypasses until
+    their queues are empty."""
+    runners = [asyncio.ensure_future(bypass.run()) for bypass in bypasses]
     await app.consumer._drain_messages(SimpleNamespace(_stopped=asyncio.Event()))
-    while not bypass.queue.empty():
+    while not all(bypass.queue.empty() for bypass in bypasses):
         await asyncio.sleep(0)
     await asyncio.sleep(0)
-    runner.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await runner
+    for runner in runners:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
 
 
 def test_input_records_reach_the_handler_in_order_and_others_the_conductor() -> None:
@@ -140,8 +147,7 @@ def test_input_records_reach_the_handler_in_order_and_others_the_conductor() -> 
                message(INPUT, 1, 0)]
     consumer = FakeConsumer([records[:2], records[2:]])
     app = fake_app(consumer)
-    handled: Handled = []
-    bypass = Bypass(app, recording_handler(handled))
+    bypass, handled = recorded(app)
     assert install_bypass(app, [(input_topic(), bypass)])
     assert app.topics.added  # subscribed, as an agent iterating it would
 
@@ -166,23 +172,11 @@ def test_each_bypassed_topic_reaches_its_own_handler_in_order() -> None:
                message(OTHER, 3, 6)]
     consumer = FakeConsumer([records])
     app = fake_app(consumer)
-    inputs: Handled = []
-    others: Handled = []
-    bypass = Bypass(app, recording_handler(inputs))
-    rekeyed = Bypass(app, recording_handler(others))
+    bypass, inputs = recorded(app)
+    rekeyed, others = recorded(app)
     assert install_bypass(app, [(input_topic(), bypass), (FakeTopic(OTHER), rekeyed)])
 
-    async def both() -> None:
-        runner = asyncio.ensure_future(rekeyed.run())
-        await drain(app, bypass)
-        while not rekeyed.queue.empty():
-            await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
-
-    asyncio.run(both())
+    asyncio.run(drain(app, bypass, rekeyed))
 
     assert [(r.topic, r.offset) for r, _ in inputs] == [(INPUT, 0), (INPUT, 1)]
     assert [(r.topic, r.offset) for r, _ in others] == [(OTHER, 5), (OTHER, 6)]
@@ -195,26 +189,14 @@ def test_a_second_install_adds_its_topics_to_the_same_fetch_loop() -> None:
     records = [message(INPUT, 0, 0), message(OTHER, 3, 5)]
     consumer = FakeConsumer([records])
     app = fake_app(consumer)
-    inputs: Handled = []
-    others: Handled = []
-    bypass = Bypass(app, recording_handler(inputs))
-    later = Bypass(app, recording_handler(others))
+    bypass, inputs = recorded(app)
+    later, others = recorded(app)
     assert install_bypass(app, [(input_topic(), bypass)])
     loop = consumer._drain_messages
     assert install_bypass(app, [(FakeTopic(OTHER), later)])
     assert consumer._drain_messages is loop
 
-    async def both() -> None:
-        runner = asyncio.ensure_future(later.run())
-        await drain(app, bypass)
-        while not later.queue.empty():
-            await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
-
-    asyncio.run(both())
+    asyncio.run(drain(app, bypass, later))
 
     assert [r.offset for r, _ in inputs] == [0] and [r.offset for r, _ in others] == [5]
     assert consumer.delivered == []
@@ -224,8 +206,7 @@ def test_batches_are_bounded_and_keep_the_fetch_order() -> None:
     records = [message(INPUT, 0, offset) for offset in range(BATCH_RECORDS * 2 + 3)]
     consumer = FakeConsumer([records])
     app = fake_app(consumer)
-    handled: Handled = []
-    bypass = Bypass(app, recording_handler(handled))
+    bypass, handled = recorded(app)
     assert install_bypass(app, [(input_topic(), bypass)])
     sizes: list[int] = []
     put = bypass.queue.put
@@ -244,8 +225,7 @@ def test_batches_are_bounded_and_keep_the_fetch_order() -> None:
 def test_records_already_handed_out_are_dropped_and_gaps_reported_as_faust_does() -> None:
     consumer = FakeConsumer([[message(INPUT, 0, 5)], [message(INPUT, 0, 3), message(INPUT, 0, 9)]])
     app = fake_app(consumer)
-    handled: Handled = []
-    bypass = Bypass(app, recording_handler(handled))
+    bypass, handled = recorded(app)
     assert install_bypass(app, [(input_topic(), bypass)])
     consumer._read_offset[TP(INPUT, 0)] = 4
 
@@ -260,8 +240,7 @@ def test_records_fetched_before_a_rebalance_are_never_handled_nor_tracked(stale:
     """Faust's seek to the committed offsets fetches them again after the rebalance."""
     consumer = FakeConsumer([[message(INPUT, 0, 0, generation=1)]])
     app = fake_app(consumer, generation=1)
-    handled: Handled = []
-    bypass = Bypass(app, recording_handler(handled))
+    bypass, handled = recorded(app)
     assert install_bypass(app, [(input_topic(), bypass)])
     if stale == "older generation":
         app.consumer_generation_id = 2
