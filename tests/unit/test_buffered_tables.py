@@ -12,60 +12,15 @@ would commit a record whose effect the changelog never took.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
 
+from tests.unit.table_ios import UnconfirmedIO, Written
 from worker.agents.buffered import BufferedTable, Checkpoints, partition_of_key
-
-
-@dataclass(frozen=True)
-class Written:
-    offset: int
-
-
-class UnconfirmedIO:
-    """Stands in for TableIO over bytes keys: one dict per partition (the "RocksDB"), and
-    changelog sends that stay unconfirmed until the test resolves them."""
-
-    def __init__(self) -> None:
-        self.data: dict[int, dict[bytes, bytes]] = {}
-        self.local_writes: list[dict[bytes, bytes | None]] = []
-        self.changelog: list[tuple[int, dict[bytes, bytes | None]]] = []
-        self.sends: list[asyncio.Future[Written]] = []
-        self.committed_offsets: list[tuple[int, int]] = []
-
-    def get(self, partition: int, key: bytes) -> bytes | None:
-        return self.data.get(partition, {}).get(key)
-
-    def put_local(self, partition: int, entries: dict[bytes, bytes | None]) -> None:
-        self.local_writes.append(dict(entries))
-        table = self.data.setdefault(partition, {})
-        for key, value in entries.items():
-            if value is None:
-                table.pop(key, None)
-            else:
-                table[key] = value
-
-    async def send_changelog(
-        self, partition: int, entries: dict[bytes, bytes | None], owned: Callable[[], bool]
-    ) -> list[Awaitable[Any]]:
-        self.changelog.append((partition, dict(entries)))
-        sent: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
-        self.sends.append(sent)
-        return [sent]
-
-    def committed(self, partition: int, offset: int) -> None:
-        self.committed_offsets.append((partition, offset))
-
-    def all_items(self) -> Iterator[tuple[bytes, bytes]]:
-        for table in self.data.values():
-            yield from table.items()
 
 
 class Harness:
     def __init__(self, tables: int = 1) -> None:
-        self.ios = [UnconfirmedIO() for _ in range(tables)]
+        self.ios: list[UnconfirmedIO[bytes]] = [UnconfirmedIO() for _ in range(tables)]
         self.tables = [BufferedTable(io, io.all_items) for io in self.ios]  # type: ignore[arg-type]
         self.failures: list[BaseException] = []
         self.durable: list[tuple[int, int, list[bytes]]] = []  # (table index, partition, keys)
@@ -85,6 +40,16 @@ class Harness:
             self.acked.append(n)
 
         return ack
+
+    async def two_flushes(self) -> tuple[asyncio.Future[Written], asyncio.Future[Written]]:
+        """Records 0 and 1 written and flushed one after the other: their two changelog
+        sends, both unconfirmed."""
+        self.record(0)
+        await self.checkpoints.flush(0)
+        self.record(1)
+        await self.checkpoints.flush(0)
+        first, second = self.ios[0].sends
+        return first, second
 
     def record(self, n: int, partition: int = 0, key: bytes | None = None) -> None:
         """Record ``n`` writes one key of its partition, then holds its ack."""
@@ -114,150 +79,118 @@ def test_reads_see_buffered_writes_and_deletes_before_any_flush() -> None:
     assert h.ios[0].local_writes == []  # nothing reached "RocksDB" yet
 
 
-def test_a_flush_writes_each_key_once_rocksdb_first() -> None:
-    async def scenario() -> None:
-        h = Harness()
-        for value in (b"a", b"b", b"c"):
-            h.table[b"0/r:x"] = value
-        h.table[b"0/r:y"] = b"y"
-        del h.table[b"0/r:y"]
-        await h.checkpoints.flush(0)
-        assert h.ios[0].local_writes == [{b"0/r:x": b"c", b"0/r:y": None}]
-        assert h.ios[0].changelog == [(0, {b"0/r:x": b"c", b"0/r:y": None})]
-        assert h.table.get(b"0/r:x") == b"c"  # from "RocksDB" now
-        assert h.table.pending(0) == 0
-
-    asyncio.run(scenario())
+async def test_a_flush_writes_each_key_once_rocksdb_first() -> None:
+    h = Harness()
+    for value in (b"a", b"b", b"c"):
+        h.table[b"0/r:x"] = value
+    h.table[b"0/r:y"] = b"y"
+    del h.table[b"0/r:y"]
+    await h.checkpoints.flush(0)
+    assert h.ios[0].local_writes == [{b"0/r:x": b"c", b"0/r:y": None}]
+    assert h.ios[0].changelog == [(0, {b"0/r:x": b"c", b"0/r:y": None})]
+    assert h.table.get(b"0/r:x") == b"c"  # from "RocksDB" now
+    assert h.table.pending(0) == 0
 
 
-def test_records_are_acked_only_once_their_changelog_is_confirmed() -> None:
-    async def scenario() -> None:
-        h = Harness()
-        for n in range(3):
-            h.record(n)
-        await h.checkpoints.flush(0)
-        await settle()
-        assert h.acked == []
-        assert h.durable == []  # nothing may be sent before the changelog has it
-        h.ios[0].sends[0].set_result(Written(offset=41))
-        await settle()
-        assert h.acked == [0, 1, 2]
-        assert h.ios[0].committed_offsets == [(0, 41)]
-        assert h.durable == [(0, 0, [b"0/r:0", b"0/r:1", b"0/r:2"])]
-
-    asyncio.run(scenario())
+async def test_records_are_acked_only_once_their_changelog_is_confirmed() -> None:
+    h = Harness()
+    for n in range(3):
+        h.record(n)
+    await h.checkpoints.flush(0)
+    await settle()
+    assert h.acked == []
+    assert h.durable == []  # nothing may be sent before the changelog has it
+    h.ios[0].sends[0].set_result(Written(offset=41))
+    await settle()
+    assert h.acked == [0, 1, 2]
+    assert h.ios[0].committed_offsets == [(0, 41)]
+    assert h.durable == [(0, 0, [b"0/r:0", b"0/r:1", b"0/r:2"])]
 
 
-def test_a_record_that_changed_nothing_still_waits_for_the_records_before_it() -> None:
-    async def scenario() -> None:
-        h = Harness()
-        h.record(0)
-        h.checkpoints.hold(0, h.ack(1))  # a duplicate: no write
-        await h.checkpoints.flush(0)
-        await settle()
-        assert h.acked == []
-        h.ios[0].sends[0].set_result(Written(offset=1))
-        await settle()
-        assert h.acked == [0, 1]
-
-    asyncio.run(scenario())
+async def test_a_record_that_changed_nothing_still_waits_for_the_records_before_it() -> None:
+    h = Harness()
+    h.record(0)
+    h.checkpoints.hold(0, h.ack(1))  # a duplicate: no write
+    await h.checkpoints.flush(0)
+    await settle()
+    assert h.acked == []
+    h.ios[0].sends[0].set_result(Written(offset=1))
+    await settle()
+    assert h.acked == [0, 1]
 
 
-def test_a_later_flush_confirmed_first_still_acks_in_offset_order() -> None:
-    async def scenario() -> None:
-        h = Harness()
-        h.record(0)
-        await h.checkpoints.flush(0)
-        h.record(1)
-        await h.checkpoints.flush(0)
-        first, second = h.ios[0].sends
-        second.set_result(Written(offset=8))
-        await settle()
-        assert h.acked == []
-        first.set_result(Written(offset=7))
-        await settle()
-        assert h.acked == [0, 1]
-
-    asyncio.run(scenario())
+async def test_a_later_flush_confirmed_first_still_acks_in_offset_order() -> None:
+    h = Harness()
+    first, second = await h.two_flushes()
+    second.set_result(Written(offset=8))
+    await settle()
+    assert h.acked == []
+    first.set_result(Written(offset=7))
+    await settle()
+    assert h.acked == [0, 1]
 
 
-def test_every_table_a_record_changed_must_be_confirmed_before_its_ack() -> None:
-    async def scenario() -> None:
-        h = Harness(tables=2)
-        h.tables[0][b"0/r:x"] = b"state"
-        h.tables[1][b"0/x"] = b"properties"
-        h.checkpoints.hold(0, h.ack(0))
-        await h.checkpoints.flush(0)
-        h.ios[0].sends[0].set_result(Written(offset=3))
-        await settle()
-        assert h.acked == []  # the evidence table's record is not confirmed yet
-        h.ios[1].sends[0].set_result(Written(offset=9))
-        await settle()
-        assert h.acked == [0]
-        assert h.durable == [(0, 0, [b"0/r:x"]), (1, 0, [b"0/x"])]
-        assert h.ios[0].committed_offsets == [(0, 3)] and h.ios[1].committed_offsets == [(0, 9)]
-
-    asyncio.run(scenario())
+async def test_every_table_a_record_changed_must_be_confirmed_before_its_ack() -> None:
+    h = Harness(tables=2)
+    h.tables[0][b"0/r:x"] = b"state"
+    h.tables[1][b"0/x"] = b"properties"
+    h.checkpoints.hold(0, h.ack(0))
+    await h.checkpoints.flush(0)
+    h.ios[0].sends[0].set_result(Written(offset=3))
+    await settle()
+    assert h.acked == []  # the evidence table's record is not confirmed yet
+    h.ios[1].sends[0].set_result(Written(offset=9))
+    await settle()
+    assert h.acked == [0]
+    assert h.durable == [(0, 0, [b"0/r:x"]), (1, 0, [b"0/x"])]
+    assert h.ios[0].committed_offsets == [(0, 3)] and h.ios[1].committed_offsets == [(0, 9)]
 
 
-def test_a_refused_send_acks_nothing_on_that_partition_then_or_later() -> None:
-    async def scenario() -> None:
-        h = Harness()
-        h.record(0)
-        await h.checkpoints.flush(0)
-        h.record(1)
-        await h.checkpoints.flush(0)
-        first, second = h.ios[0].sends
-        first.set_exception(RuntimeError("broker refused"))
-        second.set_result(Written(offset=9))
-        await settle()
-        assert h.acked == [] and h.durable == []
-        assert [str(exc) for exc in h.failures] == ["broker refused"]
-        assert h.ios[0].committed_offsets == []
-
-    asyncio.run(scenario())
+async def test_a_refused_send_acks_nothing_on_that_partition_then_or_later() -> None:
+    h = Harness()
+    first, second = await h.two_flushes()
+    first.set_exception(RuntimeError("broker refused"))
+    second.set_result(Written(offset=9))
+    await settle()
+    assert h.acked == [] and h.durable == []
+    assert [str(exc) for exc in h.failures] == ["broker refused"]
+    assert h.ios[0].committed_offsets == []
 
 
-def test_a_revoked_partition_drops_its_buffer_and_acks_nothing() -> None:
-    async def scenario() -> None:
-        h = Harness()
-        h.record(0)
-        await h.checkpoints.flush(0)
-        h.record(1)  # buffered, not flushed
-        h.checkpoints.on_revoked([0])
-        assert h.table.pending(0) == 0 and h.table.get(b"0/r:1") is None
-        h.ios[0].sends[0].set_result(Written(offset=5))
-        await settle()
-        h.record(2)  # in flight from before the revocation: not held, not written
-        await h.checkpoints.flush_all()
-        await settle()
-        assert h.acked == [] and h.ios[0].committed_offsets == [] and h.durable == []
-        assert len(h.ios[0].sends) == 1 and h.table.get(b"0/r:2") is None
-        h.checkpoints.on_assigned([0])  # back again: records are held as before
-        h.record(3)
-        await h.checkpoints.flush(0)
-        h.ios[0].sends[-1].set_result(Written(offset=6))
-        await settle()
-        assert h.acked == [3]
-
-    asyncio.run(scenario())
+async def test_a_revoked_partition_drops_its_buffer_and_acks_nothing() -> None:
+    h = Harness()
+    h.record(0)
+    await h.checkpoints.flush(0)
+    h.record(1)  # buffered, not flushed
+    h.checkpoints.on_revoked([0])
+    assert h.table.pending(0) == 0 and h.table.get(b"0/r:1") is None
+    h.ios[0].sends[0].set_result(Written(offset=5))
+    await settle()
+    h.record(2)  # in flight from before the revocation: not held, not written
+    await h.checkpoints.flush_all()
+    await settle()
+    assert h.acked == [] and h.ios[0].committed_offsets == [] and h.durable == []
+    assert len(h.ios[0].sends) == 1 and h.table.get(b"0/r:2") is None
+    h.checkpoints.on_assigned([0])  # back again: records are held as before
+    h.record(3)
+    await h.checkpoints.flush(0)
+    h.ios[0].sends[-1].set_result(Written(offset=6))
+    await settle()
+    assert h.acked == [3]
 
 
-def test_partitions_are_acked_independently() -> None:
-    async def scenario() -> None:
-        h = Harness()
-        h.record(0, partition=0)
-        h.record(1, partition=1)
-        await h.checkpoints.flush_all()
-        p0, p1 = h.ios[0].sends
-        p1.set_result(Written(offset=1))
-        await settle()
-        assert h.acked == [1]
-        p0.set_result(Written(offset=1))
-        await settle()
-        assert h.acked == [1, 0]
-
-    asyncio.run(scenario())
+async def test_partitions_are_acked_independently() -> None:
+    h = Harness()
+    h.record(0, partition=0)
+    h.record(1, partition=1)
+    await h.checkpoints.flush_all()
+    p0, p1 = h.ios[0].sends
+    p1.set_result(Written(offset=1))
+    await settle()
+    assert h.acked == [1]
+    p0.set_result(Written(offset=1))
+    await settle()
+    assert h.acked == [1, 0]
 
 
 def test_a_partition_is_due_for_an_early_flush_by_keys_or_by_held_records() -> None:

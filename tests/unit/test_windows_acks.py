@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
 
 from tests.unit.rules.eventkit import T0, ev
-from tests.unit.test_windows_align import MemoryIO
+from tests.unit.table_ios import UnconfirmedIO, Written
 from worker.agents.windows import Windows
 from worker.clock import FakeClock
 from worker.metrics import Metrics
@@ -26,34 +24,9 @@ from worker.rules import RuleConfig
 REQUESTS = [f"5f2b8c1e-3d4a-4b6c-9e7f-1a2b3c4d5e{n:02x}" for n in range(16)]
 
 
-@dataclass(frozen=True)
-class Written:
-    offset: int
-
-
-class UnconfirmedIO(MemoryIO):
-    """A TableIO whose changelog sends stay unconfirmed until the test resolves them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sends: list[asyncio.Future[Written]] = []
-        self.committed_offsets: list[tuple[int, int]] = []
-
-    async def send_changelog(  # type: ignore[override]
-        self, partition: int, entries: dict[str, bytes | None], owned: Callable[[], bool]
-    ) -> list[Awaitable[Any]]:
-        self.put_local(partition, entries)
-        sent: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
-        self.sends.append(sent)
-        return [sent]
-
-    def committed(self, partition: int, offset: int) -> None:
-        self.committed_offsets.append((partition, offset))
-
-
 class Harness:
     def __init__(self) -> None:
-        self.io = UnconfirmedIO()
+        self.io: UnconfirmedIO[str] = UnconfirmedIO()
         self.acked: list[int] = []
         self.failures: list[BaseException] = []
         self.decisions: list[asyncio.Future[None]] = []

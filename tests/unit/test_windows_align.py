@@ -26,6 +26,7 @@ from tests.unit.rules.eventkit import (
     ev,
     feed,
 )
+from tests.unit.table_ios import MemoryIO
 from worker.agents.windows import Windows
 from worker.clock import FakeClock
 from worker.devtools.traffic import generate
@@ -139,33 +140,6 @@ def _ms(event: dict[str, object]) -> int:
 # --------------------------------------------------------------------------- the adapter
 
 
-class MemoryIO:
-    """Stands in for TableIO: one dict per partition; nothing is sent."""
-
-    def __init__(self) -> None:
-        self.data: dict[int, dict[str, bytes]] = {}
-
-    def get(self, partition: int, key: str) -> bytes | None:
-        return self.data.get(partition, {}).get(key)
-
-    def items(self, partition: int, prefix: str) -> list[tuple[str, bytes]]:
-        return [(k, v) for k, v in self.data.get(partition, {}).items() if k.startswith(prefix)]
-
-    def put_local(self, partition: int, entries: dict[str, bytes | None]) -> None:
-        table = self.data.setdefault(partition, {})
-        for key, value in entries.items():
-            if value is None:
-                table.pop(key, None)
-            else:
-                table[key] = value
-
-    async def send_changelog(self, partition: int, entries: object, owned: object) -> list[object]:
-        return []
-
-    def committed(self, partition: int, offset: int) -> None:
-        pass
-
-
 class _Outbox:
     """A producer whose records are acknowledged at once; it keeps the outbox's values."""
 
@@ -183,7 +157,7 @@ class _Outbox:
         return done
 
 
-def _adapter(clock: FakeClock, io: MemoryIO, sent: list[bytes]) -> Windows:
+def _adapter(clock: FakeClock, io: MemoryIO[str], sent: list[bytes]) -> Windows:
     return Windows(
         io=io,  # type: ignore[arg-type]
         config=RuleConfig(), grace_ms=5_000, idle_close_ms=30_000, max_signals=200,
