@@ -1,4 +1,5 @@
-"""Windows.hold / flush / _confirm: the ordered acknowledgements at-least-once rests on.
+"""Windows.hold / flush: the ordered acknowledgements at-least-once rests on, through the
+windows adapter (worker.agents.acks.OrderedAcks holds and releases them).
 
 What must hold (worker.agents.windows): a record is acknowledged only once the broker has
 confirmed the window state it changed and every decision sent before it; acknowledgements

@@ -10,22 +10,16 @@ change was most of what delivery cost the shared event loop (``bench/REPORT.md``
 Here a write lands in a per-partition buffer; :meth:`Checkpoints.flush` writes each key once
 (RocksDB at once, then the changelog through :class:`~worker.faust_compat.TableIO`), and the
 records whose effects were buffered are acknowledged only after the broker has the changelog
-records.  Invariants, and why they hold:
+records of every table they changed.  When acks are released, in which order, and what a
+refused send or a revocation does to them is :class:`~worker.agents.acks.OrderedAcks`'s, as
+for the windows adapter.  What this module adds, and why it holds:
 
-* **Nothing acknowledged is lost.**  A record's ack is held (:meth:`Checkpoints.hold`) after
-  its writes are buffered, and the buffers and the acks they cover are taken together, before
-  any await, so an ack is never released before a flush that holds its writes is confirmed.
-  A crash before that replays the record from the last commit; merging is idempotent.
-* **Acks keep offset order.**  Faust's commit may skip one unacknowledged record at the head
-  of the acknowledged ones, so each partition's acks are released in the order they were held,
-  one confirmation after another.
-* **The changelog keeps write order.**  One lock per partition serialises the sends, so the
-  last value of a key is the last record of it.
 * **Reads see every write.**  A read checks the buffer first; RocksDB is written when the
   buffer is taken, before the changelog records are sent, so no read falls between the two.
+* **A state is durable before it is sent.**  :attr:`Checkpoints.on_durable` names the keys
+  of a flush only once the changelog records of all its tables are confirmed.
 * **A revoked partition's buffer is dropped, not flushed:** its records were never
-  acknowledged, so its next owner reads them again; a confirmation that ends after the
-  revocation acknowledges nothing.
+  acknowledged, so its next owner reads them again.
 
 Keys start with their partition (``b"3/r:<id>"``), as both tables' keys always have, so a
 write outside any event still knows its changelog partition.
@@ -39,6 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.agents.acks import Flushed, OrderedAcks
 from worker.agents.ingest import Ack
 from worker.faust_compat import TableIO
 
@@ -114,7 +109,8 @@ class BufferedTable:
 
 @dataclass
 class Checkpoints:
-    """Flushes :attr:`tables` per partition and releases the acks the flush covers."""
+    """Flushes :attr:`tables` per partition and releases the acks the flush covers
+    (:class:`~worker.agents.acks.OrderedAcks`)."""
 
     tables: list[BufferedTable]
     #: Called when the broker did not take a flush's records: the worker must stop (and
@@ -128,12 +124,10 @@ class Checkpoints:
     flush_keys: int = 2_000
     #: ...or this many of its records wait for their ack (bounds what a crash replays).
     flush_records: int = 500
-    _held: dict[int, list[Ack]] = field(default_factory=dict)
-    _locks: dict[int, asyncio.Lock] = field(default_factory=dict)
-    _epochs: dict[int, int] = field(default_factory=dict)
-    _revoked: set[int] = field(default_factory=set)
-    #: The newest confirmation per partition; each waits for the one before it.
-    _confirming: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
+    _acks: OrderedAcks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._acks = OrderedAcks("delivery state", lambda exc: self.on_failure(exc))
 
     async def run(self, interval_s: float = FLUSH_INTERVAL_S) -> None:
         """Flush every partition each ``interval_s``, for as long as the app runs."""
@@ -148,18 +142,17 @@ class Checkpoints:
     def hold(self, partition: int, ack: Ack) -> None:
         """Acknowledge a record of ``partition`` at its next flush, after those before it.
         Call it once the record's writes are buffered."""
-        if partition not in self._revoked:
-            self._held.setdefault(partition, []).append(ack)
+        self._acks.hold(partition, ack)
 
     def full(self, partition: int) -> bool:
         """Whether the partition should be flushed now rather than at the next tick."""
-        return len(self._held.get(partition, ())) >= self.flush_records or any(
+        return self._acks.held(partition) >= self.flush_records or any(
             table.pending(partition) >= self.flush_keys for table in self.tables
         )
 
     async def flush_all(self) -> None:
         """Flush every partition with held acks or buffered writes (the timer's tick)."""
-        partitions = set(self._held)
+        partitions = self._acks.partitions()
         for table in self.tables:
             partitions |= table.partitions()
         for partition in sorted(partitions):
@@ -167,81 +160,48 @@ class Checkpoints:
 
     async def flush(self, partition: int) -> None:
         """Write the partition's buffered writes once per key, then acknowledge the records
-        they cover once the broker has the changelog records (module docstring).  The wait
-        for the broker runs in the background, so the caller goes on with the next record."""
-        if partition in self._revoked:  # not ours: whatever was written here is dropped
+        they cover once the broker has the changelog records of every table (module
+        docstring).  The wait for the broker runs in the background."""
+        if self._acks.revoked(partition):  # not ours: whatever was written here is dropped
             for table in self.tables:
                 table.drop(partition)
             return
-        lock = self._locks.setdefault(partition, asyncio.Lock())
-        async with lock:
+
+        async def write(owned: Callable[[], bool]) -> Flushed | None:
             taken = [(table, table.take(partition)) for table in self.tables]
-            held = self._held.pop(partition, [])
-            if not (held or any(entries for _, entries in taken)):
-                return
-            epoch = self._epochs.get(partition, 0)
-
-            def owned() -> bool:
-                return self._epochs.get(partition, 0) == epoch
-
+            if not any(entries for _, entries in taken):
+                return None
             sends: list[tuple[BufferedTable, list[bytes], list[Awaitable[Any]]]] = []
             for table, entries in taken:
                 if entries:
                     written = [key for key, value in entries.items() if value is not None]
                     futures = await table.io.send_changelog(partition, entries, owned)
                     sends.append((table, written, futures))
-            if not owned():
-                return  # revoked meanwhile: the new owner replays these records
-            self._confirming[partition] = asyncio.ensure_future(
-                self._confirm(partition, epoch, self._confirming.get(partition), sends, held)
-            )
 
-    async def _confirm(
-        self,
-        partition: int,
-        epoch: int,
-        previous: asyncio.Future[bool] | None,
-        sends: list[tuple[BufferedTable, list[bytes], list[Awaitable[Any]]]],
-        held: list[Ack],
-    ) -> bool:
-        """Ack ``held`` once the changelog records are confirmed; False (and nothing acked,
-        now or later on this partition) if the broker refused them."""
-        if previous is not None and not await previous:
-            return False
-        try:
-            confirmed = [(table, written, await asyncio.gather(*futures))
-                         for table, written, futures in sends]
-        except Exception as exc:  # the producer gave up after its own retries
-            log.error("partition %d: delivery state not confirmed by the broker: %r",
-                      partition, exc)
-            self.on_failure(exc)
-            return False
-        if self._epochs.get(partition, 0) != epoch:
-            return True  # revoked meanwhile: the partition's next owner replays these records
-        for table, written, results in confirmed:
-            if results:
-                table.io.committed(partition, max(result.offset for result in results))
-            if written:
-                self.on_durable(table, partition, written)
-        for ack in held:
-            await ack()
-        return True
+            def confirmed(results: list[Any]) -> None:
+                at = 0
+                for table, written, futures in sends:
+                    mine, at = results[at : at + len(futures)], at + len(futures)
+                    if mine:
+                        table.io.committed(partition, max(result.offset for result in mine))
+                    if written:
+                        self.on_durable(table, partition, written)
+
+            return Flushed([future for _, _, futures in sends for future in futures], confirmed)
+
+        await self._acks.flush(partition, write)
 
     async def drain(self) -> None:
         """Wait for every pending confirmation (tests and shutdown)."""
-        pending = [task for task in self._confirming.values() if not task.done()]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._acks.drain()
 
     def on_revoked(self, partitions: Iterable[int]) -> None:
         """Drop the partitions' buffers and held acks (module docstring)."""
+        partitions = list(partitions)
+        self._acks.on_revoked(partitions)
         for partition in partitions:
-            self._revoked.add(partition)
-            self._epochs[partition] = self._epochs.get(partition, 0) + 1
-            self._confirming.pop(partition, None)
-            self._held.pop(partition, None)
             for table in self.tables:
                 table.drop(partition)
 
     def on_assigned(self, partitions: Iterable[int]) -> None:
-        self._revoked.difference_update(partitions)
+        self._acks.on_assigned(partitions)

@@ -31,12 +31,12 @@ can only send the same decision (same ``decision_id``) again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from worker.agents.acks import Flushed, OrderedAcks
 from worker.agents.ingest import Ack
 from worker.envelopes import late_record
 from worker.faust_compat import TableIO
@@ -145,21 +145,18 @@ class Windows:
     flush_records: int = 500
     _engines: dict[int, WindowEngine] = field(default_factory=dict)
     _stores: dict[int, PartitionStore] = field(default_factory=dict)
-    _held: dict[int, list[Ack]] = field(default_factory=dict)
     #: Deliveries (outbox, late topic) not yet confirmed, awaited before the next acks.
     _inflight: dict[int, list[Awaitable[Any]]] = field(default_factory=dict)
-    #: The newest background confirmation per partition (see :meth:`flush`).
-    _confirming: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
-    #: Bumped when a partition is revoked, so confirmations of the old assignment never ack.
-    _epochs: dict[int, int] = field(default_factory=dict)
-    _locks: dict[int, asyncio.Lock] = field(default_factory=dict)
-    #: Partitions revoked and not (yet) assigned again: events of theirs still in flight are
-    #: dropped, since the next owner replays them from the committed offset anyway.
-    _revoked: set[int] = field(default_factory=set)
+    #: Held acks; events of a partition revoked and not assigned again are dropped, never
+    #: acknowledged, since the next owner replays them from the committed offset anyway.
+    _acks: OrderedAcks = field(init=False)
     #: Per owned partition: input partition -> its latest mark applied there.
     _marks: dict[int, dict[int, SourceMark]] = field(default_factory=dict)
     #: Per owned partition: the wall clock when its engine was built (after assignment).
     _built_at: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._acks = OrderedAcks("state or decisions", lambda exc: self.on_failure(exc))
 
     def engine(self, partition: int) -> WindowEngine:
         engine = self._engines.get(partition)
@@ -185,28 +182,28 @@ class Windows:
     ) -> None:
         """One valid event of ``partition``, inside an event of that partition; ``read_ms``:
         when its source read it, if it was forwarded."""
-        if partition in self._revoked:
+        if self._acks.revoked(partition):
             return  # never acked: the partition's next owner processes it again
-        epoch = self._epochs.get(partition, 0)
+        epoch = self._acks.epoch(partition)
         engine = self.engine(partition)
         if read_ms is not None:
             self._check_overrun(partition, engine, accepted, read_ms)
         await self._publish(partition, engine.process(accepted))
-        if self._epochs.get(partition, 0) != epoch:
+        if self._acks.epoch(partition) != epoch:
             return  # revoked (and maybe reassigned) meanwhile: its state went with the engine
         self.hold(partition, ack)
         if (
             self._stores[partition].pending >= self.flush_keys
-            or len(self._held.get(partition, ())) >= self.flush_records
+            or self._acks.held(partition) >= self.flush_records
         ):
             await self.flush(partition)
 
     async def on_tick(self, partition: int, ack: Ack, *, caught_up: bool = True) -> None:
         """The wall clock reached ``partition`` (idle close while nothing that may reach it
         is left to read, see :meth:`WindowEngine.tick`), and its buffer is flushed."""
-        if partition in self._revoked:
+        if self._acks.revoked(partition):
             return
-        epoch = self._epochs.get(partition, 0)
+        epoch = self._acks.epoch(partition)
         engine = self.engine(partition)
         floor = self._floor(partition)
         await self._publish(partition, engine.align(floor.stream_ms))
@@ -217,7 +214,7 @@ class Windows:
                 until_ms=floor.idle_until_ms,
             ),
         )
-        if self._epochs.get(partition, 0) != epoch:
+        if self._acks.epoch(partition) != epoch:
             return
         self.hold(partition, ack)
         await self.flush(partition)
@@ -231,14 +228,14 @@ class Windows:
         Watermarks sent before this worker took the partition over are ignored: their cuts
         are wall-clock times of this partition's previous owner, whose history of what it
         had seen went with it."""
-        if partition in self._revoked:
+        if self._acks.revoked(partition):
             return
-        epoch = self._epochs.get(partition, 0)
+        epoch = self._acks.epoch(partition)
         engine = self.engine(partition)
         if sent_ms >= self._built_at.get(partition, 0):
             self._marks.setdefault(partition, {}).update(marks)
         await self._publish(partition, engine.align(self._floor(partition).stream_ms))
-        if self._epochs.get(partition, 0) != epoch:
+        if self._acks.epoch(partition) != epoch:
             return
         self.hold(partition, ack)
 
@@ -272,87 +269,41 @@ class Windows:
         return floor
 
     def hold(self, partition: int, ack: Ack) -> None:
-        """Acknowledge a record of ``partition`` at its next flush, after those before it.
-
-        Every ack of a partition goes through here, so records are acknowledged in offset
-        order: Faust's commit may skip a single unacknowledged record at the head of the
-        acknowledged ones (and any, before the first commit), so out-of-order acks could lose
-        a record whose state is still buffered.
-        """
-        if partition not in self._revoked:
-            self._held.setdefault(partition, []).append(ack)
+        """Acknowledge a record of ``partition`` at its next flush, after those before it
+        (:class:`~worker.agents.acks.OrderedAcks`).  Every ack of a partition goes through
+        here, the forwarding stage's too, so a partition's acks keep offset order."""
+        self._acks.hold(partition, ack)
 
     async def flush(self, partition: int) -> None:
         """Write the partition's buffered state, then acknowledge the records it covers once
         the broker has the state and every decision sent since the last flush.
 
         Two agents (input and rekeyed topic) feed one partition's engine, so while one waits
-        in here the other may process and flush too.  Hence: the buffer and the acks it
-        covers are taken together, before any await; a lock per partition keeps changelog
-        records in write order (the last value of a key must be last); and the wait for the
-        broker runs in the background, one confirmation after another so acks stay in offset
-        order.  Blocking the stream on a produce round trip per flush would idle the CPU;
-        Faust's stream buffer bounds how far processing runs ahead of the acks.
+        in here the other may process and flush too: :class:`OrderedAcks` takes the buffer
+        and the acks it covers together and keeps the sends and the acks in order.
         """
-        # One lock per partition for good (not per assignment): a flush of a revoked
-        # assignment finishes its send loop before a new one starts.
-        lock = self._locks.setdefault(partition, asyncio.Lock())
-        async with lock:
+
+        async def write(owned: Callable[[], bool]) -> Flushed | None:
             store = self._stores.get(partition)
             entries = store.take() if store is not None else {}
             inflight = self._inflight.pop(partition, [])
-            held = self._held.pop(partition, [])
-            if not (entries or inflight or held):
-                return
-            epoch = self._epochs.get(partition, 0)
+            if not (entries or inflight):
+                return None
             changelog = (
-                await self.io.send_changelog(
-                    partition, entries, lambda: self._epochs.get(partition, 0) == epoch
-                )
-                if entries
-                else []
-            )
-            if self._epochs.get(partition, 0) != epoch:
-                return  # revoked meanwhile: the new owner replays these records
-            self._confirming[partition] = asyncio.ensure_future(
-                self._confirm(
-                    partition, epoch, self._confirming.get(partition), changelog, inflight, held
-                )
+                await self.io.send_changelog(partition, entries, owned) if entries else []
             )
 
-    async def _confirm(
-        self,
-        partition: int,
-        epoch: int,
-        previous: asyncio.Future[bool] | None,
-        changelog: list[Awaitable[Any]],
-        inflight: list[Awaitable[Any]],
-        held: list[Ack],
-    ) -> bool:
-        """Ack ``held`` once the sends are confirmed; False (and nothing acked, now or
-        later on this partition) if the broker refused them."""
-        if previous is not None and not await previous:
-            return False
-        try:
-            results = await asyncio.gather(*changelog, *inflight)
-        except Exception as exc:  # the producer gave up after its own retries
-            log.error("partition %d: state or decisions not confirmed by the broker: %r",
-                      partition, exc)
-            self.on_failure(exc)
-            return False
-        if self._epochs.get(partition, 0) != epoch:
-            return True  # revoked meanwhile: the partition's next owner replays these records
-        if changelog:
-            self.io.committed(partition, max(r.offset for r in results[: len(changelog)]))
-        for ack in held:
-            await ack()
-        return True
+            def confirmed(results: list[Any]) -> None:
+                if changelog:
+                    self.io.committed(partition, max(r.offset for r in results[: len(changelog)]))
+
+            return Flushed([*changelog, *inflight], confirmed)
+
+        await self._acks.flush(partition, write)
 
     async def drain(self) -> None:
         """Wait for every pending confirmation (tests and shutdown)."""
-        pending = [task for task in self._confirming.values() if not task.done()]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._acks.drain()
 
     def on_revoked(self, partitions: Iterable[int]) -> None:
         """Forget engines of partitions this worker no longer owns; the new owner rebuilds.
@@ -360,12 +311,10 @@ class Windows:
         Unflushed state is dropped with them: its records were never acknowledged, so their
         offsets were not committed and the new owner processes them again.
         """
+        partitions = list(partitions)
+        self._acks.on_revoked(partitions)
         for partition in partitions:
-            self._revoked.add(partition)
-            self._epochs[partition] = self._epochs.get(partition, 0) + 1
-            self._confirming.pop(partition, None)
             self._stores.pop(partition, None)
-            self._held.pop(partition, None)
             self._inflight.pop(partition, None)
             self._marks.pop(partition, None)
             self._built_at.pop(partition, None)
@@ -375,7 +324,7 @@ class Windows:
 
     def on_assigned(self, partitions: Iterable[int]) -> None:
         """Partitions (re)assigned: their engines are rebuilt from the table on first use."""
-        self._revoked.difference_update(partitions)
+        self._acks.on_assigned(partitions)
 
     async def _publish(self, partition: int, outcome: Outcome) -> None:
         if not (outcome.decisions or outcome.late or outcome.duplicates):
