@@ -36,7 +36,7 @@ from worker.config import Settings
 from worker.events import Decision
 from worker.partitioner import partition_for
 from worker.validation import Accepted, ValidationLimits, inspect_record
-from worker.windows import WindowEngine
+from worker.windows import DictStore, WindowEngine
 
 __all__ = [
     "Call",
@@ -63,25 +63,6 @@ class InputRecord:
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
-
-
-class _DictStore:
-    """The engine's :class:`~worker.windows.WindowStore` as a plain dict."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def get(self, key: str) -> bytes | None:
-        return self.data.get(key)
-
-    def put(self, key: str, value: bytes) -> None:
-        self.data[key] = value
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-
-    def items(self) -> Iterable[tuple[str, bytes]]:
-        return list(self.data.items())
 
 
 @dataclass
@@ -145,7 +126,7 @@ def expected_decisions(records: Iterable[InputRecord], settings: Settings) -> Re
     for events in owned.values():
         clock = FakeClock(t_ms=0)
         engine = WindowEngine(
-            _DictStore(),
+            DictStore(),
             config=config,
             grace_ms=int(settings.window_grace_s * 1000),
             idle_close_ms=int(settings.idle_close_s * 1000),

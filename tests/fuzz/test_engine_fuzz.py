@@ -18,14 +18,13 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.fuzz import strategies as fz
 from tests.fuzz.accounting import SentRecord, account
-from tests.unit.rules.eventkit import DictStore
 from worker.clock import FakeClock
 from worker.envelopes import invalid_record
 from worker.events import Decision
 from worker.partitioner import partition_for
 from worker.rules import RuleConfig
 from worker.validation import Accepted, Invalid, RecentIds, ValidationLimits, inspect_record
-from worker.windows import Outcome, WindowEngine
+from worker.windows import DictStore, Outcome, WindowEngine
 
 PARTITIONS = 4
 LIMITS = ValidationLimits()

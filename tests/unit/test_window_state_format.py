@@ -11,9 +11,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tests.unit.rules.eventkit import DictStore, engine
+from tests.unit.rules.eventkit import engine
 from tests.unit.window_states import generate, load_fixture
-from worker.windows import META_KEY, StateFormatError
+from worker.windows import META_KEY, DictStore, StateFormatError
 from worker.windows.state import KeyState
 
 OPEN_WINDOWS = {

@@ -18,7 +18,6 @@ from tests.unit.rules.eventkit import (
     REQUEST,
     SESSION,
     T0,
-    DictStore,
     Run,
     comparable,
     drain,
@@ -30,7 +29,7 @@ from worker.clock import FakeClock
 from worker.events import Decision, decision_id_for
 from worker.rules import RULE_FOR_TYPE, RULES, RuleConfig
 from worker.validation import Accepted
-from worker.windows import META_KEY, SESSION_KEY_PREFIX, StateFormatError, WindowEngine
+from worker.windows import META_KEY, SESSION_KEY_PREFIX, DictStore, StateFormatError, WindowEngine
 
 MIN = 60_000
 HOUR = 3_600_000

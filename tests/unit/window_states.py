@@ -20,9 +20,10 @@ from pathlib import Path
 
 import orjson
 
-from tests.unit.rules.eventkit import T0, DictStore, engine, ev
+from tests.unit.rules.eventkit import T0, engine, ev
 from worker.clock import FakeClock
 from worker.validation import Accepted
+from worker.windows import DictStore
 
 FIXTURE = Path(__file__).with_name("window_states_v1.json")
 

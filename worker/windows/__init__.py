@@ -98,7 +98,7 @@ The public names are re-exported here (``from worker.windows import WindowEngine
 
 from __future__ import annotations
 
-from worker.windows.engine import META_KEY, WindowEngine, WindowStore
+from worker.windows.engine import META_KEY, DictStore, WindowEngine, WindowStore
 from worker.windows.outcome import LateEvent, LateReason, Outcome
 from worker.windows.state import FORMAT, SESSION_KEY_PREFIX, StateFormatError
 
@@ -106,6 +106,7 @@ __all__ = [
     "FORMAT",
     "META_KEY",
     "SESSION_KEY_PREFIX",
+    "DictStore",
     "LateEvent",
     "LateReason",
     "Outcome",

@@ -29,7 +29,7 @@ from worker.windows.watermarks import SeenHistory
 if TYPE_CHECKING:
     from worker.clock import Clock
 
-__all__ = ["META_KEY", "WindowEngine", "WindowStore"]
+__all__ = ["META_KEY", "DictStore", "WindowEngine", "WindowStore"]
 
 #: Reserved store key for the partition's stream time (request ids are UUIDs and session
 #: keys carry :data:`SESSION_KEY_PREFIX`, so neither can collide with it).
@@ -50,6 +50,30 @@ class WindowStore(Protocol):
     def items(self) -> Iterable[tuple[str, bytes]]:
         """Every stored entry, for :meth:`WindowEngine.rebuild` after recovery."""
         ...
+
+
+class DictStore:
+    """A :class:`WindowStore` in a dict, nothing durable: the engine as the chaos tests'
+    reference model, the unit tests and the benchmarks run it.  Counts its writes."""
+
+    def __init__(self, data: dict[str, bytes] | None = None) -> None:
+        self.data: dict[str, bytes] = data if data is not None else {}
+        self.puts = 0
+        self.deletes = 0
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        self.puts += 1
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.deletes += 1
+        self.data.pop(key, None)
+
+    def items(self) -> Iterable[tuple[str, bytes]]:
+        return list(self.data.items())
 
 
 # --------------------------------------------------------------------------- the engine

@@ -7,7 +7,7 @@ never feed the engine something validation would have refused.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ from worker.clock import FakeClock
 from worker.events import UI_EVENT_ADAPTER, Decision
 from worker.rules import RuleConfig
 from worker.validation import Accepted
-from worker.windows import Outcome, WindowEngine
+from worker.windows import DictStore, Outcome, WindowEngine
 
 #: 2026-11-22T12:00:00Z, the base of every test's event times.
 T0 = 1_795_348_800_000
@@ -57,29 +57,6 @@ def ev(
     if properties:
         document["properties"] = properties
     return Accepted(UI_EVENT_ADAPTER.validate_json(orjson.dumps(document)), t)
-
-
-class DictStore:
-    """The plain dict-backed WindowStore of the tests; counts its writes."""
-
-    def __init__(self, data: dict[str, bytes] | None = None) -> None:
-        self.data: dict[str, bytes] = data if data is not None else {}
-        self.puts = 0
-        self.deletes = 0
-
-    def get(self, key: str) -> bytes | None:
-        return self.data.get(key)
-
-    def put(self, key: str, value: bytes) -> None:
-        self.puts += 1
-        self.data[key] = value
-
-    def delete(self, key: str) -> None:
-        self.deletes += 1
-        self.data.pop(key, None)
-
-    def items(self) -> Iterator[tuple[str, bytes]]:
-        return iter(list(self.data.items()))
 
 
 def engine(
