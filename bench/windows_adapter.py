@@ -10,8 +10,8 @@ events, in event-time order, over 8 partitions:
         changelog sends and decision sends are confirmed at once, flushes and acks included.
 
 It prints the microseconds per event of each (the best of ``--repeat`` interleaved runs)
-and (b) - (a), the adapter's own cost.  To compare two trees, run it from each with
-PYTHONPATH=<tree>.
+and (b) - (a), the adapter's own cost.  To compare two trees, run each tree's own copy:
+``bench/_common.py`` puts the script's tree first on ``sys.path``.
 
     python bench/windows_adapter.py
     python bench/windows_adapter.py --events 60000 --repeat 5 --json out.json
