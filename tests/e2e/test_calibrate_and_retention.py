@@ -119,9 +119,23 @@ def test_shadow_agreement_retention_and_calibrate(
         assert call.body["scores"].get("helicone-score-feedback") != 1
 
     env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "TOPIC_OUTBOX": topics.outbox}
-    result = cli("calibrate", "--json", "--since", "1h", env=env)
-    assert result.returncode == 0, result.stderr
-    by_rule = {doc["rule"]: doc for doc in map(orjson.loads, result.stdout.splitlines())}
+    by_rule: dict[str, Any] = {}
+
+    def calibrated() -> dict[str, Any]:
+        result = cli("calibrate", "--json", "--since", "1h", env=env)
+        assert result.returncode == 0, result.stderr
+        by_rule.clear()
+        by_rule.update((doc["rule"], doc) for doc in map(orjson.loads, result.stdout.splitlines()))
+        return by_rule
+
+    # The untouched suggestion's window closes when its partition's stream time passes it,
+    # or on the idle timer when no later event lands there; either can come after the three
+    # requests are stored, so read the outbox again until it holds the abstention too.
+    wait_until(
+        lambda: calibrated().get("code_suggestion", {}).get("decisions") == 3,
+        timeout_s=30,
+        what="the abstention of the untouched suggestion in the outbox",
+    )
     assert by_rule["engagement"]["paired"] == 1
     assert by_rule["engagement"]["agreement"]["successes"] == 0
     assert by_rule["engagement"]["positive_precision"]["trials"] == 1
