@@ -3,7 +3,8 @@ and a broker of a test's own that can be restarted on the same port.
 
 The short forms in ``make test`` draw their seed from the test's name, so the suite runs the
 same scenarios every time and a failure there is a change in the code, not a new draw.  Only
-``make test-chaos`` (CHAOS_FULL=1) draws fresh seeds, to explore.
+``make test-chaos`` (CHAOS_FULL=1) draws fresh seeds, to explore; the run ends with a list
+of every test's seed, passed or not, so an explored draw can be replayed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,23 @@ def chaos_seed(request: pytest.FixtureRequest) -> int:
     print(f"chaos seed {seed} (replay: CHAOS_SEED={seed})")
     request.node.user_properties.append(("chaos_seed", seed))
     return seed
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line per chaos test that drew a seed: its outcome and the seed."""
+    seeds: dict[str, tuple[str, int]] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            properties = dict(getattr(report, "user_properties", ()))
+            if "chaos_seed" not in properties:
+                continue
+            earlier = seeds.get(report.nodeid, ("passed", 0))[0]
+            outcome = report.outcome if earlier == "passed" else earlier  # the first failure
+            seeds[report.nodeid] = (outcome, properties["chaos_seed"])
+    if seeds:
+        terminalreporter.section("chaos seeds (replay: CHAOS_SEED=n)")
+        for nodeid, (outcome, seed) in sorted(seeds.items()):
+            terminalreporter.line(f"{seed:>10}  {outcome:<7} {nodeid}")
 
 
 @pytest.fixture
