@@ -35,7 +35,7 @@ from worker.faust_compat import (
     report_lost_changelogs,
     seek_before_fetch,
 )
-from worker.health import Liveness, Readiness, healthz, readyz, supervised
+from worker.health import Liveness, Readiness, healthz, readyz, stop_on_failure, supervised
 from worker.kafka import WINDOWS_TABLE, ensure_topics, rekey_topic_name, ssl_context
 from worker.metrics import CONTENT_TYPE_LATEST, Metrics
 from worker.producing import Headers, Producer
@@ -180,7 +180,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> FeedbackApp:
     install_delivery(
         app, settings=settings, metrics=metrics, topics=topics, producer=producer,
         readiness_checks=readiness.checks, liveness=liveness, clock=clock,
-        on_failure=lambda exc: asyncio.ensure_future(app.crash(exc)),
+        on_failure=stop_on_failure(app),
     )
     _add_routes(app, metrics, readiness, liveness)
     return FeedbackApp(app, settings, metrics, ingest, windows, readiness, topics)
@@ -228,7 +228,7 @@ def _windows(
         outbox_topic=settings.topic_outbox,
         sources=settings.topic_partitions,
         late_topic=settings.topic_late,
-        on_failure=lambda exc: asyncio.ensure_future(app.crash(exc)),
+        on_failure=stop_on_failure(app),
     )
 
 

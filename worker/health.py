@@ -7,6 +7,11 @@
   restart the container, which clears in-memory state).
 * :func:`supervised` wraps an agent so each of its crashes reaches :class:`Liveness` before
   it propagates to Faust, which restarts the agent.
+* :func:`stop_on_failure` is what a refused flush does: the worker crashes, so it restarts
+  and replays from its last commit rather than going on with records it can never
+  acknowledge; unless it is already stopping, when the refusal is expected (the producer
+  closes before the app's tasks end) and the unacknowledged records are simply read again by
+  the partitions' next owner.  Crashing then would turn a clean SIGTERM into exit code 1.
 * :class:`Readiness` collects what ``/readyz`` checks beyond Faust's own state: whether the
   first rebalance has completed, and named checks that components register (delivery).
   :func:`readyz` is ready only when every check passes.
@@ -18,15 +23,21 @@ for it; the Faust web views in :mod:`worker.app` only turn these answers into re
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from worker.clock import Clock
 
-__all__ = ["Liveness", "Readiness", "healthz", "readyz", "supervised"]
+__all__ = [
+    "Liveness", "Readiness", "Stoppable", "healthz", "readyz", "stop_on_failure", "supervised",
+]
+
+log = logging.getLogger(__name__)
 
 #: A stream an agent consumes (Faust's ``StreamT``; any type will do here).
 S = TypeVar("S")
@@ -82,6 +93,28 @@ def supervised(
 
     run.__name__ = run.__qualname__ = f"{name}_agent"
     return run
+
+
+class Stoppable(Protocol):
+    """What :func:`stop_on_failure` needs of the app (a Faust app is one)."""
+
+    @property
+    def should_stop(self) -> bool: ...
+
+    async def crash(self, reason: BaseException) -> None: ...
+
+
+def stop_on_failure(app: Stoppable) -> Callable[[BaseException], object]:
+    """The ``on_failure`` of the adapters' flushes: crash ``app``, unless it is stopping."""
+
+    def on_failure(exc: BaseException) -> object:
+        if app.should_stop:
+            log.warning("a flush was refused while the worker stops (%r): its records stay "
+                        "unacknowledged and are read again by their next owner", exc)
+            return None
+        return asyncio.ensure_future(app.crash(exc))
+
+    return on_failure
 
 
 @dataclass

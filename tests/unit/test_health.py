@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+import faust
 import pytest
 
 from worker.clock import FakeClock
-from worker.health import Liveness, Readiness, healthz, readyz, supervised
+from worker.health import Liveness, Readiness, healthz, readyz, stop_on_failure, supervised
 
 
 def test_a_crash_loop_is_unhealthy_and_recovers_once_the_crashes_age_out() -> None:
@@ -79,3 +83,31 @@ def test_ready_only_when_every_check_passes(
         },
     }
     assert status == (200 if ready else 503)
+
+
+def _faust_app() -> faust.App:
+    return faust.App("stop-on-failure", broker="kafka://127.0.0.1:1", store="memory://",
+                     web_enabled=False)
+
+
+async def test_a_refused_flush_crashes_a_running_faust_app() -> None:
+    app = _faust_app()
+    refused = RuntimeError("the broker refused the flush")
+    crashing = stop_on_failure(app)(refused)
+    assert isinstance(crashing, asyncio.Future)
+    await crashing
+    assert app.should_stop
+    assert app.crash_reason is refused
+
+
+async def test_a_flush_refused_while_stopping_is_logged_not_a_crash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A SIGTERM closes the producer before the app's tasks end, so a flush in that gap is
+    refused; crashing then would make a clean stop exit 1 (the join/leave chaos test)."""
+    app = _faust_app()
+    await app.stop()
+    with caplog.at_level(logging.WARNING, logger="worker.health"):
+        assert stop_on_failure(app)(RuntimeError("ProducerClosed")) is None
+    assert app.crash_reason is None
+    assert "refused while the worker stops" in caplog.text
