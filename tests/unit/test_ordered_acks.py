@@ -137,3 +137,32 @@ async def test_held_acks_with_nothing_written_still_wait_for_the_flush_before() 
     run.sends[0].set_result(0)
     await settle()
     assert run.acked == [0, 1]
+
+
+async def test_a_flush_refused_before_it_was_queued_stops_the_partition() -> None:
+    """A producer that is closed (or whose buffer stayed full) raises at send time: the acks
+    that flush took are never released, nor any later ones of the assignment, while the
+    records confirmed before it are."""
+    run = Run()
+    run.hold()
+    await run.flush()
+
+    async def refuse(owned: Callable[[], bool]) -> Flushed:
+        raise RuntimeError("ProducerClosed")
+
+    run.hold()
+    await run.acks.flush(0, refuse)
+    assert [str(exc) for exc in run.failures] == ["ProducerClosed"]
+    run.hold()
+    await run.flush()
+    for sent in run.sends:
+        sent.set_result(0)
+    await settle()
+    assert run.acked == [0]
+    run.acks.on_revoked([0])  # the next assignment starts clean
+    run.acks.on_assigned([0])
+    run.hold()
+    await run.flush()
+    run.sends[-1].set_result(0)
+    await settle()
+    assert run.acked == [0, 3]

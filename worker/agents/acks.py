@@ -16,10 +16,11 @@ they hold:
 * **Sends keep write order.**  One lock per partition serialises flushes, so the last value
   of a key is the last changelog record of it.  The lock is per partition for good, not per
   assignment: a flush of a revoked assignment finishes its sends before a new one starts.
-* **A refused send stops the partition.**  If the broker refuses a flush's records (the
-  producer gave up after its own retries), nothing on that partition is acknowledged, then or
-  later, and :attr:`OrderedAcks.on_failure` is told: the worker must stop and replay from its
-  last commit rather than go on with a gap.
+* **A refused send stops the partition.**  If a flush's records are refused, by the broker
+  (the producer gave up after its own retries) or by the producer before they were queued
+  (it is closed, or its buffer stayed full), nothing on that partition is acknowledged, then
+  or later, and :attr:`OrderedAcks.on_failure` is told: the worker must stop and replay
+  from its last commit rather than go on with a gap.
 * **Nothing of a revoked assignment is acknowledged.**  Revocation bumps the partition's
   epoch and drops its held acks; a flush or confirmation of the old epoch acknowledges
   nothing, since the partition's next owner reads those records again.
@@ -57,6 +58,13 @@ class Flushed:
 #: ``owned()``, true while the partition is still held by the assignment that flushes.  It
 #: must take the buffer before its first await (see the module docstring).
 Write = Callable[[Callable[[], bool]], Awaitable[Flushed | None]]
+
+
+def _refused() -> asyncio.Future[bool]:
+    """A confirmation that failed: every later one of the partition waits on it, so none acks."""
+    refused: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    refused.set_result(False)
+    return refused
 
 
 @dataclass
@@ -112,7 +120,14 @@ class OrderedAcks:
             def owned() -> bool:
                 return self.epoch(partition) == epoch
 
-            flushed = await write(owned)
+            try:
+                flushed = await write(owned)
+            except Exception as exc:  # refused before it was queued (closed, buffer full)
+                log.error("partition %d: %s not sent: %r", partition, self.what, exc)
+                if owned():  # the acks held now and later on this assignment stay held
+                    self._confirming[partition] = _refused()
+                self.on_failure(exc)
+                return
             if flushed is None and not held:
                 return
             if not owned():
